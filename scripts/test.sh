@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what is missing, checks format and
+# lints, then runs every test against real etcd 3.4.23 / 3.5.1 and a real S3 server (moto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+export ETCDBR_TOOLS_DIR=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked -- --test-threads 2

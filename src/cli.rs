@@ -1,0 +1,515 @@
+//! The `etcdbrctl` command line: etcdbrctl's sub-commands and flags, same names and defaults.
+//! Every flag can also be set from an environment variable (`ETCDBR_<FLAG_NAME>`, shown in
+//! `--help`); the store container also reads etcdbrctl's `STORAGE_CONTAINER`.
+
+use crate::codec::Codec;
+use crate::duration::parse_go_duration;
+use crate::error::{Error, Result};
+use crate::etcd::EtcdConfig;
+use crate::schedule::Schedule;
+use crate::snapshotter::{self, Backoff, SnapshotJob};
+use crate::store::{Provider, StoreConfig};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (use true or false)")),
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcdbrctl",
+    about = "Command line utility for etcd backup restore",
+    long_about = "etcdbrctl (etcdbr): takes full and delta snapshots of etcd into an object store, \
+                  garbage-collects them, and restores an etcd data directory from them. \
+                  A drop-in replacement for gardener's etcd-backup-restore.",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// Print version information and exit.
+    #[arg(short = 'v', long = "version", global = false)]
+    pub version: bool,
+
+    /// Log level (logrus numbers: 0 panic .. 4 info .. 6 trace). RUST_LOG overrides it.
+    #[arg(
+        long = "log-level",
+        default_value_t = 4,
+        env = "ETCDBR_LOG_LEVEL",
+        global = true
+    )]
+    pub log_level: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take full snapshots of etcd on a schedule (the first one immediately).
+    #[command(args_conflicts_with_subcommands = true)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCmd {
+    #[command(subcommand)]
+    pub action: Option<SnapshotAction>,
+    #[command(flatten)]
+    pub etcd: EtcdConnectionArgs,
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterArgs,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
+    #[command(flatten)]
+    pub backoff: BackoffArgs,
+    /// Schedule of etcd defragmentation (standard 5-field cron).
+    #[arg(
+        long = "defragmentation-schedule",
+        default_value = "0 0 */3 * *",
+        env = "ETCDBR_DEFRAGMENTATION_SCHEDULE"
+    )]
+    pub defragmentation_schedule: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Take one full snapshot into the store, print the object's name and exit.
+    Save(SaveCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct SaveCmd {
+    #[command(flatten)]
+    pub etcd: EtcdConnectionArgs,
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
+    /// Mark the snapshot as final (name ends in .final), e.g. before deleting a cluster.
+    #[arg(long = "final", default_value_t = false, env = "ETCDBR_FINAL")]
+    pub is_final: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct EtcdConnectionArgs {
+    /// comma separated list of etcd endpoints
+    #[arg(
+        short = 'e',
+        long = "endpoints",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ',',
+        env = "ETCDBR_ENDPOINTS"
+    )]
+    pub endpoints: Vec<String>,
+    /// etcd server username, if one is required
+    #[arg(
+        long = "etcd-username",
+        default_value = "",
+        env = "ETCDBR_ETCD_USERNAME",
+        hide_default_value = true
+    )]
+    pub etcd_username: String,
+    /// etcd server password, if one is required
+    #[arg(
+        long = "etcd-password",
+        default_value = "",
+        env = "ETCDBR_ETCD_PASSWORD",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub etcd_password: String,
+    /// etcd client connection timeout
+    #[arg(long = "etcd-connection-timeout", default_value = "30s", value_parser = duration, env = "ETCDBR_ETCD_CONNECTION_TIMEOUT")]
+    pub connection_timeout: Duration,
+    /// timeout for taking a full snapshot of etcd
+    #[arg(long = "etcd-snapshot-timeout", default_value = "15m", value_parser = duration, env = "ETCDBR_ETCD_SNAPSHOT_TIMEOUT")]
+    pub snapshot_timeout: Duration,
+    /// timeout for the defragmentation of one etcd member
+    #[arg(long = "etcd-defrag-timeout", default_value = "8m", value_parser = duration, env = "ETCDBR_ETCD_DEFRAG_TIMEOUT")]
+    pub defrag_timeout: Duration,
+    /// disable transport security for client connections
+    #[arg(long = "insecure-transport", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_INSECURE_TRANSPORT")]
+    pub insecure_transport: bool,
+    /// skip server certificate verification
+    #[arg(long = "insecure-skip-tls-verify", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_INSECURE_SKIP_TLS_VERIFY")]
+    pub insecure_skip_tls_verify: bool,
+    /// identify secure client using this TLS certificate file
+    #[arg(
+        long = "cert",
+        default_value = "",
+        env = "ETCDBR_CERT",
+        hide_default_value = true
+    )]
+    pub cert: String,
+    /// identify secure client using this TLS key file
+    #[arg(
+        long = "key",
+        default_value = "",
+        env = "ETCDBR_KEY",
+        hide_default_value = true
+    )]
+    pub key: String,
+    /// verify certificates of TLS-enabled secure servers using this CA bundle
+    #[arg(
+        long = "cacert",
+        default_value = "",
+        env = "ETCDBR_CACERT",
+        hide_default_value = true
+    )]
+    pub cacert: String,
+}
+
+impl EtcdConnectionArgs {
+    pub fn to_config(&self) -> Result<EtcdConfig> {
+        let c = EtcdConfig {
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+            connection_timeout: self.connection_timeout,
+            snapshot_timeout: self.snapshot_timeout,
+            defrag_timeout: self.defrag_timeout,
+            insecure_transport: self.insecure_transport,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            cacert: self.cacert.clone(),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SnapstoreArgs {
+    /// snapshot storage provider: Local, S3, GCS or ABS (empty: Local)
+    #[arg(
+        long = "storage-provider",
+        default_value = "",
+        env = "ETCDBR_STORAGE_PROVIDER",
+        hide_default_value = true
+    )]
+    pub storage_provider: String,
+    /// container (bucket) which will be used to store snapshots; for Local, a directory
+    #[arg(
+        long = "store-container",
+        default_value = "",
+        env = "STORAGE_CONTAINER",
+        hide_default_value = true
+    )]
+    pub store_container: String,
+    /// override the object store's endpoint URL (S3-compatible servers, emulators)
+    #[arg(
+        long = "store-endpoint-override",
+        default_value = "",
+        env = "ETCDBR_STORE_ENDPOINT_OVERRIDE",
+        hide_default_value = true
+    )]
+    pub store_endpoint_override: String,
+    /// prefix or directory inside the container under which snapshots are stored
+    #[arg(
+        long = "store-prefix",
+        default_value = "",
+        env = "ETCDBR_STORE_PREFIX",
+        hide_default_value = true
+    )]
+    pub store_prefix: String,
+    /// maximum number of parallel chunk uploads allowed
+    #[arg(
+        long = "max-parallel-chunk-uploads",
+        default_value_t = 5,
+        env = "ETCDBR_MAX_PARALLEL_CHUNK_UPLOADS"
+    )]
+    pub max_parallel_chunk_uploads: usize,
+    /// minimum size of a chunk (multipart part) in bytes
+    #[arg(
+        long = "min-chunk-size",
+        default_value_t = 5242880,
+        env = "ETCDBR_MIN_CHUNK_SIZE"
+    )]
+    pub min_chunk_size: usize,
+    /// temporary directory for processing snapshots
+    #[arg(
+        long = "snapstore-temp-directory",
+        default_value = "/tmp",
+        env = "ETCDBR_SNAPSTORE_TEMP_DIRECTORY"
+    )]
+    pub snapstore_temp_directory: PathBuf,
+}
+
+impl SnapstoreArgs {
+    pub fn to_config(&self) -> Result<StoreConfig> {
+        let provider: Provider = if self.storage_provider.is_empty() {
+            Provider::Local
+        } else {
+            self.storage_provider
+                .parse()
+                .map_err(|e: String| Error::config(format!("--storage-provider: {e}")))?
+        };
+        let c = StoreConfig {
+            provider,
+            container: self.store_container.clone(),
+            endpoint_override: self.store_endpoint_override.clone(),
+            prefix: self.store_prefix.clone(),
+            max_parallel_chunk_uploads: self.max_parallel_chunk_uploads,
+            min_chunk_size: self.min_chunk_size,
+            temp_dir: self.snapstore_temp_directory.clone(),
+            env_prefix: String::new(),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SnapshotterArgs {
+    /// schedule for full snapshots (standard 5-field cron)
+    #[arg(
+        short = 's',
+        long = "schedule",
+        default_value = "0 */1 * * *",
+        env = "ETCDBR_SCHEDULE"
+    )]
+    pub schedule: String,
+    /// period after which delta snapshots are persisted; below 1s disables them
+    #[arg(long = "delta-snapshot-period", default_value = "20s", value_parser = duration, env = "ETCDBR_DELTA_SNAPSHOT_PERIOD")]
+    pub delta_snapshot_period: Duration,
+    /// size of buffered events (bytes) that triggers a delta snapshot at once
+    #[arg(
+        long = "delta-snapshot-memory-limit",
+        default_value_t = 10485760,
+        env = "ETCDBR_DELTA_SNAPSHOT_MEMORY_LIMIT"
+    )]
+    pub delta_snapshot_memory_limit: u64,
+    /// period for garbage collecting old backups; 1s or less disables it
+    #[arg(long = "garbage-collection-period", default_value = "1m", value_parser = duration, env = "ETCDBR_GARBAGE_COLLECTION_PERIOD")]
+    pub garbage_collection_period: Duration,
+    /// policy for garbage collecting old backups: Exponential or LimitBased
+    #[arg(
+        long = "garbage-collection-policy",
+        default_value = "Exponential",
+        env = "ETCDBR_GARBAGE_COLLECTION_POLICY"
+    )]
+    pub garbage_collection_policy: String,
+    /// maximum number of full snapshots kept by the LimitBased policy
+    #[arg(
+        short = 'm',
+        long = "max-backups",
+        default_value_t = 7,
+        env = "ETCDBR_MAX_BACKUPS"
+    )]
+    pub max_backups: u32,
+    /// delta snapshots younger than this are never garbage-collected
+    #[arg(long = "delta-snapshot-retention-period", default_value = "0s", value_parser = duration, env = "ETCDBR_DELTA_SNAPSHOT_RETENTION_PERIOD")]
+    pub delta_snapshot_retention_period: Duration,
+}
+
+impl SnapshotterArgs {
+    pub fn validate(&self) -> Result<Schedule> {
+        let schedule = Schedule::parse(&self.schedule)
+            .map_err(|e| Error::config(format!("--schedule: {e}")))?;
+        match self.garbage_collection_policy.as_str() {
+            "Exponential" => {}
+            "LimitBased" => {
+                if self.max_backups == 0 {
+                    return Err(Error::config(
+                        "--max-backups must be greater than 0 for the LimitBased policy",
+                    ));
+                }
+            }
+            p => {
+                return Err(Error::config(format!(
+                    "--garbage-collection-policy {p:?} is unknown: use Exponential or LimitBased"
+                )))
+            }
+        }
+        Ok(schedule)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompressionArgs {
+    /// whether to compress the snapshots
+    #[arg(long = "compress-snapshots", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_COMPRESS_SNAPSHOTS")]
+    pub compress_snapshots: bool,
+    /// compression policy: gzip (.gz), zlib (.zlib), lzw (.Z), or zstd (.zst, etcdbr only)
+    #[arg(
+        long = "compression-policy",
+        default_value = "gzip",
+        env = "ETCDBR_COMPRESSION_POLICY"
+    )]
+    pub compression_policy: String,
+}
+
+impl CompressionArgs {
+    pub fn codec(&self) -> Result<Codec> {
+        Codec::from_flags(self.compress_snapshots, &self.compression_policy)
+            .map_err(|e| Error::config(format!("--compression-policy: {e}")))
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackoffArgs {
+    /// multiplier of the exponential backoff between snapshotter restarts
+    #[arg(
+        long = "backoff-multiplier",
+        default_value_t = 2,
+        env = "ETCDBR_BACKOFF_MULTIPLIER"
+    )]
+    pub multiplier: u32,
+    /// number of attempts after which the backoff stays at its threshold
+    #[arg(
+        long = "backoff-attempt-limit",
+        default_value_t = 6,
+        env = "ETCDBR_BACKOFF_ATTEMPT_LIMIT"
+    )]
+    pub attempt_limit: u32,
+    /// maximum backoff
+    #[arg(long = "backoff-threshold-time", default_value = "128s", value_parser = duration, env = "ETCDBR_BACKOFF_THRESHOLD_TIME")]
+    pub threshold: Duration,
+}
+
+impl BackoffArgs {
+    pub fn backoff(&self) -> Result<Backoff> {
+        if self.multiplier == 0 {
+            return Err(Error::config("--backoff-multiplier must be greater than 0"));
+        }
+        Ok(Backoff {
+            multiplier: self.multiplier,
+            attempt_limit: self.attempt_limit,
+            threshold: self.threshold,
+        })
+    }
+}
+
+fn init_logging(level: u8) {
+    let lvl = match level {
+        0..=2 => "error",
+        3 => "warn",
+        4 => "info",
+        5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{lvl},h2=warn,hyper=warn,tower=warn,rustls=warn"
+        ))
+    });
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// A watch channel that turns true on SIGINT/SIGTERM; a second signal exits at once (1).
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let Ok(mut term) = term else { return };
+        for n in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!(
+                    "shutdown signal received; stopping (send it again to exit at once)"
+                );
+                let _ = tx.send(true);
+            } else {
+                std::process::exit(1);
+            }
+        }
+    });
+    rx
+}
+
+async fn run_command(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Snapshot(s) => match s.action {
+            Some(SnapshotAction::Save(save)) => {
+                let etcd = save.etcd.to_config()?;
+                let store = save.store.to_config()?;
+                let codec = save.compression.codec()?;
+                let report = snapshotter::save_once(&etcd, store, codec, save.is_final).await?;
+                println!("{}", report.key);
+                Ok(())
+            }
+            None => {
+                let schedule = s.snapshotter.validate()?;
+                Schedule::parse(&s.defragmentation_schedule)
+                    .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
+                let job = SnapshotJob {
+                    etcd: s.etcd.to_config()?,
+                    store: s.store.to_config()?,
+                    codec: s.compression.codec()?,
+                    schedule,
+                    backoff: s.backoff.backoff()?,
+                };
+                tracing::info!(
+                    endpoint = job.etcd.primary(),
+                    provider = job.store.provider.as_str(),
+                    compression = job.codec.policy_name(),
+                    schedule = %s.snapshotter.schedule,
+                    "starting the snapshot job"
+                );
+                snapshotter::run_scheduled(job, shutdown_signal()).await
+            }
+        },
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("etcdbrctl (etcdbr) version {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(cli.log_level);
+    let Some(cmd) = cli.command else {
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etcdbrctl: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_command(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etcdbrctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The error type: every error names what failed, on which object or path, and (where there is
+//! one) what the operator can do about it.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag, environment variable or configuration value is wrong.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// etcd could not be reached or answered with an error.
+    #[error("etcd {endpoint}: {what}: {source}")]
+    Etcd {
+        endpoint: String,
+        what: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    /// An etcd call did not finish within its timeout.
+    #[error("etcd {endpoint}: {what}: timed out after {secs}s")]
+    EtcdTimeout {
+        endpoint: String,
+        what: String,
+        secs: u64,
+    },
+
+    /// The object store failed.
+    #[error("store {location}: {what}: {source}")]
+    Store {
+        location: String,
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// A local file or directory operation failed.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Snapshot data failed an integrity check (hash, size, format).
+    #[error("integrity check failed for {object}: {reason}")]
+    Integrity { object: String, reason: String },
+
+    /// Credentials could not be read or are incomplete.
+    #[error("credentials {path}: {reason}")]
+    Credentials { path: String, reason: String },
+
+    /// The operation was cancelled (shutdown signal).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn store(
+        location: impl Into<String>,
+        what: impl Into<String>,
+        source: object_store::Error,
+    ) -> Self {
+        Error::Store {
+            location: location.into(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Integrity {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+}

@@ -1,0 +1,574 @@
+//! The snapshot store: etcdbrctl's object layout ([`crate::layout`]) over a Local directory or an
+//! object store (S3, GCS, ABS) through `object_store`.
+//!
+//! Writes are two-phase: [`SnapStore::begin_upload`] gives a synchronous [`UploadSink`] (fed from
+//! the compression thread) and a [`PendingUpload`] that is committed only after the snapshot's
+//! integrity was verified. Until then nothing is visible: the Local store writes a hidden temp
+//! file in the target directory and renames it after fsync; remote stores keep a multipart
+//! upload open and complete it only on commit (an interrupted upload is never listed).
+//! `object_store`'s own local writer does not fsync, hence our own Local write path.
+
+pub mod credentials;
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Snapshot, SnapshotSet};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::{
+    local::LocalFileSystem, path::Path as OsPath, ObjectStore, ObjectStoreExt, WriteMultipart,
+};
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Prefix of our temp files in a Local store; listing skips them silently.
+const LOCAL_TMP_PREFIX: &str = ".etcdbr-";
+/// Default Local container, as etcdbrctl.
+pub const DEFAULT_LOCAL_CONTAINER: &str = "default.bkp";
+/// S3 allows 10,000 parts; etcdbrctl sizes parts for 9,999.
+const MAX_PARTS: u64 = 9_999;
+/// Bytes gathered before handing a piece to the uploader task.
+const SINK_PIECE: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Local,
+    S3,
+    Gcs,
+    Abs,
+}
+
+impl FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "Local" => Ok(Provider::Local),
+            "S3" => Ok(Provider::S3),
+            "GCS" => Ok(Provider::Gcs),
+            "ABS" => Ok(Provider::Abs),
+            "Swift" | "OSS" | "ECS" | "OCS" => Err(format!(
+                "storage provider {s:?} is not supported by etcdbr (supported: Local, S3, GCS, ABS; ECS and OCS are S3-compatible: use S3 with --store-endpoint-override)"
+            )),
+            _ => Err(format!("unknown storage provider {s:?} (supported: Local, S3, GCS, ABS)")),
+        }
+    }
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Local => "Local",
+            Provider::S3 => "S3",
+            Provider::Gcs => "GCS",
+            Provider::Abs => "ABS",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub provider: Provider,
+    /// Bucket or container; for Local a directory (relative paths are below `$HOME`, as etcdbrctl).
+    pub container: String,
+    pub endpoint_override: String,
+    /// `--store-prefix`, without the version directory.
+    pub prefix: String,
+    pub max_parallel_chunk_uploads: usize,
+    pub min_chunk_size: usize,
+    pub temp_dir: PathBuf,
+    /// "", "SOURCE_" or "SECONDARY_": prefix of the credential environment variables.
+    pub env_prefix: String,
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_parallel_chunk_uploads == 0 {
+            return Err(Error::config(
+                "--max-parallel-chunk-uploads must be greater than 0",
+            ));
+        }
+        if self.min_chunk_size < 5 * 1024 * 1024 {
+            return Err(Error::config(
+                "--min-chunk-size must be at least 5242880 (5 MiB, the S3 minimum part size)",
+            ));
+        }
+        if self.provider != Provider::Local && self.container.is_empty() {
+            return Err(Error::config(format!(
+                "--store-container (or {}STORAGE_CONTAINER) is required for provider {}",
+                self.env_prefix,
+                self.provider.as_str()
+            )));
+        }
+        if !self.endpoint_override.is_empty() {
+            url::Url::parse(&self.endpoint_override).map_err(|e| {
+                Error::config(format!(
+                    "--store-endpoint-override {:?} is not a URL: {e}",
+                    self.endpoint_override
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+enum Backend {
+    Local { root: PathBuf },
+    Remote,
+}
+
+pub struct SnapStore {
+    cfg: StoreConfig,
+    backend: Backend,
+    /// Reads, lists and deletes go through object_store for every provider.
+    os: Arc<dyn ObjectStore>,
+    warned: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for SnapStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Resolves a Local container the way etcdbrctl does: relative to `$HOME`.
+pub fn local_root(container: &str) -> PathBuf {
+    let c = if container.is_empty() {
+        DEFAULT_LOCAL_CONTAINER
+    } else {
+        container
+    };
+    let p = PathBuf::from(c);
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(p)
+    }
+}
+
+impl SnapStore {
+    /// Builds the store and checks it can be used (Local: directories created; remote: the
+    /// bucket answers a listing).
+    pub async fn open(cfg: StoreConfig) -> Result<SnapStore> {
+        cfg.validate()?;
+        let (backend, os): (Backend, Arc<dyn ObjectStore>) = match cfg.provider {
+            Provider::Local => {
+                let root = local_root(&cfg.container);
+                let v2 = root.join(layout::version_dir(&cfg.prefix, layout::VERSION_V2));
+                create_dir_all_private(&v2)?;
+                let root = root
+                    .canonicalize()
+                    .map_err(|e| Error::io(&root, "resolve the store directory", e))?;
+                let lfs = LocalFileSystem::new_with_prefix(&root).map_err(|e| {
+                    Error::store(root.display().to_string(), "open the local store", e)
+                })?;
+                (Backend::Local { root }, Arc::new(lfs))
+            }
+            Provider::S3 => (Backend::Remote, remote::build_s3(&cfg)?),
+            Provider::Abs => (Backend::Remote, remote::build_abs(&cfg)?),
+            Provider::Gcs => (Backend::Remote, remote::build_gcs(&cfg)?),
+        };
+        let store = SnapStore {
+            cfg,
+            backend,
+            os,
+            warned: Mutex::new(HashSet::new()),
+        };
+        store.check_access().await?;
+        store.clean_leftovers();
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Local { root } => format!(
+                "Local store {}",
+                root.join(self.cfg.prefix.trim_matches('/')).display()
+            ),
+            Backend::Remote => format!(
+                "{} store {}/{}",
+                self.cfg.provider.as_str(),
+                self.cfg.container,
+                self.cfg.prefix.trim_matches('/')
+            ),
+        }
+    }
+
+    fn list_prefix(&self) -> Option<OsPath> {
+        let p = self.cfg.prefix.trim_matches('/');
+        if p.is_empty() {
+            None
+        } else {
+            Some(OsPath::from(p))
+        }
+    }
+
+    async fn check_access(&self) -> Result<()> {
+        if let Backend::Remote = self.backend {
+            self.os.list_with_delimiter(self.list_prefix().as_ref()).await.map_err(|e| {
+                Error::store(
+                    self.describe(),
+                    format!(
+                        "cannot list the bucket {:?} (does it exist, and do the credentials allow listing it?)",
+                        self.cfg.container
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes temp files of dead processes left in a Local store by a crash.
+    fn clean_leftovers(&self) {
+        let Backend::Local { root } = &self.backend else {
+            return;
+        };
+        let dir = root.join(layout::version_dir(&self.cfg.prefix, layout::VERSION_V2));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix(LOCAL_TMP_PREFIX) else {
+                continue;
+            };
+            let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists() && p != 0);
+            if !alive || pid == Some(std::process::id()) {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %e.path().display(), "removed the temp file of an interrupted upload")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a leftover temp file")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every snapshot below the prefix (v1 and v2), sorted as etcdbrctl's `SnapList`. Foreign
+    /// objects are skipped with a warning (once per object and process).
+    pub async fn list(&self) -> Result<Vec<Snapshot>> {
+        let mut stream = self.os.list(self.list_prefix().as_ref());
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let meta = item.map_err(|e| Error::store(self.describe(), "list snapshots", e))?;
+            let key = meta.location.as_ref();
+            if meta
+                .location
+                .filename()
+                .is_some_and(|f| f.starts_with(LOCAL_TMP_PREFIX))
+            {
+                continue;
+            }
+            match Snapshot::parse_key(key) {
+                Ok(s) => out.push(s),
+                Err(reason) => self.warn_foreign(key, &reason),
+            }
+        }
+        layout::sort(&mut out);
+        Ok(out)
+    }
+
+    fn warn_foreign(&self, key: &str, reason: &str) {
+        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() < 10_000 && w.insert(key.to_string()) {
+            tracing::warn!(
+                object = key,
+                reason,
+                "ignoring an object that is not a snapshot"
+            );
+        }
+    }
+
+    pub async fn latest_set(&self) -> Result<SnapshotSet> {
+        Ok(layout::latest_set(&self.list().await?))
+    }
+
+    pub fn key_of(&self, snap: &Snapshot) -> String {
+        snap.key(&self.cfg.prefix)
+    }
+
+    /// Size of a stored object in bytes.
+    pub async fn size(&self, snap: &Snapshot) -> Result<u64> {
+        let key = self.key_of(snap);
+        let meta = self
+            .os
+            .head(&OsPath::from(key.as_str()))
+            .await
+            .map_err(|e| Error::store(&key, "stat", e))?;
+        Ok(meta.size)
+    }
+
+    /// The raw (still compressed) bytes of a stored object, streamed.
+    pub async fn fetch(
+        &self,
+        snap: &Snapshot,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let key = self.key_of(snap);
+        let r = self
+            .os
+            .get(&OsPath::from(key.as_str()))
+            .await
+            .map_err(|e| Error::store(&key, "download", e))?;
+        let k2 = key.clone();
+        Ok(r.into_stream()
+            .map(move |c| c.map_err(|e| Error::store(&k2, "download", e)))
+            .boxed())
+    }
+
+    pub async fn delete(&self, snap: &Snapshot) -> Result<()> {
+        let key = self.key_of(snap);
+        self.os
+            .delete(&OsPath::from(key.as_str()))
+            .await
+            .map_err(|e| Error::store(&key, "delete", e))
+    }
+
+    /// Starts writing `snap`. `size_hint` (bytes, e.g. etcd's db size) sizes multipart parts.
+    pub async fn begin_upload(
+        &self,
+        snap: &Snapshot,
+        size_hint: u64,
+    ) -> Result<(UploadSink, PendingUpload)> {
+        let key = self.key_of(snap);
+        match &self.backend {
+            Backend::Local { root } => {
+                let dest = root.join(&key);
+                let dir = dest
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.clone());
+                create_dir_all_private(&dir)?;
+                let tmp = dir.join(format!(
+                    "{LOCAL_TMP_PREFIX}{}-{:016x}.{}.part",
+                    std::process::id(),
+                    rand::random::<u64>(),
+                    snap.snap_name.replace('/', "_")
+                ));
+                let file = open_private(&tmp)?;
+                Ok((
+                    UploadSink {
+                        inner: SinkInner::Local {
+                            w: BufWriter::with_capacity(1 << 20, file),
+                            path: tmp.clone(),
+                        },
+                    },
+                    PendingUpload {
+                        key,
+                        kind: PendingKind::Local { tmp, dest, dir },
+                    },
+                ))
+            }
+            Backend::Remote => {
+                let upload = self
+                    .os
+                    .put_multipart(&OsPath::from(key.as_str()))
+                    .await
+                    .map_err(|e| Error::store(&key, "start the multipart upload", e))?;
+                let part = (size_hint / MAX_PARTS).max(self.cfg.min_chunk_size as u64) as usize;
+                let writer = WriteMultipart::new_with_chunk_size(upload, part);
+                let (tx, rx) = mpsc::channel::<Bytes>(2);
+                let concurrency = self.cfg.max_parallel_chunk_uploads;
+                let task = tokio::spawn(uploader(writer, rx, concurrency, key.clone()));
+                Ok((
+                    UploadSink {
+                        inner: SinkInner::Remote {
+                            buf: Vec::with_capacity(SINK_PIECE),
+                            tx,
+                        },
+                    },
+                    PendingUpload {
+                        key,
+                        kind: PendingKind::Remote { task },
+                    },
+                ))
+            }
+        }
+    }
+}
+
+async fn uploader(
+    mut w: WriteMultipart,
+    mut rx: mpsc::Receiver<Bytes>,
+    concurrency: usize,
+    key: String,
+) -> Result<WriteMultipart> {
+    while let Some(piece) = rx.recv().await {
+        if let Err(e) = w.wait_for_capacity(concurrency).await {
+            let _ = w.abort().await;
+            return Err(Error::store(&key, "upload a part", e));
+        }
+        w.put(piece);
+    }
+    Ok(w)
+}
+
+fn create_dir_all_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, "create the store directory", e))
+}
+
+fn open_private(p: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)
+        .map_err(|e| Error::io(p, "create", e))
+}
+
+/// The synchronous end of an upload, written from the compression thread.
+pub struct UploadSink {
+    inner: SinkInner,
+}
+
+enum SinkInner {
+    Local {
+        w: BufWriter<fs::File>,
+        path: PathBuf,
+    },
+    Remote {
+        buf: Vec<u8>,
+        tx: mpsc::Sender<Bytes>,
+    },
+}
+
+fn send_piece(tx: &mpsc::Sender<Bytes>, buf: &mut Vec<u8>) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let piece = Bytes::from(std::mem::replace(buf, Vec::with_capacity(SINK_PIECE)));
+    tx.blocking_send(piece).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the uploader stopped (see its error)",
+        )
+    })
+}
+
+impl Write for UploadSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            SinkInner::Local { w, .. } => w.write(data),
+            SinkInner::Remote { buf, tx } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= SINK_PIECE {
+                    send_piece(tx, buf)?;
+                }
+                Ok(data.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl UploadSink {
+    /// Flushes everything written (Local: to disk, with fsync). Call from a blocking thread.
+    pub fn close(self) -> Result<()> {
+        match self.inner {
+            SinkInner::Local { w, path } => {
+                let f = w
+                    .into_inner()
+                    .map_err(|e| Error::io(&path, "write", e.into_error()))?;
+                f.sync_all().map_err(|e| Error::io(&path, "fsync", e))
+            }
+            SinkInner::Remote { mut buf, tx } => {
+                send_piece(&tx, &mut buf).map_err(|e| Error::Other(format!("upload: {e}")))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The asynchronous end of an upload: nothing is visible until `commit`.
+pub struct PendingUpload {
+    key: String,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    Local {
+        tmp: PathBuf,
+        dest: PathBuf,
+        dir: PathBuf,
+    },
+    Remote {
+        task: JoinHandle<Result<WriteMultipart>>,
+    },
+}
+
+impl PendingUpload {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Makes the object visible. Call only after the sink was closed and the data verified.
+    pub async fn commit(self) -> Result<()> {
+        match self.kind {
+            PendingKind::Local { tmp, dest, dir } => {
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    fs::rename(&tmp, &dest).map_err(|e| {
+                        let _ = fs::remove_file(&tmp);
+                        Error::io(&dest, "rename the finished snapshot into place", e)
+                    })?;
+                    // fsync the directory so the rename survives a power loss
+                    fs::File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| Error::io(&dir, "fsync", e))
+                })
+                .await
+                .map_err(|e| Error::Other(format!("commit task failed: {e}")))?
+            }
+            PendingKind::Remote { task } => {
+                let w = task
+                    .await
+                    .map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+                w.finish()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::store(&self.key, "complete the multipart upload", e))
+            }
+        }
+    }
+
+    /// Discards the upload; nothing becomes visible.
+    pub async fn abort(self) {
+        match self.kind {
+            PendingKind::Local { tmp, .. } => {
+                let _ = fs::remove_file(&tmp);
+            }
+            PendingKind::Remote { task } => {
+                if let Ok(Ok(w)) = task.await {
+                    if let Err(e) = w.abort().await {
+                        tracing::warn!(object = %self.key, error = %e, "cannot abort the multipart upload; it stays invisible, and a bucket lifecycle rule can remove it");
+                    }
+                }
+            }
+        }
+    }
+}
+
+mod remote;
+pub use remote::credential_source;

@@ -1,0 +1,242 @@
+//! Builders of the remote object stores from `StoreConfig` and etcdbrctl-style credentials.
+
+use super::credentials::{self, Fields, Source};
+use super::StoreConfig;
+use crate::error::{Error, Result};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::{ClientOptions, ObjectStore};
+use std::sync::Arc;
+
+const S3_KEYS: &[&str] = &[
+    "region",
+    "accessKeyID",
+    "secretAccessKey",
+    "roleARN",
+    "token",
+    "endpoint",
+    "s3ForcePathStyle",
+    "insecureSkipVerify",
+    "trustedCaCert",
+    "sseCustomerKey",
+    "sseCustomerAlgorithm",
+];
+const ABS_KEYS: &[&str] = &["storageAccount", "storageKey", "domain", "emulatorEnabled"];
+
+fn client_options(fields: Option<&Fields>, allow_http: bool) -> Result<ClientOptions> {
+    let mut o = ClientOptions::new().with_allow_http(allow_http);
+    if let Some(f) = fields {
+        if f.flag("insecureSkipVerify") {
+            o = o.with_allow_invalid_certificates(true);
+        }
+        if let Some(pem) = f.get("trustedCaCert") {
+            let cert = object_store::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                Error::Credentials {
+                    path: f.source.clone(),
+                    reason: format!("trustedCaCert is not a PEM certificate: {e}"),
+                }
+            })?;
+            o = o.with_root_certificate(cert);
+        }
+    }
+    Ok(o)
+}
+
+fn store_err(cfg: &StoreConfig, e: object_store::Error) -> Error {
+    Error::store(
+        format!("{}:{}", cfg.provider.as_str(), cfg.container),
+        "configure the store client",
+        e,
+    )
+}
+
+pub(super) fn build_s3(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    let src = credentials::source(&cfg.env_prefix, "AWS_APPLICATION_CREDENTIALS");
+    let fields = src
+        .as_ref()
+        .map(|s| credentials::read(s, S3_KEYS))
+        .transpose()?;
+    // Without etcdbrctl credential files, the standard AWS_* variables apply.
+    let mut b = if fields.is_some() {
+        AmazonS3Builder::new()
+    } else {
+        AmazonS3Builder::from_env()
+    };
+    b = b.with_bucket_name(&cfg.container);
+    let mut endpoint = cfg.endpoint_override.clone();
+    if let Some(f) = &fields {
+        b = b.with_region(f.require("region")?);
+        match (
+            f.get("accessKeyID"),
+            f.get("secretAccessKey"),
+            f.get("roleARN"),
+            f.get("token"),
+        ) {
+            (Some(id), Some(secret), _, _) => {
+                b = b.with_access_key_id(id).with_secret_access_key(secret)
+            }
+            (_, _, Some(role), Some(token_file)) => {
+                b = b
+                    .with_config(AmazonS3ConfigKey::RoleArn, role)
+                    .with_config(AmazonS3ConfigKey::WebIdentityTokenFile, token_file);
+            }
+            _ => {
+                return Err(Error::Credentials {
+                    path: f.source.clone(),
+                    reason: "need accessKeyID and secretAccessKey, or roleARN and token".into(),
+                })
+            }
+        }
+        if endpoint.is_empty() {
+            endpoint = f.get("endpoint").unwrap_or_default();
+        }
+        if f.flag("s3ForcePathStyle") {
+            b = b.with_virtual_hosted_style_request(false);
+        }
+        if let Some(key) = f.get("sseCustomerKey") {
+            let alg = f
+                .get("sseCustomerAlgorithm")
+                .unwrap_or_else(|| "AES256".into());
+            if alg != "AES256" {
+                return Err(Error::Credentials {
+                    path: f.source.clone(),
+                    reason: format!("sseCustomerAlgorithm {alg:?} is not supported (only AES256)"),
+                });
+            }
+            b = b.with_ssec_encryption(base64_encode(key.as_bytes()));
+        }
+    } else if std::env::var_os("AWS_REGION").is_none()
+        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        b = b.with_region("us-east-1");
+    }
+    if !endpoint.is_empty() {
+        // S3-compatible servers (MinIO, Ceph, moto...) are addressed path-style.
+        b = b
+            .with_endpoint(&endpoint)
+            .with_virtual_hosted_style_request(false);
+    }
+    b = b.with_client_options(client_options(
+        fields.as_ref(),
+        endpoint.starts_with("http://"),
+    )?);
+    Ok(Arc::new(b.build().map_err(|e| store_err(cfg, e))?))
+}
+
+pub(super) fn build_abs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    let src = credentials::source(&cfg.env_prefix, "AZURE_APPLICATION_CREDENTIALS");
+    let fields = src
+        .as_ref()
+        .map(|s| credentials::read(s, ABS_KEYS))
+        .transpose()?;
+    let mut b = if fields.is_some() {
+        MicrosoftAzureBuilder::new()
+    } else {
+        MicrosoftAzureBuilder::from_env()
+    };
+    b = b.with_container_name(&cfg.container);
+    let mut account = None;
+    if let Some(f) = &fields {
+        let acct = f.require("storageAccount")?;
+        b = b
+            .with_account(&acct)
+            .with_access_key(f.require("storageKey")?);
+        if cfg.endpoint_override.is_empty() {
+            if let Some(domain) = f.get("domain") {
+                b = b.with_endpoint(format!("https://{acct}.{domain}"));
+            }
+        }
+        account = Some(acct);
+    }
+    if !cfg.endpoint_override.is_empty() {
+        // etcdbrctl: `<override>/<container>`; for Azurite the override already ends in the
+        // account (`http://127.0.0.1:10000/devstoreaccount1`).
+        let ep = cfg.endpoint_override.trim_end_matches('/').to_string();
+        let ep = match &account {
+            Some(a) if !ep.ends_with(a.as_str()) && ep.contains("127.0.0.1") => format!("{ep}/{a}"),
+            _ => ep,
+        };
+        b = b.with_endpoint(ep);
+    }
+    b = b.with_client_options(client_options(
+        None,
+        cfg.endpoint_override.starts_with("http://"),
+    )?);
+    Ok(Arc::new(b.build().map_err(|e| store_err(cfg, e))?))
+}
+
+pub(super) fn build_gcs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&cfg.container);
+    let cred_var = format!("{}GOOGLE_APPLICATION_CREDENTIALS", cfg.env_prefix);
+    if let Some(p) = std::env::var_os(&cred_var) {
+        let p = std::path::PathBuf::from(p);
+        if !p.is_file() {
+            return Err(Error::Credentials {
+                path: p.display().to_string(),
+                reason: format!("{cred_var} does not name a file"),
+            });
+        }
+        b = b.with_service_account_path(p.display().to_string());
+    }
+    if !cfg.endpoint_override.is_empty() {
+        b = b.with_base_url(cfg.endpoint_override.trim_end_matches('/'));
+        if cfg.endpoint_override.starts_with("http://") {
+            // emulators take no authentication, as etcdbrctl's STORAGE_EMULATOR_HOST mode
+            b = b
+                .with_skip_signature(true)
+                .with_client_options(client_options(None, true)?);
+        }
+    }
+    Ok(Arc::new(b.build().map_err(|e| store_err(cfg, e))?))
+}
+
+/// Standard base64 (object_store's SSE-C option takes the key base64-encoded).
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// The credential source to watch for rotation (see [`credentials::modified`]).
+pub fn credential_source(cfg: &StoreConfig) -> Option<Source> {
+    match cfg.provider {
+        super::Provider::S3 => credentials::source(&cfg.env_prefix, "AWS_APPLICATION_CREDENTIALS"),
+        super::Provider::Abs => {
+            credentials::source(&cfg.env_prefix, "AZURE_APPLICATION_CREDENTIALS")
+        }
+        super::Provider::Gcs => {
+            std::env::var(format!("{}GOOGLE_APPLICATION_CREDENTIALS", cfg.env_prefix))
+                .ok()
+                .map(|p| Source::JsonFile(p.into()))
+        }
+        super::Provider::Local => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::base64_encode(b"Man"), "TWFu");
+        assert_eq!(super::base64_encode(b"Ma"), "TWE=");
+        assert_eq!(super::base64_encode(b"M"), "TQ==");
+    }
+}

@@ -1,0 +1,525 @@
+//! Full snapshots against real etcd 3.4.23 / 3.5.1, the Local store and moto's S3 server.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Decompresses a stored object the way etcdbrctl would (Go's stdlib for gzip/zlib/lzw).
+fn decompress(file: &Path, suffix: &str, out: &Path) {
+    let status = match suffix {
+        "" => {
+            std::fs::copy(file, out).expect("copy");
+            return;
+        }
+        ".gz" | ".zlib" | ".Z" => {
+            let policy = match suffix {
+                ".gz" => "gzip",
+                ".zlib" => "zlib",
+                _ => "lzw",
+            };
+            std::process::Command::new(gocompat())
+                .args(["decompress", policy])
+                .arg(file)
+                .arg(out)
+                .status()
+        }
+        ".zst" => std::process::Command::new("zstd")
+            .args(["-q", "-d", "-f", "-o"])
+            .arg(out)
+            .arg(file)
+            .status(),
+        s => panic!("unexpected suffix {s}"),
+    };
+    assert!(
+        status.expect("decompress").success(),
+        "decompressing {}",
+        file.display()
+    );
+}
+
+fn every_codec(version: EtcdVersion) {
+    let etcd = Etcd::start(version);
+    etcd.fill(1200, 100);
+    let rev = etcd.revision();
+    let tmp = tempfile::tempdir().unwrap();
+    let container = tmp.path().join("bk");
+    let cases: &[(&[&str], &str)] = &[
+        (&[], ".gz"),
+        (&["--compress-snapshots=false"], ""),
+        (&["--compression-policy", "zlib"], ".zlib"),
+        (&["--compression-policy", "lzw"], ".Z"),
+        (&["--compression-policy", "zstd"], ".zst"),
+    ];
+    for (flags, suffix) in cases {
+        let before = chrono::Utc::now().timestamp();
+        let key = run_ok(
+            etcdbrctl()
+                .args([
+                    "snapshot",
+                    "save",
+                    "--endpoints",
+                    &etcd.endpoint,
+                    "--storage-provider",
+                    "Local",
+                ])
+                .arg("--store-container")
+                .arg(&container)
+                .args(["--store-prefix", "cluster-a"])
+                .args(*flags),
+        );
+        let key = key.trim();
+        let expected_prefix = format!("cluster-a/v2/Full-00000000-{rev:08}-");
+        assert!(
+            key.starts_with(&expected_prefix),
+            "{key} should start with {expected_prefix}"
+        );
+        let unix: i64 = key[expected_prefix.len()..key.len() - suffix.len()]
+            .parse()
+            .expect("unix time in the name");
+        assert!(unix >= before && unix <= chrono::Utc::now().timestamp());
+        let obj = container.join(key);
+        assert!(obj.is_file(), "{} missing", obj.display());
+        let db = tmp.path().join("db");
+        decompress(&obj, suffix, &db);
+        let data = std::fs::read(&db).unwrap();
+        assert!(
+            has_valid_trailer(&data),
+            "{key}: last 32 bytes must be the sha256 of the rest"
+        );
+        let st = etcd_status(version, &db);
+        assert_eq!(st["revision"].as_i64(), Some(rev), "{key}: status {st}");
+        assert!(st["totalKey"].as_i64().unwrap() > 1200);
+    }
+    // nothing but the five snapshots in the store directory
+    let files = files_in(&container.join("cluster-a/v2"));
+    assert_eq!(files.len(), 5, "{files:?}");
+}
+
+#[test]
+fn full_snapshot_every_codec_etcd34() {
+    every_codec(EtcdVersion::V34);
+}
+
+#[test]
+fn full_snapshot_every_codec_etcd35() {
+    every_codec(EtcdVersion::V35);
+}
+
+/// Our codecs and Go's (etcdbrctl's) read each other's output.
+#[test]
+fn codecs_interoperate_with_go() {
+    use etcdbr::codec::Codec;
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| ((i / 7) ^ (i.wrapping_mul(2654435761) >> 24)) as u8)
+        .collect();
+    let plain = tmp.path().join("plain");
+    std::fs::write(&plain, &data).unwrap();
+    for (codec, policy) in [
+        (Codec::Gzip, "gzip"),
+        (Codec::Zlib, "zlib"),
+        (Codec::Lzw, "lzw"),
+    ] {
+        // Go writes, we read
+        let go_out = tmp.path().join(format!("go.{policy}"));
+        assert!(std::process::Command::new(gocompat())
+            .args(["compress", policy])
+            .arg(&plain)
+            .arg(&go_out)
+            .status()
+            .unwrap()
+            .success());
+        let enc = std::fs::read(&go_out).unwrap();
+        let mut got = Vec::new();
+        codec
+            .decoder(&enc[..])
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(got == data, "{policy}: Go-written data decoded differently");
+        // we write, Go reads
+        let mut e = codec.encoder(Vec::new()).unwrap();
+        for c in data.chunks(32 * 1024) {
+            e.write_all(c).unwrap();
+        }
+        let ours = tmp.path().join(format!("ours.{policy}"));
+        std::fs::write(&ours, e.finish().unwrap()).unwrap();
+        let back = tmp.path().join(format!("back.{policy}"));
+        assert!(std::process::Command::new(gocompat())
+            .args(["decompress", policy])
+            .arg(&ours)
+            .arg(&back)
+            .status()
+            .unwrap()
+            .success());
+        assert!(
+            std::fs::read(&back).unwrap() == data,
+            "{policy}: Go decoded our data differently"
+        );
+    }
+}
+
+#[test]
+fn s3_multipart_with_credentials_json() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.fill(3000, 4096); // ~12 MiB of values: several 5 MiB parts
+    let rev = etcd.revision();
+    let moto = Moto::start("backups");
+    let key = run_ok(
+        etcdbrctl()
+            .env("AWS_APPLICATION_CREDENTIALS_JSON", moto.credentials_file())
+            .args([
+                "snapshot",
+                "save",
+                "--endpoints",
+                &etcd.endpoint,
+                "--storage-provider",
+                "S3",
+            ])
+            .args([
+                "--store-container",
+                "backups",
+                "--store-endpoint-override",
+                &moto.endpoint,
+                "--store-prefix",
+                "etcd-main",
+            ])
+            .args(["--compress-snapshots=false", "--min-chunk-size", "5242880"]),
+    );
+    let key = key.trim().to_string();
+    assert!(
+        key.starts_with(&format!("etcd-main/v2/Full-00000000-{rev:08}-")),
+        "{key}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (etag, data) = rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        let s = moto.store();
+        let p = object_store::path::Path::from(key.as_str());
+        let meta = s.head(&p).await.unwrap();
+        let data = s.get(&p).await.unwrap().bytes().await.unwrap();
+        (meta.e_tag.unwrap_or_default(), data)
+    });
+    // S3 marks multipart objects with an ETag of the form "<md5>-<parts>"
+    let parts = data.len().div_ceil(5 << 20);
+    assert!(parts >= 3);
+    assert!(
+        etag.trim_matches('"').ends_with(&format!("-{parts}")),
+        "expected a {parts}-part multipart upload, ETag {etag}"
+    );
+    assert!(has_valid_trailer(&data));
+    let db = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(db.path(), &data).unwrap();
+    assert_eq!(
+        etcd_status(EtcdVersion::V34, db.path())["revision"].as_i64(),
+        Some(rev)
+    );
+}
+
+fn assert_one_clear_error(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "expected one error line, got: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "error should mention {needle:?}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("bk");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = etcdbrctl();
+        cmd.args(args).arg("--store-container").arg(&c);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    assert_one_clear_error(
+        &run(&["snapshot", "save", "--storage-provider", "Dropbox"], &[]),
+        "unknown storage provider",
+    );
+    assert_one_clear_error(
+        &run(&["snapshot", "--schedule", "61 * * * *"], &[]),
+        "invalid cron schedule",
+    );
+    assert_one_clear_error(
+        &run(&["snapshot", "save", "--compression-policy", "lz4"], &[]),
+        "unknown compression policy",
+    );
+    assert_one_clear_error(
+        &run(&["snapshot", "save", "--compress-snapshots=maybe"], &[]),
+        "invalid boolean",
+    );
+    assert_one_clear_error(
+        &run(
+            &["snapshot", "save", "--etcd-connection-timeout", "soon"],
+            &[],
+        ),
+        "invalid duration",
+    );
+    let t = Instant::now();
+    assert_one_clear_error(
+        &run(
+            &[
+                "snapshot",
+                "save",
+                "--endpoints",
+                &dead,
+                "--etcd-connection-timeout",
+                "3s",
+            ],
+            &[],
+        ),
+        &dead,
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "unreachable etcd must fail within the connection timeout"
+    );
+    assert_one_clear_error(
+        &run(&["snapshot", "save", "--endpoints", "127.0.0.1:2379"], &[]),
+        "is not a URL",
+    );
+
+    let moto = Moto::start("exists");
+    let s3 = [
+        "snapshot",
+        "save",
+        "--endpoints",
+        &dead,
+        "--storage-provider",
+        "S3",
+        "--store-endpoint-override",
+        &moto.endpoint,
+    ];
+    let creds = moto.credentials_file();
+    let creds = creds.to_str().unwrap();
+    let mut missing_bucket = etcdbrctl();
+    missing_bucket
+        .args(s3)
+        .args(["--store-container", "no-such-bucket"])
+        .env("AWS_APPLICATION_CREDENTIALS_JSON", creds);
+    assert_one_clear_error(&missing_bucket.output().unwrap(), "no-such-bucket");
+    let mut bad_creds = etcdbrctl();
+    bad_creds
+        .args(s3)
+        .args(["--store-container", "exists"])
+        .env(
+            "AWS_APPLICATION_CREDENTIALS_JSON",
+            "/nonexistent/creds.json",
+        );
+    assert_one_clear_error(&bad_creds.output().unwrap(), "/nonexistent/creds.json");
+    let incomplete = tmp.path().join("incomplete.json");
+    std::fs::write(&incomplete, r#"{"accessKeyID":"a","secretAccessKey":"b"}"#).unwrap();
+    let mut no_region = etcdbrctl();
+    no_region
+        .args(s3)
+        .args(["--store-container", "exists"])
+        .env("AWS_APPLICATION_CREDENTIALS_JSON", &incomplete);
+    assert_one_clear_error(&no_region.output().unwrap(), "region");
+    let mut no_container = etcdbrctl();
+    no_container.args(["snapshot", "save", "--storage-provider", "S3"]);
+    assert_one_clear_error(&no_container.output().unwrap(), "--store-container");
+}
+
+/// A connection cut in the middle of the snapshot stream leaves no visible object and no temp
+/// file.
+#[test]
+fn cut_stream_leaves_nothing_visible() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.fill(2500, 8192); // ~20 MiB
+    let port: u16 = etcd.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(port, None, Some(8 << 20));
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("bk");
+    let out = etcdbrctl()
+        .args([
+            "snapshot",
+            "save",
+            "--endpoints",
+            &proxy.endpoint(),
+            "--compress-snapshots=false",
+        ])
+        .arg("--store-container")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a cut stream must fail");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    assert_eq!(
+        files_in(&c.join("v2")),
+        Vec::<String>::new(),
+        "nothing may be left in the store"
+    );
+    // and the direct path works
+    run_ok(
+        etcdbrctl()
+            .args(["snapshot", "save", "--endpoints", &etcd.endpoint])
+            .arg("--store-container")
+            .arg(&c),
+    );
+    assert_eq!(files_in(&c.join("v2")).len(), 1);
+}
+
+/// kill -9 in the middle of an upload: nothing visible; the next run removes the leftover.
+#[test]
+fn kill_9_mid_upload_leaves_nothing_visible() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.fill(2500, 8192);
+    let port: u16 = etcd.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(port, Some(4 << 20), None); // 4 MiB/s: ~5 s for the snapshot
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("bk");
+    let v2 = c.join("v2");
+    let mut child = etcdbrctl()
+        .args([
+            "snapshot",
+            "save",
+            "--endpoints",
+            &proxy.endpoint(),
+            "--compress-snapshots=false",
+        ])
+        .arg("--store-container")
+        .arg(&c)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let partial = files_in(&v2)
+            .into_iter()
+            .find(|f| f.starts_with(".etcdbr-"));
+        if let Some(f) = partial {
+            if std::fs::metadata(v2.join(&f)).map(|m| m.len()).unwrap_or(0) > 2 << 20 {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "upload did not start: {:?}",
+            files_in(&v2)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left = files_in(&v2);
+    assert!(
+        left.iter().all(|f| f.starts_with(".etcdbr-")),
+        "only a hidden temp file may remain: {left:?}"
+    );
+    // listing sees no snapshot
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = etcdbr::store::StoreConfig {
+        provider: etcdbr::store::Provider::Local,
+        container: c.to_string_lossy().to_string(),
+        endpoint_override: String::new(),
+        prefix: String::new(),
+        max_parallel_chunk_uploads: 5,
+        min_chunk_size: 5 << 20,
+        temp_dir: tmp.path().to_path_buf(),
+        env_prefix: String::new(),
+    };
+    let listed = rt.block_on(async {
+        etcdbr::store::SnapStore::open(cfg)
+            .await
+            .unwrap()
+            .list()
+            .await
+            .unwrap()
+    });
+    assert!(listed.is_empty(), "{listed:?}");
+    // opening the store removed the dead process's temp file
+    assert_eq!(files_in(&v2), Vec::<String>::new());
+    run_ok(
+        etcdbrctl()
+            .args(["snapshot", "save", "--endpoints", &etcd.endpoint])
+            .arg("--store-container")
+            .arg(&c),
+    );
+    assert_eq!(files_in(&v2).len(), 1);
+}
+
+/// The scheduled mode takes a full at once and one per tick, and stops cleanly on SIGTERM.
+#[test]
+fn scheduled_mode_full_at_start_and_per_tick() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(100, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("bk");
+    let mut child = etcdbrctl()
+        .args([
+            "snapshot",
+            "--endpoints",
+            &etcd.endpoint,
+            "--schedule",
+            "@every 2s",
+        ])
+        .arg("--store-container")
+        .arg(&c)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while files_in(&c.join("v2")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no full snapshot at start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the first full must be immediate"
+    );
+    etcd.fill(10, 10);
+    std::thread::sleep(Duration::from_millis(4500));
+    let rc = unsafe_sigterm(child.id());
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM must exit 0");
+    let files = files_in(&c.join("v2"));
+    assert!(files.len() >= 3, "{files:?}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(
+        out.lines().count(),
+        files.len(),
+        "one printed name per snapshot"
+    );
+    let revs: Vec<i64> = files
+        .iter()
+        .map(|f| f.split('-').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(*revs.iter().max().unwrap(), etcd.revision());
+}
+
+fn unsafe_sigterm(pid: u32) -> i32 {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map(|s| s.code().unwrap_or(1))
+        .unwrap_or(1)
+}
