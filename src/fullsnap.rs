@@ -17,6 +17,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::layout::{Kind, Snapshot};
+use crate::snaprev::RevisionScanner;
 use crate::store::SnapStore;
 use etcd_client::{Client, GetOptions};
 use sha2::{Digest, Sha256};
@@ -187,12 +188,14 @@ pub async fn take(
     // The compression and hashing thread: bounded channel, so memory stays constant.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let obj2 = object.clone();
-    let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
+    let worker = tokio::task::spawn_blocking(move || -> Result<(u64, Option<i64>)> {
         let mut hasher = TrailerHasher::default();
+        let mut scanner = RevisionScanner::new(before, db_size);
         let io_err = |e: std::io::Error| Error::Other(format!("{obj2}: compress/write: {e}"));
         let mut enc = codec.encoder(sink).map_err(io_err)?;
         while let Some(blob) = rx.blocking_recv() {
             hasher.update(&blob);
+            scanner.update(&blob);
             enc.write_all(&blob).map_err(io_err)?;
         }
         let total = hasher.total();
@@ -205,7 +208,7 @@ pub async fn take(
             ));
         }
         enc.finish().map_err(io_err)?.close()?;
-        Ok(db_bytes)
+        Ok((db_bytes, scanner.finish()))
     });
 
     let recv_result: Result<()> = async {
@@ -233,26 +236,45 @@ pub async fn take(
     let worker_result = worker
         .await
         .map_err(|e| Error::Other(format!("snapshot worker failed: {e}")))?;
-    let db_bytes = match (recv_result, worker_result) {
-        (Ok(()), Ok(n)) => n,
+    let (db_bytes, scanned) = match (recv_result, worker_result) {
+        (Ok(()), Ok(r)) => r,
         (Err(e), _) | (Ok(()), Err(e)) => {
             pending.abort().await;
             tracing::warn!(object, error = %e, "full snapshot failed; nothing was stored");
             return Err(e);
         }
     };
-    pending.commit().await?;
+    // The exact revision: read from the data itself, checked against the bounds.
+    let (revision, revision_exact) = match scanned {
+        Some(r) if (before..=after).contains(&r) => (r, true),
+        _ if before == after => (before, true),
+        other => {
+            tracing::warn!(before, after, scanned = ?other, "could not read the snapshot's revision; naming it with the lower bound");
+            (before, false)
+        }
+    };
+    let wanted = Snapshot::new_at(
+        Kind::Full,
+        0,
+        revision,
+        codec.suffix(),
+        is_final,
+        snap.created_on,
+    );
+    let stored = store.commit(pending, &snap, &wanted).await?;
     let report = FullSnapshotReport {
-        snapshot: snap,
-        key: object,
+        key: store.key_of(&stored),
+        revision_exact: revision_exact && stored.last_revision == revision,
+        snapshot: stored,
         db_bytes,
-        revision_exact: before == after,
         elapsed: started.elapsed(),
     };
     tracing::info!(
         object = report.key,
-        revision = before,
+        revision = report.snapshot.last_revision,
         revision_exact = report.revision_exact,
+        lower_bound = before,
+        upper_bound = after,
         db_bytes,
         secs = format!("{:.2}", report.elapsed.as_secs_f64()),
         "full snapshot stored"

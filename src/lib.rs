@@ -21,6 +21,7 @@ pub mod fullsnap;
 pub mod layout;
 pub mod lzw;
 pub mod schedule;
+pub mod snaprev;
 pub mod snapshotter;
 pub mod store;
 

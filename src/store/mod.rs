@@ -369,7 +369,7 @@ impl SnapStore {
                     },
                     PendingUpload {
                         key,
-                        kind: PendingKind::Local { tmp, dest, dir },
+                        kind: PendingKind::Local { tmp, dir },
                     },
                 ))
             }
@@ -396,6 +396,69 @@ impl SnapStore {
                         kind: PendingKind::Remote { task },
                     },
                 ))
+            }
+        }
+    }
+}
+
+impl SnapStore {
+    /// Makes an upload visible under the name of `wanted` (the same snapshot, possibly with a
+    /// corrected revision). Call only after the sink was closed and the data verified. Returns
+    /// the snapshot as stored: `wanted`, or the uploaded name when the store cannot rename.
+    pub async fn commit(
+        &self,
+        pending: PendingUpload,
+        uploaded: &Snapshot,
+        wanted: &Snapshot,
+    ) -> Result<Snapshot> {
+        let wanted_key = self.key_of(wanted);
+        match pending.kind {
+            PendingKind::Local { tmp, dir, .. } => {
+                let Backend::Local { root } = &self.backend else {
+                    return Err(Error::Other("a local upload on a remote store".into()));
+                };
+                let dest = root.join(&wanted_key);
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    fs::rename(&tmp, &dest).map_err(|e| {
+                        let _ = fs::remove_file(&tmp);
+                        Error::io(&dest, "rename the finished snapshot into place", e)
+                    })?;
+                    // fsync the directory so that the rename survives a power loss
+                    fs::File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| Error::io(&dir, "fsync", e))
+                })
+                .await
+                .map_err(|e| Error::Other(format!("commit task failed: {e}")))??;
+                Ok(wanted.clone())
+            }
+            PendingKind::Remote { task } => {
+                let w = task
+                    .await
+                    .map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+                w.finish()
+                    .await
+                    .map_err(|e| Error::store(&pending.key, "complete the multipart upload", e))?;
+                if wanted_key == pending.key {
+                    return Ok(wanted.clone());
+                }
+                // object stores cannot rename: copy server-side, then drop the first name
+                let (from, to) = (
+                    OsPath::from(pending.key.as_str()),
+                    OsPath::from(wanted_key.as_str()),
+                );
+                match self.os.copy(&from, &to).await {
+                    Ok(()) => {
+                        if let Err(e) = self.os.delete(&from).await {
+                            tracing::warn!(object = %pending.key, error = %e, "cannot delete the lower-revision name of a renamed snapshot; both objects are valid");
+                        }
+                        Ok(wanted.clone())
+                    }
+                    Err(e) => {
+                        tracing::warn!(object = %pending.key, wanted = %wanted_key, error = %e, "cannot copy the snapshot to its exact-revision name; keeping the lower-bound name");
+                        Ok(uploaded.clone())
+                    }
+                }
             }
         }
     }
@@ -511,7 +574,6 @@ pub struct PendingUpload {
 enum PendingKind {
     Local {
         tmp: PathBuf,
-        dest: PathBuf,
         dir: PathBuf,
     },
     Remote {
@@ -522,35 +584,6 @@ enum PendingKind {
 impl PendingUpload {
     pub fn key(&self) -> &str {
         &self.key
-    }
-
-    /// Makes the object visible. Call only after the sink was closed and the data verified.
-    pub async fn commit(self) -> Result<()> {
-        match self.kind {
-            PendingKind::Local { tmp, dest, dir } => {
-                tokio::task::spawn_blocking(move || -> Result<()> {
-                    fs::rename(&tmp, &dest).map_err(|e| {
-                        let _ = fs::remove_file(&tmp);
-                        Error::io(&dest, "rename the finished snapshot into place", e)
-                    })?;
-                    // fsync the directory so the rename survives a power loss
-                    fs::File::open(&dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| Error::io(&dir, "fsync", e))
-                })
-                .await
-                .map_err(|e| Error::Other(format!("commit task failed: {e}")))?
-            }
-            PendingKind::Remote { task } => {
-                let w = task
-                    .await
-                    .map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
-                w.finish()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::store(&self.key, "complete the multipart upload", e))
-            }
-        }
     }
 
     /// Discards the upload; nothing becomes visible.

@@ -191,6 +191,20 @@ impl Etcd {
         });
     }
 
+    /// One put through the gRPC API (for values too large for a command line).
+    pub fn put(&self, key: &str, value: &[u8]) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([&self.endpoint], None)
+                .await
+                .expect("connect");
+            c.put(key, value.to_vec(), None).await.expect("put");
+        });
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
