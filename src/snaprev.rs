@@ -98,9 +98,12 @@ fn revision_of_key(k: &[u8]) -> Option<i64> {
     }
 }
 
+/// (flags, key, value) of a leaf element.
+type LeafElement<'a> = (u32, &'a [u8], &'a [u8]);
+
 /// Leaf elements of a page buffer (a real page or an inline bucket's page):
 /// (flags, key, value). `None` if any bound is broken.
-fn leaf_elements(page: &[u8]) -> Option<Vec<(u32, &[u8], &[u8])>> {
+fn leaf_elements(page: &[u8]) -> Option<Vec<LeafElement<'_>>> {
     let count = u16_at(page, 10)? as usize;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
