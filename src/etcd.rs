@@ -72,8 +72,16 @@ pub async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
     if !cfg.username.is_empty() && !cfg.password.is_empty() {
         opts = opts.with_user(cfg.username.clone(), cfg.password.clone());
     }
-    let tls_wanted =
-        endpoint.starts_with("https://") || !cfg.cacert.is_empty() || !cfg.cert.is_empty();
+    // As etcdbrctl: TLS when the scheme, certificates or --insecure-transport=false ask for it.
+    let tls_wanted = endpoint.starts_with("https://")
+        || !cfg.cacert.is_empty()
+        || !cfg.cert.is_empty()
+        || !cfg.insecure_transport;
+    let endpoint = if tls_wanted {
+        endpoint.replacen("http://", "https://", 1)
+    } else {
+        endpoint.to_string()
+    };
     if tls_wanted {
         let mut tls = TlsOptions::new();
         if !cfg.cacert.is_empty() {
@@ -94,10 +102,10 @@ pub async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
     }
     let what = "connect";
     call(
-        endpoint,
+        &endpoint,
         what,
         cfg.connection_timeout,
-        Client::connect([endpoint], Some(opts)),
+        Client::connect([endpoint.as_str()], Some(opts)),
     )
     .await
 }

@@ -645,3 +645,109 @@ fn name_revision_is_exact_under_write_load() {
         "the load did not move the revision during any snapshot; the test proves nothing"
     );
 }
+
+/// ABS through Azurite, with etcdbrctl's AZURE_APPLICATION_CREDENTIALS_JSON file.
+#[test]
+fn abs_with_credentials_json() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(2000, 4096);
+    let rev = etcd.revision();
+    let az = Azurite::start("etcd-backups");
+    let key = run_ok(
+        etcdbrctl()
+            .env("AZURE_APPLICATION_CREDENTIALS_JSON", az.credentials_file())
+            .args([
+                "snapshot",
+                "save",
+                "--endpoints",
+                &etcd.endpoint,
+                "--storage-provider",
+                "ABS",
+            ])
+            .args([
+                "--store-container",
+                "etcd-backups",
+                "--store-endpoint-override",
+                &az.endpoint,
+            ])
+            .args(["--store-prefix", "shoot--a", "--compression-policy", "lzw"]),
+    );
+    let key = key.trim().to_string();
+    assert!(
+        key.starts_with(&format!("shoot--a/v2/Full-00000000-{rev:08}-")) && key.ends_with(".Z"),
+        "{key}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        az.store()
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (obj, db) = (tmp.path().join("obj.Z"), tmp.path().join("db"));
+    std::fs::write(&obj, &data).unwrap();
+    decompress(&obj, ".Z", &db);
+    assert!(has_valid_trailer(&std::fs::read(&db).unwrap()));
+    assert_eq!(
+        etcd_status(EtcdVersion::V35, &db)["revision"].as_i64(),
+        Some(rev)
+    );
+}
+
+/// Scheduled mode with etcd down: logged retries with growing backoff, no exit, and the first
+/// snapshot as soon as etcd is up.
+#[test]
+fn scheduled_mode_retries_until_etcd_is_up() {
+    let (c, p) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let log = tmp.path().join("log");
+    let mut child = etcdbrctl()
+        .args([
+            "snapshot",
+            "--endpoints",
+            &format!("http://127.0.0.1:{c}"),
+            "--etcd-connection-timeout",
+            "2s",
+        ])
+        .args(["--backoff-threshold-time", "4s"])
+        .arg("--store-container")
+        .arg(&bk)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job must keep retrying, not exit"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("full snapshot failed"))
+        .count();
+    assert!(failures >= 2, "expected logged retries: {text}");
+    assert!(
+        text.contains("retry_in=1s") && text.contains("retry_in=2s"),
+        "backoff must grow: {text}"
+    );
+    assert!(files_in(&bk.join("v2")).is_empty());
+    let etcd = Etcd::start_on(EtcdVersion::V34, c, p);
+    let t = Instant::now();
+    while files_in(&bk.join("v2")).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no snapshot after etcd came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = unsafe_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    drop(etcd);
+}

@@ -265,7 +265,15 @@ impl SnapStore {
         let mut stream = self.os.list(self.list_prefix().as_ref());
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
-            let meta = item.map_err(|e| Error::store(self.describe(), "list snapshots", e))?;
+            let meta = match item {
+                Ok(m) => m,
+                // a Local directory may hold files object_store cannot name: skip them
+                Err(e) if matches!(self.backend, Backend::Local { .. }) => {
+                    self.warn_foreign(&e.to_string(), "unreadable entry in the store directory");
+                    continue;
+                }
+                Err(e) => return Err(Error::store(self.describe(), "list snapshots", e)),
+            };
             let key = meta.location.as_ref();
             if meta
                 .location

@@ -136,7 +136,6 @@ pub(super) fn build_abs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
         MicrosoftAzureBuilder::from_env()
     };
     b = b.with_container_name(&cfg.container);
-    let mut account = None;
     if let Some(f) = &fields {
         let acct = f.require("storageAccount")?;
         b = b
@@ -147,17 +146,11 @@ pub(super) fn build_abs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
                 b = b.with_endpoint(format!("https://{acct}.{domain}"));
             }
         }
-        account = Some(acct);
     }
     if !cfg.endpoint_override.is_empty() {
-        // etcdbrctl: `<override>/<container>`; for Azurite the override already ends in the
-        // account (`http://127.0.0.1:10000/devstoreaccount1`).
-        let ep = cfg.endpoint_override.trim_end_matches('/').to_string();
-        let ep = match &account {
-            Some(a) if !ep.ends_with(a.as_str()) && ep.contains("127.0.0.1") => format!("{ep}/{a}"),
-            _ => ep,
-        };
-        b = b.with_endpoint(ep);
+        // etcdbrctl: the container URL is `<override>/<container>`, i.e. the override is the
+        // account URL (Azurite: `http://127.0.0.1:10000/devstoreaccount1`).
+        b = b.with_endpoint(cfg.endpoint_override.trim_end_matches('/').to_string());
     }
     b = b.with_client_options(client_options(
         None,

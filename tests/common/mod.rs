@@ -82,8 +82,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(version: EtcdVersion) -> Etcd {
+        Self::start_on(version, free_port(), free_port())
+    }
+
+    pub fn start_on(version: EtcdVersion, c: u16, p: u16) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (c, p) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{c}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
         let mut cmd = clean_cmd(&version.etcd());
@@ -453,4 +456,106 @@ pub fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Azurite's Blob service with one container, and the development account's credentials.
+pub struct Azurite {
+    pub child: Child,
+    pub endpoint: String,
+    pub container: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    pub fn start(container: &str) -> Azurite {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let bin = require(tools_dir().join("node/node_modules/.bin/azurite-blob"));
+        let log = std::fs::File::create(dir.path().join("azurite.log")).expect("log");
+        let child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--skipApiVersionCheck",
+                "--location",
+            ])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start azurite");
+        let endpoint = format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}");
+        let a = Azurite {
+            child,
+            endpoint,
+            container: container.to_string(),
+            dir,
+        };
+        let py = require(tools_dir().join("venv/bin/python"));
+        let conn = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+            a.endpoint
+        );
+        let t = Instant::now();
+        loop {
+            let ok = Command::new(&py)
+                .args([
+                    "-c",
+                    "import sys; from azure.storage.blob import BlobServiceClient as B; B.from_connection_string(sys.argv[1]).create_container(sys.argv[2])",
+                    &conn,
+                    container,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "azurite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        a
+    }
+
+    pub fn credentials_file(&self) -> PathBuf {
+        let p = self.dir.path().join("azure.json");
+        std::fs::write(
+            &p,
+            format!(r#"{{"storageAccount":"{AZURITE_ACCOUNT}","storageKey":"{AZURITE_KEY}"}}"#),
+        )
+        .expect("write");
+        p
+    }
+
+    pub fn store(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        std::sync::Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::new()
+                .with_account(AZURITE_ACCOUNT)
+                .with_access_key(AZURITE_KEY)
+                .with_container_name(&self.container)
+                .with_endpoint(self.endpoint.clone())
+                .with_allow_http(true)
+                .build()
+                .expect("azure client"),
+        )
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
