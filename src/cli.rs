@@ -6,6 +6,7 @@ use crate::codec::Codec;
 use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdConfig;
+use crate::gc::{GcConfig, Policy};
 use crate::schedule::Schedule;
 use crate::snapshotter::{self, Backoff, SnapshotJob};
 use crate::store::{Provider, StoreConfig};
@@ -323,6 +324,29 @@ pub struct SnapshotterArgs {
 }
 
 impl SnapshotterArgs {
+    /// The GC configuration and period, or `None` when disabled (period of 1s or less).
+    pub fn gc(&self) -> Result<Option<(GcConfig, Duration)>> {
+        let policy = match self.garbage_collection_policy.as_str() {
+            "Exponential" => Policy::Exponential,
+            "LimitBased" => Policy::LimitBased {
+                max_backups: self.max_backups as usize,
+            },
+            p => {
+                return Err(Error::config(format!(
+                    "--garbage-collection-policy {p:?} is unknown: use Exponential or LimitBased"
+                )))
+            }
+        };
+        if self.garbage_collection_period <= Duration::from_secs(1) {
+            return Ok(None);
+        }
+        let cfg = GcConfig {
+            policy,
+            delta_retention: self.delta_snapshot_retention_period,
+        };
+        Ok(Some((cfg, self.garbage_collection_period)))
+    }
+
     pub fn validate(&self) -> Result<Schedule> {
         let schedule = Schedule::parse(&self.schedule)
             .map_err(|e| Error::config(format!("--schedule: {e}")))?;
@@ -468,6 +492,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                     codec: s.compression.codec()?,
                     schedule,
                     backoff: s.backoff.backoff()?,
+                    gc: s.snapshotter.gc()?,
                 };
                 tracing::info!(
                     endpoint = job.etcd.primary(),
@@ -475,6 +500,10 @@ async fn run_command(cmd: Command) -> Result<()> {
                     compression = job.codec.policy_name(),
                     schedule = %s.snapshotter.schedule,
                     "starting the snapshot job"
+                );
+                tracing::warn!(
+                    "this build takes full snapshots only: delta snapshots and defragmentation \
+                     are not implemented yet"
                 );
                 snapshotter::run_scheduled(job, shutdown_signal()).await
             }

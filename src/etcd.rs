@@ -115,7 +115,23 @@ pub async fn call<T, F>(endpoint: &str, what: &str, timeout: Duration, fut: F) -
 where
     F: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    match tokio::time::timeout(timeout, fut).await {
+    call_until(endpoint, what, tokio::time::Instant::now() + timeout, fut).await
+}
+
+/// Like [`call`], with a deadline shared by several calls (e.g. a whole snapshot stream).
+pub async fn call_until<T, F>(
+    endpoint: &str,
+    what: &str,
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Result<T>
+where
+    F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let secs = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_secs();
+    match tokio::time::timeout_at(deadline, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(Error::Etcd {
             endpoint: endpoint.to_string(),
@@ -125,7 +141,7 @@ where
         Err(_) => Err(Error::EtcdTimeout {
             endpoint: endpoint.to_string(),
             what: what.to_string(),
-            secs: timeout.as_secs(),
+            secs,
         }),
     }
 }

@@ -5,13 +5,13 @@
 //! The object content is what etcdbrctl stores: the db bytes followed by etcd's 32-byte SHA-256
 //! trailer, compressed as a whole.
 //!
-//! Revision in the name: etcd's snapshot carries no revision, and the revision read from a
+//! Revision in the name: etcd's snapshot carries no revision, and a revision read from a
 //! separate call is not atomic with it (etcdbrctl bug #1044). We read the revision with a
 //! linearizable Get *before* opening the stream (`before`) and with a serializable Get on the
 //! same member *after* the first chunk arrived (`after`). etcd opens the snapshot's read
-//! transaction before it sends the first chunk, so `before <= data revision <= after`. The name
-//! takes `before`: never higher than the data. When `before == after` (no write during the
-//! start of the stream) it is exact; otherwise the restore skips the overlapping events.
+//! transaction before it sends the first chunk, so `before <= data revision <= after`. The exact
+//! value is read from the streamed pages ([`crate::snaprev`]) and accepted within those bounds;
+//! otherwise the name keeps `before`, never higher than the data.
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -150,27 +150,15 @@ pub async fn take(
     let before = revision(client, &endpoint, timeout, false).await?;
 
     let deadline = tokio::time::Instant::now() + cfg.snapshot_timeout;
-    let snap_timeout_err = || Error::EtcdTimeout {
-        endpoint: endpoint.clone(),
-        what: "snapshot stream".into(),
-        secs: cfg.snapshot_timeout.as_secs(),
-    };
-    let mut stream = tokio::time::timeout_at(deadline, client.snapshot())
-        .await
-        .map_err(|_| snap_timeout_err())?
-        .map_err(|source| Error::Etcd {
-            endpoint: endpoint.clone(),
-            what: "start the snapshot stream".into(),
-            source,
-        })?;
-    let first = tokio::time::timeout_at(deadline, stream.message())
-        .await
-        .map_err(|_| snap_timeout_err())?
-        .map_err(|source| Error::Etcd {
-            endpoint: endpoint.clone(),
-            what: "snapshot stream".into(),
-            source,
-        })?
+    let mut stream = etcd::call_until(
+        &endpoint,
+        "start the snapshot stream",
+        deadline,
+        client.snapshot(),
+    )
+    .await?;
+    let first = etcd::call_until(&endpoint, "snapshot stream", deadline, stream.message())
+        .await?
         .ok_or_else(|| {
             Error::integrity(
                 "snapshot stream",
@@ -220,14 +208,8 @@ pub async fn take(
                 // the worker failed; its error is reported below
                 return Ok(());
             }
-            msg = tokio::time::timeout_at(deadline, stream.message())
-                .await
-                .map_err(|_| snap_timeout_err())?
-                .map_err(|source| Error::Etcd {
-                    endpoint: endpoint.clone(),
-                    what: "snapshot stream".into(),
-                    source,
-                })?;
+            msg =
+                etcd::call_until(&endpoint, "snapshot stream", deadline, stream.message()).await?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod duration;
 pub mod error;
 pub mod etcd;
 pub mod fullsnap;
+pub mod gc;
 pub mod layout;
 pub mod lzw;
 pub mod schedule;

@@ -5,6 +5,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::fullsnap::{self, FullSnapshotReport};
+use crate::gc::{self, GcConfig};
 use crate::schedule::Schedule;
 use crate::store::{self, credentials, SnapStore, StoreConfig};
 use chrono::Utc;
@@ -41,6 +42,32 @@ pub struct SnapshotJob {
     pub codec: Codec,
     pub schedule: Schedule,
     pub backoff: Backoff,
+    /// Garbage collection and its period; `None` when disabled (period of 1s or less).
+    pub gc: Option<(GcConfig, Duration)>,
+}
+
+/// Runs a GC cycle every `period` until shutdown; errors are logged, never fatal.
+async fn run_gc(
+    cfg: StoreConfig,
+    gc: GcConfig,
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        // a fresh client each cycle, as etcdbrctl (picks up rotated credentials)
+        let result =
+            async { gc::collect_store(&SnapStore::open(cfg.clone()).await?, &gc).await }.await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "GC: cycle failed; retrying next period");
+        }
+    }
 }
 
 /// One full snapshot into the store (the `snapshot save` command).
@@ -80,7 +107,7 @@ impl RotatingStore {
 
 /// Runs until `shutdown` turns true: a full snapshot now, then one per schedule tick. Failures
 /// are logged and retried with backoff; the run itself only fails on configuration errors.
-pub async fn run_scheduled(job: SnapshotJob, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn run_scheduled(job: SnapshotJob, shutdown: watch::Receiver<bool>) -> Result<()> {
     let mut store = RotatingStore {
         cfg: job.store.clone(),
         store: None,
@@ -89,6 +116,21 @@ pub async fn run_scheduled(job: SnapshotJob, mut shutdown: watch::Receiver<bool>
     // Configuration errors surface at once; transient ones (etcd down) are retried below.
     job.store.validate()?;
     job.etcd.validate()?;
+    let gc_task = job
+        .gc
+        .map(|(gc, period)| tokio::spawn(run_gc(job.store.clone(), gc, period, shutdown.clone())));
+    let result = snapshot_loop(&job, &mut store, shutdown).await;
+    if let Some(t) = gc_task {
+        t.abort();
+    }
+    result
+}
+
+async fn snapshot_loop(
+    job: &SnapshotJob,
+    store: &mut RotatingStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let mut client = None;
     let mut failures: u32 = 0;
     let mut next = Utc::now();

@@ -751,3 +751,58 @@ fn scheduled_mode_retries_until_etcd_is_up() {
     assert!(child.wait().unwrap().success());
     drop(etcd);
 }
+
+/// The scheduled job garbage-collects: LimitBased keeps the newest --max-backups fulls.
+#[test]
+fn scheduled_mode_garbage_collects_limit_based() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.fill(50, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("bk");
+    let mut child = etcdbrctl()
+        .args([
+            "snapshot",
+            "--endpoints",
+            &etcd.endpoint,
+            "--schedule",
+            "@every 1s",
+        ])
+        .args([
+            "--garbage-collection-policy",
+            "LimitBased",
+            "--max-backups",
+            "2",
+            "--garbage-collection-period",
+            "2s",
+        ])
+        .arg("--store-container")
+        .arg(&c)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(7500));
+    let _ = unsafe_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    let mut taken = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut taken)
+        .unwrap();
+    let taken: Vec<&str> = taken.lines().collect();
+    let left = files_in(&c.join("v2"));
+    assert!(taken.len() >= 5, "{taken:?}");
+    // 2 kept by the last cycle, plus at most 2 taken since (a full per second, GC every 2 s)
+    assert!(
+        (2..=4).contains(&left.len()) && left.len() < taken.len(),
+        "GC should keep 2 fulls: {left:?}"
+    );
+    // the survivors are the newest ones
+    let newest: Vec<String> = taken[taken.len() - left.len()..]
+        .iter()
+        .map(|k| k.trim_start_matches("v2/").to_string())
+        .collect();
+    assert_eq!(left, newest);
+}

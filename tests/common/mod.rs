@@ -73,6 +73,16 @@ pub fn clean_cmd(bin: &Path) -> Command {
     c
 }
 
+/// Starts a server process with stdin closed and its output in `<dir>/<name>.log`.
+pub fn spawn_logged(cmd: &mut Command, dir: &Path, name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"))
+}
+
 pub struct Etcd {
     pub child: Child,
     pub dir: tempfile::TempDir,
@@ -88,7 +98,6 @@ impl Etcd {
     pub fn start_on(version: EtcdVersion, c: u16, p: u16) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let endpoint = format!("http://127.0.0.1:{c}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
         let mut cmd = clean_cmd(&version.etcd());
         cmd.args(["--name", "t", "--data-dir"])
             .arg(dir.path().join("data"))
@@ -104,11 +113,8 @@ impl Etcd {
                 &format!("http://127.0.0.1:{p}"),
             ])
             .args(["--initial-cluster", &format!("t=http://127.0.0.1:{p}")])
-            .args(["--quota-backend-bytes", "8589934592"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        let child = cmd.spawn().expect("start etcd");
+            .args(["--quota-backend-bytes", "8589934592"]);
+        let child = spawn_logged(&mut cmd, dir.path(), "etcd");
         let e = Etcd {
             child,
             dir,
@@ -233,14 +239,11 @@ impl Moto {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let bin = require(tools_dir().join("venv/bin/moto_server"));
-        let log = std::fs::File::create(dir.path().join("moto.log")).expect("log");
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start moto");
+        let child = spawn_logged(
+            &mut Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            dir.path(),
+            "moto",
+        );
         let m = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -475,22 +478,20 @@ impl Azurite {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let bin = require(tools_dir().join("node/node_modules/.bin/azurite-blob"));
-        let log = std::fs::File::create(dir.path().join("azurite.log")).expect("log");
-        let child = Command::new(bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &port.to_string(),
-                "--skipApiVersionCheck",
-                "--location",
-            ])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start azurite");
+        let child = spawn_logged(
+            &mut Command::new(bin)
+                .args([
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    &port.to_string(),
+                    "--skipApiVersionCheck",
+                    "--location",
+                ])
+                .arg(dir.path().join("data")),
+            dir.path(),
+            "azurite",
+        );
         let endpoint = format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}");
         let a = Azurite {
             child,
