@@ -155,10 +155,10 @@ pub async fn collect<D: Deleter>(
                 if !run.deltas(stream(i), cfg.delta_retention).await {
                     continue;
                 }
-                if (i as i64) < idx.len() as i64 - max_backups as i64 {
-                    if run.delete(&list[idx[i]]).await {
-                        run.chunks(stream(i)).await;
-                    }
+                if (i as i64) < idx.len() as i64 - max_backups as i64
+                    && run.delete(&list[idx[i]]).await
+                {
+                    run.chunks(stream(i)).await;
                 }
             }
         }
