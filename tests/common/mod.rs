@@ -240,7 +240,7 @@ impl Moto {
         let port = free_port();
         let bin = require(tools_dir().join("venv/bin/moto_server"));
         let child = spawn_logged(
-            &mut Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
             dir.path(),
             "moto",
         );
@@ -479,7 +479,7 @@ impl Azurite {
         let port = free_port();
         let bin = require(tools_dir().join("node/node_modules/.bin/azurite-blob"));
         let child = spawn_logged(
-            &mut Command::new(bin)
+            Command::new(bin)
                 .args([
                     "--blobHost",
                     "127.0.0.1",
