@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod codec;
+pub mod delta;
 pub mod duration;
 pub mod error;
 pub mod etcd;

@@ -806,3 +806,81 @@ fn scheduled_mode_garbage_collects_limit_based() {
         .collect();
     assert_eq!(left, newest);
 }
+
+/// Delta payloads: Go's encoding/json, with the tags of etcd's mvccpb types and etcdbrctl's
+/// element, reads ours and writes them back byte for byte; our leaseTTL addition is ignored.
+#[test]
+fn delta_format_matches_go_encoding() {
+    use chrono::TimeZone;
+    use etcdbr::delta::{DeltaBuilder, Event, EventType};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    for i in 0..200i64 {
+        events.push(Event {
+            kind: if i % 7 == 3 {
+                EventType::Delete
+            } else {
+                EventType::Put
+            },
+            key: format!("/registry/pods/ns-{i}/p\u{e9}<&>\"\\{i}").into_bytes(),
+            create_revision: if i % 7 == 3 { 0 } else { 100 + i / 2 },
+            mod_revision: 1_000_000_000 + i,
+            version: if i % 7 == 3 { 0 } else { 1 + i % 5 },
+            value: if i % 7 == 3 {
+                vec![]
+            } else {
+                (0..(i * 37 % 600) as u32).map(|b| (b * 7) as u8).collect()
+            },
+            lease: if i % 5 == 0 {
+                0x694d_7a2b_0c3f_1d01 + i
+            } else {
+                0
+            },
+            time: chrono::Utc
+                .timestamp_opt(1_784_884_502 + i, (i as u32 * 1_234_567) % 1_000_000_000)
+                .unwrap(),
+            lease_ttl: None,
+        });
+    }
+    let mut b = DeltaBuilder::default();
+    for e in &events {
+        b.push(e);
+    }
+    let ours = b.finish();
+    let (inp, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::write(&inp, &ours).unwrap();
+    let st = std::process::Command::new(gocompat())
+        .args(["delta-reencode", "-"])
+        .arg(&inp)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        std::fs::read(&out).unwrap() == ours,
+        "Go re-encodes our delta differently"
+    );
+
+    // with our lease addition: Go still reads it, and drops only the extra key
+    events[0].lease_ttl = Some(3600);
+    let mut b = DeltaBuilder::default();
+    for e in &events {
+        b.push(e);
+    }
+    std::fs::write(&inp, b.finish()).unwrap();
+    let st = std::process::Command::new(gocompat())
+        .args(["delta-reencode", "-"])
+        .arg(&inp)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "etcdbrctl must accept deltas with our lease data"
+    );
+    assert!(std::fs::read(&out).unwrap() == ours);
+    // and we read Go's output
+    let parsed = etcdbr::delta::parse(&std::fs::read(&out).unwrap(), "go").unwrap();
+    events[0].lease_ttl = None;
+    assert_eq!(parsed, events);
+}

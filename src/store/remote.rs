@@ -3,6 +3,8 @@
 use super::credentials::{self, Fields, Source};
 use super::StoreConfig;
 use crate::error::{Error, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -104,7 +106,8 @@ pub(super) fn build_s3(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
                     reason: format!("sseCustomerAlgorithm {alg:?} is not supported (only AES256)"),
                 });
             }
-            b = b.with_ssec_encryption(base64_encode(key.as_bytes()));
+            // object_store's SSE-C option takes the key base64-encoded
+            b = b.with_ssec_encryption(B64.encode(key.as_bytes()));
         }
     } else if std::env::var_os("AWS_REGION").is_none()
         && std::env::var_os("AWS_DEFAULT_REGION").is_none()
@@ -184,30 +187,6 @@ pub(super) fn build_gcs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(b.build().map_err(|e| store_err(cfg, e))?))
 }
 
-/// Standard base64 (object_store's SSE-C option takes the key base64-encoded).
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 /// The credential source to watch for rotation (see [`credentials::modified`]).
 pub fn credential_source(cfg: &StoreConfig) -> Option<Source> {
     match cfg.provider {
@@ -221,15 +200,5 @@ pub fn credential_source(cfg: &StoreConfig) -> Option<Source> {
                 .map(|p| Source::JsonFile(p.into()))
         }
         super::Provider::Local => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64() {
-        assert_eq!(super::base64_encode(b"Man"), "TWFu");
-        assert_eq!(super::base64_encode(b"Ma"), "TWE=");
-        assert_eq!(super::base64_encode(b"M"), "TQ==");
     }
 }
