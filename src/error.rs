@@ -12,7 +12,7 @@ pub enum Error {
     Config(String),
 
     /// etcd could not be reached or answered with an error.
-    #[error("etcd {endpoint}: {what}: {source}")]
+    #[error("etcd {endpoint}: {what}: {}", root_cause(source))]
     Etcd {
         endpoint: String,
         what: String,
@@ -60,6 +60,33 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+}
+
+/// The innermost cause of an error chain (e.g. "Connection refused" under gRPC and transport
+/// layers), with a hint when etcd could not be reached.
+fn root_cause(e: &etcd_client::Error) -> String {
+    // etcd_client's error does not chain to the gRPC status: start from the status itself
+    let mut cur: &dyn std::error::Error = match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => other,
+    };
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let cause = cur.to_string();
+    let unreachable =
+        matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable);
+    if unreachable {
+        format!("unreachable ({cause}); is etcd running at this address?")
+    } else if let etcd_client::Error::GRpcStatus(s) = e {
+        if cause == s.message() || cause == s.to_string() {
+            s.message().to_string()
+        } else {
+            format!("{}: {cause}", s.message())
+        }
+    } else {
+        e.to_string()
+    }
 }
 
 impl Error {
