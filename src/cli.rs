@@ -3,6 +3,7 @@
 //! `--help`); the store container also reads etcdbrctl's `STORAGE_CONTAINER`.
 
 use crate::codec::Codec;
+use crate::deltasnap::DeltaConfig;
 use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdConfig;
@@ -347,6 +348,24 @@ impl SnapshotterArgs {
         Ok(Some((cfg, self.garbage_collection_period)))
     }
 
+    /// Delta snapshot settings, or `None` when disabled (period below 1s, as etcdbrctl).
+    pub fn delta(&self, codec: Codec) -> Option<DeltaConfig> {
+        if self.delta_snapshot_period < Duration::from_secs(1) {
+            return None;
+        }
+        let limit = if self.delta_snapshot_memory_limit < 1 {
+            10 << 20
+        } else {
+            self.delta_snapshot_memory_limit
+        };
+        Some(DeltaConfig {
+            period: self.delta_snapshot_period,
+            memory_limit: limit as usize,
+            codec,
+            flush_timeout: Duration::from_secs(30),
+        })
+    }
+
     pub fn validate(&self) -> Result<Schedule> {
         let schedule = Schedule::parse(&self.schedule)
             .map_err(|e| Error::config(format!("--schedule: {e}")))?;
@@ -493,6 +512,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                     schedule,
                     backoff: s.backoff.backoff()?,
                     gc: s.snapshotter.gc()?,
+                    delta: s.snapshotter.delta(s.compression.codec()?),
                 };
                 tracing::info!(
                     endpoint = job.etcd.primary(),
@@ -501,10 +521,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                     schedule = %s.snapshotter.schedule,
                     "starting the snapshot job"
                 );
-                tracing::warn!(
-                    "this build takes full snapshots only: delta snapshots and defragmentation \
-                     are not implemented yet"
-                );
+                tracing::warn!("defragmentation is not implemented yet in this build");
                 snapshotter::run_scheduled(job, shutdown_signal()).await
             }
         },

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod codec;
 pub mod delta;
+pub mod deltasnap;
 pub mod duration;
 pub mod error;
 pub mod etcd;

@@ -2,6 +2,7 @@
 //! exponential backoff on failure; and the one-shot `snapshot save`.
 
 use crate::codec::Codec;
+use crate::deltasnap::{self, DeltaConfig, PhaseEnd};
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::fullsnap::{self, FullSnapshotReport};
@@ -9,6 +10,7 @@ use crate::gc::{self, GcConfig};
 use crate::schedule::Schedule;
 use crate::store::{self, credentials, SnapStore, StoreConfig};
 use chrono::Utc;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
@@ -44,6 +46,8 @@ pub struct SnapshotJob {
     pub backoff: Backoff,
     /// Garbage collection and its period; `None` when disabled (period of 1s or less).
     pub gc: Option<(GcConfig, Duration)>,
+    /// Delta snapshots between fulls; `None` when disabled (period below 1s).
+    pub delta: Option<DeltaConfig>,
 }
 
 /// Runs a GC cycle every `period` until shutdown; errors are logged, never fatal.
@@ -134,55 +138,101 @@ async fn snapshot_loop(
     let mut client = None;
     let mut failures: u32 = 0;
     let mut next = Utc::now();
+    // last revision in the store (full or delta) once a full was taken by this job
+    let mut stored: Option<i64> = None;
+    let mut lease_ttls = HashMap::new();
     loop {
-        let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        if !wait.is_zero() {
-            tracing::info!(next = %next.format("%Y-%m-%dT%H:%M:%SZ"), "next full snapshot");
+        let full_due = Utc::now() >= next;
+        if full_due {
+            let attempt = async {
+                let s = store.get().await?;
+                if client.is_none() {
+                    client = Some(etcd::connect_one(&job.etcd, job.etcd.primary()).await?);
+                }
+                let c = client
+                    .as_mut()
+                    .ok_or_else(|| Error::Other("no etcd client".into()))?;
+                fullsnap::take(c, &job.etcd, s, job.codec, false).await
+            };
+            let result = tokio::select! {
+                r = attempt => Some(r),
+                _ = shutdown.changed() => None,
+            };
+            let Some(result) = result else {
+                tracing::info!("shutting down during a snapshot; the partial upload is discarded");
+                return Ok(());
+            };
+            match result {
+                Ok(report) => {
+                    failures = 0;
+                    println!("{}", report.key);
+                    stored = Some(report.snapshot.last_revision);
+                    next = job
+                        .schedule
+                        .next_after(Utc::now())
+                        .ok_or_else(|| Error::config("the schedule never fires again"))?;
+                    tracing::info!(next = %next.format("%Y-%m-%dT%H:%M:%SZ"), "next full snapshot");
+                }
+                Err(e) => {
+                    failures += 1;
+                    if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
+                        client = None; // reconnect next time
+                    }
+                    let delay = job.backoff.delay(failures);
+                    tracing::error!(error = %e, attempt = failures, retry_in = ?delay, "full snapshot failed");
+                    next = Utc::now()
+                        + chrono::Duration::from_std(delay)
+                            .unwrap_or_else(|_| chrono::Duration::seconds(128));
+                }
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+        // Between fulls: delta snapshots, or just waiting.
+        if let (Some(cfg), Some(rev), Some(c)) = (job.delta, stored.as_mut(), client.as_mut()) {
+            let s = store.get().await?;
+            let end = deltasnap::run_phase(
+                c,
+                job.etcd.primary(),
+                s,
+                cfg,
+                rev,
+                next,
+                &mut lease_ttls,
+                &mut shutdown,
+            )
+            .await;
+            match end {
+                Ok(PhaseEnd::Deadline { .. }) => {}
+                Ok(PhaseEnd::Shutdown { last_revision }) => {
+                    tracing::info!(last_revision, "stopped after the final delta");
+                    return Ok(());
+                }
+                Ok(PhaseEnd::Compacted { .. }) => next = Utc::now(),
+                Err(e) => {
+                    failures += 1;
+                    client = None;
+                    let delay = job.backoff.delay(failures);
+                    tracing::error!(error = %e, attempt = failures, retry_in = ?delay, last_stored = *rev, "delta snapshots failed; resuming from the last stored revision");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        } else {
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
         }
         if *shutdown.borrow() {
             return Ok(());
         }
-        let attempt = async {
-            let s = store.get().await?;
-            if client.is_none() {
-                client = Some(etcd::connect_one(&job.etcd, job.etcd.primary()).await?);
-            }
-            let c = client
-                .as_mut()
-                .ok_or_else(|| Error::Other("no etcd client".into()))?;
-            fullsnap::take(c, &job.etcd, s, job.codec, false).await
-        };
-        let result = tokio::select! {
-            r = attempt => Some(r),
-            _ = shutdown.changed() => None,
-        };
-        let Some(result) = result else {
-            tracing::info!("shutting down during a snapshot; the partial upload is discarded");
-            return Ok(());
-        };
-        match result {
-            Ok(report) => {
-                failures = 0;
-                println!("{}", report.key);
-                next = job
-                    .schedule
-                    .next_after(Utc::now())
-                    .ok_or_else(|| Error::config("the schedule never fires again"))?;
-            }
-            Err(e) => {
-                failures += 1;
-                if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
-                    client = None; // reconnect next time
-                }
-                let delay = job.backoff.delay(failures);
-                tracing::error!(error = %e, attempt = failures, retry_in = ?delay, "full snapshot failed");
-                next = Utc::now()
-                    + chrono::Duration::from_std(delay)
-                        .unwrap_or_else(|_| chrono::Duration::seconds(128));
+        // a delta phase that failed resumes with a fresh client
+        if client.is_none() && stored.is_some() && Utc::now() < next {
+            match etcd::connect_one(&job.etcd, job.etcd.primary()).await {
+                Ok(c) => client = Some(c),
+                Err(e) => tracing::warn!(error = %e, "cannot reconnect to etcd yet"),
             }
         }
     }

@@ -1,0 +1,298 @@
+//! Delta snapshots: a watch over the whole keyspace from the previous snapshot's revision + 1;
+//! the buffered events are written as an `Incr-<start>-<last>-<unix>` object every
+//! `--delta-snapshot-period`, when they reach `--delta-snapshot-memory-limit`, before the next
+//! full snapshot, and on shutdown. Empty periods write nothing.
+//!
+//! The chain is gap-free by construction: each delta starts at the previous snapshot's last
+//! revision + 1, and every etcd revision yields at least one event on a whole-keyspace watch, so
+//! an event whose revision skips one is an error (the phase ends; the job then takes a full). A
+//! compacted start revision (etcd cancels the watch) also ends the phase with
+//! [`PhaseEnd::Compacted`], and the caller takes a full instead (etcdbrctl issue #599).
+
+use crate::codec::Codec;
+use crate::delta::{DeltaBuilder, Event, EventType};
+use crate::error::{Error, Result};
+use crate::etcd;
+use crate::layout::{Kind, Snapshot};
+use crate::store::SnapStore;
+use chrono::{DateTime, Utc};
+use etcd_client::{Client, WatchOptions};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Watch responses can hold one large revision: allow up to this size.
+const MAX_WATCH_MESSAGE: usize = 256 << 20;
+/// Bound of the lease-TTL cache.
+const MAX_LEASES_CACHED: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaConfig {
+    pub period: Duration,
+    pub memory_limit: usize,
+    pub codec: Codec,
+    /// Time allowed to write the final delta on shutdown.
+    pub flush_timeout: Duration,
+}
+
+/// Why a delta phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseEnd {
+    /// The deadline (next full snapshot) was reached; everything buffered was written.
+    Deadline { last_revision: i64 },
+    /// Shutdown: the final delta was written (or there was nothing to write).
+    Shutdown { last_revision: i64 },
+    /// The start revision was compacted away: a full snapshot is needed.
+    Compacted { compact_revision: i64 },
+}
+
+struct Phase<'a> {
+    client: &'a mut Client,
+    endpoint: String,
+    store: &'a SnapStore,
+    cfg: DeltaConfig,
+    /// Last revision covered by the store (full or delta).
+    stored: i64,
+    /// Last revision seen by the watch (buffered or stored).
+    seen: i64,
+    buf: DeltaBuilder,
+    leases_in_buf: HashSet<i64>,
+    ttl_cache: &'a mut HashMap<i64, i64>,
+}
+
+impl Phase<'_> {
+    async fn lease_ttl(&mut self, lease: i64) -> Option<i64> {
+        if let Some(t) = self.ttl_cache.get(&lease) {
+            return Some(*t);
+        }
+        let r = etcd::call(
+            &self.endpoint,
+            "lease time-to-live",
+            Duration::from_secs(5),
+            self.client.lease_time_to_live(lease, None),
+        )
+        .await;
+        match r {
+            Ok(r) if r.granted_ttl() > 0 => {
+                if self.ttl_cache.len() >= MAX_LEASES_CACHED {
+                    self.ttl_cache.clear();
+                }
+                self.ttl_cache.insert(lease, r.granted_ttl());
+                Some(r.granted_ttl())
+            }
+            // revoked or expired already: the restore falls back to a default TTL
+            _ => None,
+        }
+    }
+
+    async fn push(&mut self, ev: &etcd_client::Event, now: DateTime<Utc>) -> Result<()> {
+        let Some(kv) = ev.kv() else {
+            return Err(Error::Other("watch event without a key-value".into()));
+        };
+        let rev = kv.mod_revision();
+        if rev != self.seen && rev != self.seen + 1 {
+            return Err(Error::Other(format!(
+                "watch delivered revision {rev} after {}: revisions {}..{} are missing",
+                self.seen,
+                self.seen + 1,
+                rev - 1
+            )));
+        }
+        self.seen = rev;
+        let kind = match ev.event_type() {
+            etcd_client::EventType::Put => EventType::Put,
+            etcd_client::EventType::Delete => EventType::Delete,
+        };
+        let lease = kv.lease();
+        let lease_ttl = if lease != 0 && self.leases_in_buf.insert(lease) {
+            self.lease_ttl(lease).await
+        } else {
+            None
+        };
+        self.buf.push(&Event {
+            kind,
+            key: kv.key().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: rev,
+            version: kv.version(),
+            value: kv.value().to_vec(),
+            lease,
+            time: now,
+            lease_ttl,
+        });
+        Ok(())
+    }
+
+    /// Writes the buffered events as one delta object.
+    async fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let (_, last) = self.buf.revisions();
+        let start = self.stored + 1;
+        let snap = Snapshot::new(Kind::Incr, start, last, self.cfg.codec.suffix(), false);
+        let payload = std::mem::take(&mut self.buf).finish();
+        let events = payload.len();
+        let codec = self.cfg.codec;
+        let (sink, pending) = self.store.begin_upload(&snap, payload.len() as u64).await?;
+        let key = pending.key().to_string();
+        let k2 = key.clone();
+        let written = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut enc = codec
+                .encoder(sink)
+                .map_err(|e| Error::Other(format!("{k2}: {e}")))?;
+            enc.write_all(&payload)
+                .map_err(|e| Error::Other(format!("{k2}: {e}")))?;
+            enc.finish()
+                .map_err(|e| Error::Other(format!("{k2}: {e}")))?
+                .close()
+        })
+        .await
+        .map_err(|e| Error::Other(format!("delta writer failed: {e}")))?;
+        if let Err(e) = written {
+            pending.abort().await;
+            return Err(e);
+        }
+        self.store.commit(pending, &snap, &snap).await?;
+        tracing::info!(
+            object = key,
+            start,
+            last,
+            bytes = events,
+            "delta snapshot stored"
+        );
+        self.stored = last;
+        self.leases_in_buf.clear();
+        Ok(())
+    }
+}
+
+async fn current_revision(ph: &mut Phase<'_>) -> Result<i64> {
+    let opts = etcd_client::GetOptions::new()
+        .with_keys_only()
+        .with_limit(1);
+    let r = etcd::call(
+        &ph.endpoint,
+        "read the current revision",
+        Duration::from_secs(5),
+        ph.client.get(vec![0u8], Some(opts)),
+    )
+    .await?;
+    Ok(r.header().map(|h| h.revision()).unwrap_or(ph.seen))
+}
+
+/// Runs one delta phase from `stored + 1` until `deadline`, shutdown, or an error; `stored` is
+/// advanced to the last revision written to the store, also when the phase fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_phase(
+    client: &mut Client,
+    endpoint: &str,
+    store: &SnapStore,
+    cfg: DeltaConfig,
+    stored: &mut i64,
+    deadline: DateTime<Utc>,
+    ttl_cache: &mut HashMap<i64, i64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PhaseEnd> {
+    let start = *stored;
+    let opts = WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(start + 1)
+        .with_progress_notify();
+    let mut wc = client
+        .watch_client()
+        .max_decoding_message_size(MAX_WATCH_MESSAGE);
+    let mut stream = etcd::call(
+        endpoint,
+        "start the delta watch",
+        Duration::from_secs(30),
+        wc.watch(vec![0u8], Some(opts)),
+    )
+    .await?;
+    let mut ph = Phase {
+        client,
+        endpoint: endpoint.to_string(),
+        store,
+        cfg,
+        stored: start,
+        seen: start,
+        buf: DeltaBuilder::default(),
+        leases_in_buf: HashSet::new(),
+        ttl_cache,
+    };
+    let result = phase_loop(&mut ph, &mut stream, deadline, shutdown).await;
+    *stored = ph.stored;
+    result
+}
+
+async fn phase_loop(
+    ph: &mut Phase<'_>,
+    stream: &mut etcd_client::WatchStream,
+    deadline: DateTime<Utc>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PhaseEnd> {
+    let (cfg, endpoint, start) = (ph.cfg, ph.endpoint.clone(), ph.stored);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.period, cfg.period);
+    let until = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    let stop_at = tokio::time::sleep(until);
+    tokio::pin!(stop_at);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err(Error::Other(format!("etcd {endpoint}: the delta watch closed"))),
+                    Err(source) => return Err(Error::Etcd { endpoint: endpoint.clone(), what: "delta watch".into(), source }),
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        tracing::warn!(start = start + 1, compact_revision = resp.compact_revision(), "the delta watch start was compacted away; a full snapshot is needed");
+                        // what was buffered before the cancel is still a valid delta
+                        ph.flush().await?;
+                        return Ok(PhaseEnd::Compacted { compact_revision: resp.compact_revision() });
+                    }
+                    return Err(Error::Other(format!("etcd {endpoint}: the delta watch was cancelled: {}", resp.cancel_reason())));
+                }
+                let now = Utc::now();
+                for ev in resp.events() {
+                    ph.push(ev, now).await?;
+                }
+                if ph.buf.len() >= cfg.memory_limit {
+                    ph.flush().await?;
+                    tick.reset();
+                }
+            }
+            _ = tick.tick() => ph.flush().await?,
+            _ = &mut stop_at => {
+                ph.flush().await?;
+                return Ok(PhaseEnd::Deadline { last_revision: ph.stored });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    // the final delta: every event up to the revision current at the signal
+                    let final_delta = async {
+                        let target = current_revision(ph).await?;
+                        while ph.seen < target {
+                            match stream.message().await {
+                                Ok(Some(resp)) => {
+                                    let now = Utc::now();
+                                    for ev in resp.events() {
+                                        ph.push(ev, now).await?;
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        ph.flush().await
+                    };
+                    match tokio::time::timeout(cfg.flush_timeout, final_delta).await {
+                        Ok(r) => r?,
+                        Err(_) => tracing::error!("the final delta did not finish within {:?}", cfg.flush_timeout),
+                    }
+                    return Ok(PhaseEnd::Shutdown { last_revision: ph.stored });
+                }
+            }
+        }
+    }
+}

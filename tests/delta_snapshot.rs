@@ -1,0 +1,192 @@
+//! Delta snapshots of the `snapshot` job under a write load, against real etcd.
+
+mod common;
+
+use common::*;
+use etcdbr::codec::Codec;
+use etcdbr::delta::EventType;
+use etcdbr::layout::{Kind, Snapshot};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Puts, deletes, multi-op txns and leased keys until `stop`.
+fn writer(ep: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([&ep], None).await.unwrap();
+            let lease = c.lease_grant(600, None).await.unwrap().id();
+            let t = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
+                let k = format!("/load/{}", i % 300);
+                match i % 10 {
+                    0 => {
+                        c.delete(k, None).await.ok();
+                    }
+                    1 => {
+                        let ops = vec![
+                            etcd_client::TxnOp::put(format!("/txn/a{}", i % 50), "x", None),
+                            etcd_client::TxnOp::put(format!("/txn/b{}", i % 50), "y", None),
+                            etcd_client::TxnOp::delete(format!("/txn/c{}", i % 50), None),
+                        ];
+                        c.txn(etcd_client::Txn::new().and_then(ops)).await.ok();
+                    }
+                    2 => {
+                        c.put(
+                            format!("/leased/{}", i % 20),
+                            "l",
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        )
+                        .await
+                        .ok();
+                    }
+                    _ => {
+                        c.put(k, vec![b'v'; 100 + (i % 400) as usize], None)
+                            .await
+                            .ok();
+                    }
+                }
+                i += 1;
+            }
+            i
+        })
+    })
+}
+
+#[test]
+fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    etcd.fill(100, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let mut job = etcdbrctl()
+        .args([
+            "snapshot",
+            "--endpoints",
+            &etcd.endpoint,
+            "--schedule",
+            "0 0 1 1 *",
+            "--delta-snapshot-period",
+            "1s",
+        ])
+        .arg("--store-container")
+        .arg(&bk)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("job.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while files_in(&bk.join("v2")).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no full snapshot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|_| writer(etcd.endpoint.clone(), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(4500));
+    // the signal lands while the writers are still writing
+    let at_signal = etcd.revision();
+    std::process::Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
+    let status = job.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let log = std::fs::read_to_string(tmp.path().join("job.log")).unwrap();
+    assert!(status.success(), "SIGTERM must exit 0: {log}");
+
+    let mut snaps: Vec<Snapshot> = files_in(&bk.join("v2"))
+        .iter()
+        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+        .collect();
+    etcdbr::layout::sort(&mut snaps);
+    let full = snaps.iter().find(|s| s.kind == Kind::Full).expect("a full");
+    let deltas: Vec<&Snapshot> = snaps.iter().filter(|s| s.kind == Kind::Incr).collect();
+    assert!(
+        deltas.len() >= 3,
+        "a delta per period under load: {deltas:?}\n{log}"
+    );
+    // contiguous chain from the full
+    let mut expect_start = full.last_revision + 1;
+    let mut revs: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut leased_with_ttl = 0;
+    for d in &deltas {
+        assert_eq!(
+            d.start_revision, expect_start,
+            "{} does not continue the chain",
+            d.snap_name
+        );
+        let raw = std::fs::read(bk.join("v2").join(&d.snap_name)).unwrap();
+        let mut payload = Vec::new();
+        Codec::from_suffix(&d.compression_suffix)
+            .unwrap()
+            .decoder(&raw[..])
+            .unwrap()
+            .read_to_end(&mut payload)
+            .unwrap();
+        let events = etcdbr::delta::parse(&payload, &d.snap_name).unwrap();
+        assert_eq!(
+            events.first().unwrap().mod_revision,
+            d.start_revision,
+            "{}",
+            d.snap_name
+        );
+        assert_eq!(
+            events.last().unwrap().mod_revision,
+            d.last_revision,
+            "{}",
+            d.snap_name
+        );
+        let mut prev = 0;
+        for e in &events {
+            assert!(
+                e.mod_revision == prev || e.mod_revision == prev + 1 || prev == 0,
+                "gap inside {}",
+                d.snap_name
+            );
+            prev = e.mod_revision;
+            if e.mod_revision != *revs.keys().next_back().unwrap_or(&0) {
+                *revs.entry(e.mod_revision).or_default() += 1;
+            }
+            if e.lease != 0 && e.lease_ttl == Some(600) {
+                leased_with_ttl += 1;
+            }
+            if e.kind == EventType::Put {
+                assert!(e.mod_revision > 0 && e.version > 0);
+            }
+        }
+        expect_start = d.last_revision + 1;
+    }
+    let last = deltas.last().unwrap().last_revision;
+    assert!(
+        last >= at_signal,
+        "the final delta must reach the revision at the signal ({at_signal}), got {last}"
+    );
+    let want: Vec<i64> = (full.last_revision + 1..=last).collect();
+    assert_eq!(
+        revs.keys().copied().collect::<Vec<_>>(),
+        want,
+        "every revision exactly once"
+    );
+    assert!(revs.values().all(|n| *n == 1));
+    assert!(
+        leased_with_ttl > 0,
+        "leased keys must carry the lease TTL once per delta"
+    );
+    eprintln!(
+        "{} writes, {} deltas, revisions {}..={last}",
+        writes,
+        deltas.len(),
+        full.last_revision + 1
+    );
+}
