@@ -190,3 +190,118 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
         full.last_revision + 1
     );
 }
+
+fn stored(bk: &std::path::Path) -> Vec<Snapshot> {
+    let mut v: Vec<Snapshot> = files_in(&bk.join("v2"))
+        .iter()
+        .filter(|f| !f.starts_with('.')) // uploads in flight
+        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+        .collect();
+    etcdbr::layout::sort(&mut v);
+    v
+}
+
+/// etcd killed and restarted under the job, then compacted past the watch position: the job
+/// resumes; since the next revision is gone it takes a new full, and each set's chain is
+/// contiguous. Nothing is skipped silently.
+#[test]
+fn etcd_restart_and_compaction_start_a_new_set() {
+    let mut etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(100, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let mut job = etcdbrctl()
+        .args([
+            "snapshot",
+            "--endpoints",
+            &etcd.endpoint,
+            "--schedule",
+            "0 0 1 1 *",
+            "--delta-snapshot-period",
+            "1s",
+        ])
+        .args([
+            "--etcd-connection-timeout",
+            "2s",
+            "--backoff-threshold-time",
+            "2s",
+        ])
+        .arg("--store-container")
+        .arg(&bk)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("job.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, f: &dyn Fn(&[Snapshot]) -> bool| {
+        let t = Instant::now();
+        while !f(&stored(&bk)) {
+            let log = std::fs::read_to_string(tmp.path().join("job.log")).unwrap_or_default();
+            assert!(
+                t.elapsed() < Duration::from_secs(40),
+                "timed out waiting for {what}: {:?}\n{log}",
+                files_in(&bk.join("v2"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first full", &|s| {
+        s.iter().any(|x| x.kind == Kind::Full)
+    });
+    etcd.fill(50, 10);
+    wait_for("a delta", &|s| s.iter().any(|x| x.kind == Kind::Incr));
+
+    // the job sleeps (SIGSTOP) while etcd restarts and compacts past the job's next revision
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &job.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    etcd.kill();
+    etcd.restart();
+    etcd.fill(30, 10);
+    etcd.fill(30, 10);
+    let rev = etcd.revision();
+    etcd.etcdctl(&["compact", &rev.to_string(), "--physical"]);
+    etcd.fill(20, 10);
+    signal("-CONT");
+    wait_for("a new full after the compaction", &|s| {
+        s.iter().filter(|x| x.kind == Kind::Full).count() >= 2
+    });
+    etcd.fill(20, 10);
+    let end = etcd.revision();
+    wait_for("deltas of the new set up to the end", &|s| {
+        s.last().is_some_and(|x| x.last_revision >= end)
+    });
+    signal("-TERM");
+    assert!(job.wait().unwrap().success());
+    let log = std::fs::read_to_string(tmp.path().join("job.log")).unwrap();
+    assert!(
+        log.contains("compacted away"),
+        "the job must say why it took a full: {log}"
+    );
+
+    let all = stored(&bk);
+    let fulls: Vec<&Snapshot> = all.iter().filter(|s| s.kind == Kind::Full).collect();
+    assert_eq!(fulls.len(), 2, "{all:?}");
+    assert!(
+        fulls[1].last_revision >= rev,
+        "the new full must include the compacted range"
+    );
+    // each set: deltas contiguous from its full; no delta crosses into the next set
+    for (i, f) in fulls.iter().enumerate() {
+        let until = fulls
+            .get(i + 1)
+            .map(|n| n.last_revision)
+            .unwrap_or(i64::MAX);
+        let mut next = f.last_revision + 1;
+        for d in all.iter().filter(|d| {
+            d.kind == Kind::Incr && d.start_revision > f.last_revision && d.start_revision <= until
+        }) {
+            assert_eq!(d.start_revision, next, "gap before {}", d.snap_name);
+            next = d.last_revision + 1;
+        }
+    }
+    assert!(all.last().unwrap().last_revision >= end);
+}

@@ -88,6 +88,7 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub version: EtcdVersion,
+    pub ports: (u16, u16),
 }
 
 impl Etcd {
@@ -98,9 +99,23 @@ impl Etcd {
     pub fn start_on(version: EtcdVersion, c: u16, p: u16) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let endpoint = format!("http://127.0.0.1:{c}");
+        let child = Self::spawn(version, dir.path(), c, p);
+        let e = Etcd {
+            child,
+            dir,
+            endpoint,
+            version,
+            ports: (c, p),
+        };
+        e.wait_healthy();
+        e
+    }
+
+    fn spawn(version: EtcdVersion, dir: &Path, c: u16, p: u16) -> Child {
+        let endpoint = format!("http://127.0.0.1:{c}");
         let mut cmd = clean_cmd(&version.etcd());
         cmd.args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .args([
                 "--listen-client-urls",
                 &endpoint,
@@ -114,15 +129,14 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &format!("t=http://127.0.0.1:{p}")])
             .args(["--quota-backend-bytes", "8589934592"]);
-        let child = spawn_logged(&mut cmd, dir.path(), "etcd");
-        let e = Etcd {
-            child,
-            dir,
-            endpoint,
-            version,
-        };
-        e.wait_healthy();
-        e
+        spawn_logged(&mut cmd, dir, "etcd")
+    }
+
+    /// Starts the killed member again on its data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.version, self.dir.path(), self.ports.0, self.ports.1);
+        self.wait_healthy();
     }
 
     fn wait_healthy(&self) {
