@@ -201,7 +201,7 @@ async fn snapshot_loop(
             )
             .await;
             match end {
-                Ok(PhaseEnd::Deadline { .. }) => {}
+                Ok(PhaseEnd::Deadline { .. }) => failures = 0,
                 Ok(PhaseEnd::Shutdown { last_revision }) => {
                     tracing::info!(last_revision, "stopped after the final delta");
                     return Ok(());
@@ -219,7 +219,11 @@ async fn snapshot_loop(
                 }
             }
         } else {
-            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let mut wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            if job.delta.is_some() && stored.is_some() {
+                // deltas are due but etcd is not connected: retry soon, not at the next full
+                wait = wait.min(job.backoff.delay(failures.max(1)));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
@@ -232,7 +236,10 @@ async fn snapshot_loop(
         if client.is_none() && stored.is_some() && Utc::now() < next {
             match etcd::connect_one(&job.etcd, job.etcd.primary()).await {
                 Ok(c) => client = Some(c),
-                Err(e) => tracing::warn!(error = %e, "cannot reconnect to etcd yet"),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, attempt = failures, "cannot reconnect to etcd yet");
+                }
             }
         }
     }
