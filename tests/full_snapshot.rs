@@ -486,7 +486,7 @@ fn scheduled_mode_full_at_start_and_per_tick() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(5),
         "the first full must be immediate"
     );
     etcd.fill(10, 10);
@@ -793,7 +793,7 @@ fn scheduled_mode_garbage_collects_limit_based() {
         .unwrap();
     let taken: Vec<&str> = taken.lines().collect();
     let left = files_in(&c.join("v2"));
-    assert!(taken.len() >= 5, "{taken:?}");
+    assert!(taken.len() >= 4, "{taken:?}");
     // 2 kept by the last cycle, plus at most 2 taken since (a full per second, GC every 2 s)
     assert!(
         (2..=4).contains(&left.len()) && left.len() < taken.len(),
