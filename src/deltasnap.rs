@@ -162,6 +162,8 @@ impl Phase<'_> {
             bytes = events,
             "delta snapshot stored"
         );
+        // the job prints every stored object's key on stdout (fulls and deltas)
+        println!("{key}");
         self.stored = last;
         self.leases_in_buf.clear();
         Ok(())
