@@ -82,6 +82,7 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.path().join("job.log")).unwrap())
         .spawn()
+        .map(Proc)
         .unwrap();
     let t = Instant::now();
     while files_in(&bk.join("v2")).is_empty() {
@@ -231,6 +232,7 @@ fn etcd_restart_and_compaction_start_a_new_set() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.path().join("job.log")).unwrap())
         .spawn()
+        .map(Proc)
         .unwrap();
     let wait_for = |what: &str, f: &dyn Fn(&[Snapshot]) -> bool| {
         let t = Instant::now();

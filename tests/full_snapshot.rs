@@ -399,6 +399,7 @@ fn kill_9_mid_upload_leaves_nothing_visible() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Proc)
         .unwrap();
     let t = Instant::now();
     loop {
@@ -476,6 +477,7 @@ fn scheduled_mode_full_at_start_and_per_tick() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Proc)
         .unwrap();
     let t = Instant::now();
     while files_in(&c.join("v2")).is_empty() {
@@ -721,6 +723,7 @@ fn scheduled_mode_retries_until_etcd_is_up() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(Proc)
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -780,6 +783,7 @@ fn scheduled_mode_garbage_collects_limit_based() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Proc)
         .unwrap();
     std::thread::sleep(Duration::from_millis(7500));
     let _ = unsafe_sigterm(child.id());

@@ -245,8 +245,10 @@ impl SnapStore {
                 continue;
             };
             let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists() && p != 0);
-            if !alive || pid == Some(std::process::id()) {
+            // Only a dead process's files are leftovers: this process opens stores again
+            // (GC cycles, credential rotation) while its own uploads are in flight.
+            let alive = pid.is_some_and(|p| p != 0 && Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
                 match fs::remove_file(e.path()) {
                     Ok(()) => {
                         tracing::info!(file = %e.path().display(), "removed the temp file of an interrupted upload")

@@ -73,6 +73,31 @@ pub fn clean_cmd(bin: &Path) -> Command {
     c
 }
 
+/// A child process killed and reaped when dropped, so that a failing test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a server process with stdin closed and its output in `<dir>/<name>.log`.
 pub fn spawn_logged(cmd: &mut Command, dir: &Path, name: &str) -> Child {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
@@ -242,7 +267,7 @@ impl Drop for Etcd {
 
 /// moto in server mode, with one bucket.
 pub struct Moto {
-    pub child: Child,
+    pub child: Proc,
     pub endpoint: String,
     pub bucket: String,
     pub dir: tempfile::TempDir,
@@ -253,11 +278,11 @@ impl Moto {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let bin = require(tools_dir().join("venv/bin/moto_server"));
-        let child = spawn_logged(
+        let child = Proc(spawn_logged(
             Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
             dir.path(),
             "moto",
-        );
+        ));
         let m = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -300,13 +325,6 @@ impl Moto {
                 .build()
                 .expect("s3 client"),
         )
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -477,7 +495,7 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 
 /// Azurite's Blob service with one container, and the development account's credentials.
 pub struct Azurite {
-    pub child: Child,
+    pub child: Proc,
     pub endpoint: String,
     pub container: String,
     pub dir: tempfile::TempDir,
@@ -492,7 +510,7 @@ impl Azurite {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let bin = require(tools_dir().join("node/node_modules/.bin/azurite-blob"));
-        let child = spawn_logged(
+        let child = Proc(spawn_logged(
             Command::new(bin)
                 .args([
                     "--blobHost",
@@ -505,7 +523,7 @@ impl Azurite {
                 .arg(dir.path().join("data")),
             dir.path(),
             "azurite",
-        );
+        ));
         let endpoint = format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}");
         let a = Azurite {
             child,
