@@ -59,7 +59,78 @@ pub struct Cli {
 pub enum Command {
     /// Take full snapshots of etcd on a schedule (the first one immediately).
     #[command(args_conflicts_with_subcommands = true)]
-    Snapshot(SnapshotCmd),
+    Snapshot(Box<SnapshotCmd>),
+    /// Run the sidecar: HTTP API, and on the etcd leader's sidecar full and delta snapshots,
+    /// garbage collection and defragmentation.
+    Server(Box<ServerCmd>),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerCmd {
+    #[command(flatten)]
+    pub etcd: EtcdConnectionArgs,
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterArgs,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
+    #[command(flatten)]
+    pub backoff: BackoffArgs,
+    /// Schedule of etcd defragmentation (standard 5-field cron).
+    #[arg(
+        long = "defragmentation-schedule",
+        default_value = "0 0 */3 * *",
+        env = "ETCDBR_DEFRAGMENTATION_SCHEDULE"
+    )]
+    pub defragmentation_schedule: String,
+    /// port on which the HTTP server listens
+    #[arg(
+        short = 'p',
+        long = "server-port",
+        default_value_t = 8080,
+        env = "ETCDBR_SERVER_PORT"
+    )]
+    pub server_port: u16,
+    /// address on which the HTTP server listens (etcdbr; empty: all interfaces)
+    #[arg(
+        long = "server-host",
+        default_value = "",
+        env = "ETCDBR_SERVER_HOST",
+        hide_default_value = true
+    )]
+    pub server_host: String,
+    /// enable /debug/pprof (not available in etcdbr; accepted for compatibility)
+    #[arg(long = "enable-profiling", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_PROFILING")]
+    pub enable_profiling: bool,
+    /// TLS certificate of the HTTP server
+    #[arg(
+        long = "server-cert",
+        default_value = "",
+        env = "ETCDBR_SERVER_CERT",
+        hide_default_value = true
+    )]
+    pub server_cert: String,
+    /// TLS key of the HTTP server
+    #[arg(
+        long = "server-key",
+        default_value = "",
+        env = "ETCDBR_SERVER_KEY",
+        hide_default_value = true
+    )]
+    pub server_key: String,
+    /// period after which this sidecar checks again whether its etcd member leads
+    #[arg(long = "reelection-period", default_value = "5s", value_parser = duration, env = "ETCDBR_REELECTION_PERIOD")]
+    pub reelection_period: Duration,
+    /// timeout of the leadership check against etcd
+    #[arg(long = "etcd-connection-timeout-leader-election", default_value = "5s", value_parser = duration,
+          env = "ETCDBR_ETCD_CONNECTION_TIMEOUT_LEADER_ELECTION")]
+    pub leader_election_timeout: Duration,
+    /// restart etcd through etcd-wrapper when its peer URL changed (not available in etcdbr)
+    #[arg(long = "use-etcd-wrapper", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_USE_ETCD_WRAPPER")]
+    pub use_etcd_wrapper: bool,
 }
 
 #[derive(Debug, Args)]
@@ -502,18 +573,15 @@ async fn run_command(cmd: Command) -> Result<()> {
                 Ok(())
             }
             None => {
-                let schedule = s.snapshotter.validate()?;
-                Schedule::parse(&s.defragmentation_schedule)
+                let job = snapshot_job(
+                    &s.etcd,
+                    &s.store,
+                    &s.snapshotter,
+                    &s.compression,
+                    &s.backoff,
+                )?;
+                let defrag_schedule = Schedule::parse(&s.defragmentation_schedule)
                     .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
-                let job = SnapshotJob {
-                    etcd: s.etcd.to_config()?,
-                    store: s.store.to_config()?,
-                    codec: s.compression.codec()?,
-                    schedule,
-                    backoff: s.backoff.backoff()?,
-                    gc: s.snapshotter.gc()?,
-                    delta: s.snapshotter.delta(s.compression.codec()?),
-                };
                 tracing::info!(
                     endpoint = job.etcd.primary(),
                     provider = job.store.provider.as_str(),
@@ -521,11 +589,87 @@ async fn run_command(cmd: Command) -> Result<()> {
                     schedule = %s.snapshotter.schedule,
                     "starting the snapshot job"
                 );
-                tracing::warn!("defragmentation is not implemented yet in this build");
-                snapshotter::run_scheduled(job, shutdown_signal()).await
+                let shutdown = shutdown_signal();
+                let defrag = tokio::spawn(crate::defrag::run_scheduled(
+                    job.etcd.clone(),
+                    defrag_schedule,
+                    || true,
+                    shutdown.clone(),
+                ));
+                let r = snapshotter::run_scheduled(job, shutdown).await;
+                defrag.abort();
+                r
             }
         },
+        Command::Server(s) => run_server(*s).await,
     }
+}
+
+fn snapshot_job(
+    etcd: &EtcdConnectionArgs,
+    store: &SnapstoreArgs,
+    snapshotter: &SnapshotterArgs,
+    compression: &CompressionArgs,
+    backoff: &BackoffArgs,
+) -> Result<SnapshotJob> {
+    let schedule = snapshotter.validate()?;
+    Ok(SnapshotJob {
+        etcd: etcd.to_config()?,
+        store: store.to_config()?,
+        codec: compression.codec()?,
+        schedule,
+        backoff: backoff.backoff()?,
+        gc: snapshotter.gc()?,
+        delta: snapshotter.delta(compression.codec()?),
+    })
+}
+
+async fn run_server(s: ServerCmd) -> Result<()> {
+    let job = snapshot_job(
+        &s.etcd,
+        &s.store,
+        &s.snapshotter,
+        &s.compression,
+        &s.backoff,
+    )?;
+    let defrag_schedule = Schedule::parse(&s.defragmentation_schedule)
+        .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
+    if s.reelection_period <= Duration::from_secs(1) {
+        return Err(Error::config("--reelection-period must be longer than 1s"));
+    }
+    if s.leader_election_timeout <= Duration::from_secs(1) {
+        return Err(Error::config(
+            "--etcd-connection-timeout-leader-election must be longer than 1s",
+        ));
+    }
+    if !s.server_cert.is_empty() || !s.server_key.is_empty() {
+        return Err(Error::config(
+            "--server-cert/--server-key: HTTPS is not available in this build; terminate TLS in front of the sidecar or omit these flags",
+        ));
+    }
+    if s.enable_profiling {
+        tracing::warn!("--enable-profiling: /debug/pprof is Go-specific and not served");
+    }
+    if s.use_etcd_wrapper {
+        tracing::warn!("--use-etcd-wrapper: not available in this build; ignored");
+    }
+    tracing::info!(
+        endpoint = job.etcd.primary(),
+        provider = job.store.provider.as_str(),
+        compression = job.codec.policy_name(),
+        schedule = %s.snapshotter.schedule,
+        port = s.server_port,
+        "starting the server"
+    );
+    let cfg = crate::server::ServerConfig {
+        job,
+        host: s.server_host,
+        port: s.server_port,
+        reelection_period: s.reelection_period,
+        leader_election_timeout: s.leader_election_timeout,
+        defrag_schedule,
+    };
+    crate::server::run(cfg, shutdown_signal()).await
 }
 
 /// Entry point of the binary.

@@ -13,14 +13,18 @@ use crate::codec::Codec;
 use crate::delta::{DeltaBuilder, Event, EventType};
 use crate::error::{Error, Result};
 use crate::etcd;
+use crate::health::Health;
 use crate::layout::{Kind, Snapshot};
+use crate::leader::Fence;
+use crate::metrics;
+use crate::snapshotter::Request;
 use crate::store::SnapStore;
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, WatchOptions};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Watch responses can hold one large revision: allow up to this size.
 const MAX_WATCH_MESSAGE: usize = 256 << 20;
@@ -37,7 +41,7 @@ pub struct DeltaConfig {
 }
 
 /// Why a delta phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PhaseEnd {
     /// The deadline (next full snapshot) was reached; everything buffered was written.
     Deadline { last_revision: i64 },
@@ -45,12 +49,37 @@ pub enum PhaseEnd {
     Shutdown { last_revision: i64 },
     /// The start revision was compacted away: a full snapshot is needed.
     Compacted { compact_revision: i64 },
+    /// A full snapshot was requested (HTTP); the buffered events were written first.
+    FullRequested {
+        is_final: bool,
+        reply: oneshot::Sender<std::result::Result<Snapshot, String>>,
+    },
+    /// Leadership was lost: the buffered events were dropped (the new leader's sidecar
+    /// re-reads them from etcd, starting after the store's last revision).
+    Abandoned,
+}
+
+/// What a delta phase works with, besides its configuration.
+pub struct PhaseIo<'a> {
+    pub client: &'a mut Client,
+    pub endpoint: &'a str,
+    pub store: &'a SnapStore,
+    pub fence: Fence,
+    pub health: &'a Health,
+    pub ttl_cache: &'a mut HashMap<i64, i64>,
+    pub requests: Option<&'a mut mpsc::Receiver<Request>>,
+    /// Graceful stop: write a final delta.
+    pub shutdown: &'a mut watch::Receiver<bool>,
+    /// Leadership lost: stop without writing.
+    pub abandon: &'a mut watch::Receiver<bool>,
 }
 
 struct Phase<'a> {
     client: &'a mut Client,
     endpoint: String,
     store: &'a SnapStore,
+    fence: Fence,
+    health: &'a Health,
     cfg: DeltaConfig,
     /// Last revision covered by the store (full or delta).
     stored: i64,
@@ -124,13 +153,29 @@ impl Phase<'_> {
         Ok(())
     }
 
-    /// Writes the buffered events as one delta object.
-    async fn flush(&mut self) -> Result<()> {
+    /// Writes the buffered events as one delta object; `None` when there was nothing to write.
+    async fn flush(&mut self) -> Result<Option<Snapshot>> {
         if self.buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
+        let started = std::time::Instant::now();
+        let r = self.write_delta().await;
+        metrics::snapshot_taken(Kind::Incr, r.is_ok(), started.elapsed().as_secs_f64());
+        r.map(Some)
+    }
+
+    async fn write_delta(&mut self) -> Result<Snapshot> {
         let (_, last) = self.buf.revisions();
         let start = self.stored + 1;
+        // Another writer (an old or new leader's sidecar) must not have extended the chain.
+        let set = self.store.latest_set().await?;
+        if set.last_revision() != self.stored {
+            return Err(Error::Fenced(format!(
+                "the store's latest snapshot set now ends at revision {}, not at {} where this sidecar's chain ends: another sidecar is writing; re-reading the store",
+                set.last_revision(),
+                self.stored
+            )));
+        }
         let snap = Snapshot::new(Kind::Incr, start, last, self.cfg.codec.suffix(), false);
         let payload = std::mem::take(&mut self.buf).finish();
         let events = payload.len();
@@ -154,7 +199,15 @@ impl Phase<'_> {
             pending.abort().await;
             return Err(e);
         }
-        self.store.commit(pending, &snap, &snap).await?;
+        if let Err(e) = self
+            .fence
+            .check(self.client, &self.endpoint, "delta snapshot")
+            .await
+        {
+            pending.abort().await;
+            return Err(e);
+        }
+        let snap = self.store.commit(pending, &snap, &snap).await?;
         tracing::info!(
             object = key,
             start,
@@ -166,7 +219,13 @@ impl Phase<'_> {
         println!("{key}");
         self.stored = last;
         self.leases_in_buf.clear();
-        Ok(())
+        let first = set.deltas.first().unwrap_or(&snap);
+        self.health
+            .delta_stored(&snap, set.deltas.len() + 1, Some(first));
+        if let Some(m) = metrics::get() {
+            m.delta_buffered_bytes.set(0);
+        }
+        Ok(snap)
     }
 }
 
@@ -184,55 +243,85 @@ async fn current_revision(ph: &mut Phase<'_>) -> Result<i64> {
     Ok(r.header().map(|h| h.revision()).unwrap_or(ph.seen))
 }
 
-/// Runs one delta phase from `stored + 1` until `deadline`, shutdown, or an error; `stored` is
-/// advanced to the last revision written to the store, also when the phase fails.
-#[allow(clippy::too_many_arguments)]
+/// Runs one delta phase from `stored + 1` until `deadline`, a stop, a request for a full, or
+/// an error; `stored` is advanced to the last revision written to the store, also on failure.
 pub async fn run_phase(
-    client: &mut Client,
-    endpoint: &str,
-    store: &SnapStore,
+    io: PhaseIo<'_>,
     cfg: DeltaConfig,
     stored: &mut i64,
     deadline: DateTime<Utc>,
-    ttl_cache: &mut HashMap<i64, i64>,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<PhaseEnd> {
     let start = *stored;
     let opts = WatchOptions::new()
         .with_all_keys()
         .with_start_revision(start + 1)
         .with_progress_notify();
-    let mut wc = client
+    let mut wc = io
+        .client
         .watch_client()
         .max_decoding_message_size(MAX_WATCH_MESSAGE);
     let mut stream = etcd::call(
-        endpoint,
+        io.endpoint,
         "start the delta watch",
         Duration::from_secs(30),
         wc.watch(vec![0u8], Some(opts)),
     )
     .await?;
     let mut ph = Phase {
-        client,
-        endpoint: endpoint.to_string(),
-        store,
+        client: io.client,
+        endpoint: io.endpoint.to_string(),
+        store: io.store,
+        fence: io.fence,
+        health: io.health,
         cfg,
         stored: start,
         seen: start,
         buf: DeltaBuilder::default(),
         leases_in_buf: HashSet::new(),
-        ttl_cache,
+        ttl_cache: io.ttl_cache,
     };
-    let result = phase_loop(&mut ph, &mut stream, deadline, shutdown).await;
+    let stops = Stops {
+        requests: io.requests,
+        shutdown: io.shutdown,
+        abandon: io.abandon,
+    };
+    let result = phase_loop(&mut ph, &mut stream, deadline, stops).await;
     *stored = ph.stored;
+    if let Some(m) = metrics::get() {
+        m.delta_buffered_bytes.set(0);
+    }
     result
+}
+
+struct Stops<'a> {
+    requests: Option<&'a mut mpsc::Receiver<Request>>,
+    shutdown: &'a mut watch::Receiver<bool>,
+    abandon: &'a mut watch::Receiver<bool>,
+}
+
+/// The next request, or never when there is no request channel (or it closed).
+pub async fn next_request(rx: &mut Option<&mut mpsc::Receiver<Request>>) -> Request {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(req) => req,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns true when the watched flag is (or becomes) true; never if the sender is gone.
+pub async fn flag_set(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn phase_loop(
     ph: &mut Phase<'_>,
     stream: &mut etcd_client::WatchStream,
     deadline: DateTime<Utc>,
-    shutdown: &mut watch::Receiver<bool>,
+    mut stops: Stops<'_>,
 ) -> Result<PhaseEnd> {
     let (cfg, endpoint, start) = (ph.cfg, ph.endpoint.clone(), ph.stored);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.period, cfg.period);
@@ -260,18 +349,48 @@ async fn phase_loop(
                 for ev in resp.events() {
                     ph.push(ev, now).await?;
                 }
+                if let Some(m) = metrics::get() {
+                    m.delta_events.inc_by(resp.events().len() as u64);
+                    m.delta_buffered_bytes.set(ph.buf.len() as i64);
+                }
                 if ph.buf.len() >= cfg.memory_limit {
                     ph.flush().await?;
                     tick.reset();
                 }
             }
-            _ = tick.tick() => ph.flush().await?,
+            _ = tick.tick() => {
+                ph.flush().await?;
+            }
             _ = &mut stop_at => {
                 ph.flush().await?;
                 return Ok(PhaseEnd::Deadline { last_revision: ph.stored });
             }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
+            _ = flag_set(stops.abandon) => {
+                tracing::info!(dropped_bytes = ph.buf.len(), last_stored = ph.stored, "leadership lost: stopping delta snapshots without writing the buffered events");
+                return Ok(PhaseEnd::Abandoned);
+            }
+            req = next_request(&mut stops.requests) => match req {
+                Request::Delta { reply } => {
+                    let r = ph.flush().await;
+                    tick.reset();
+                    match r {
+                        Ok(s) => { let _ = reply.send(Ok(s)); }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                            return Err(e);
+                        }
+                    }
+                }
+                Request::Full { is_final, reply } => {
+                    if let Err(e) = ph.flush().await {
+                        let _ = reply.send(Err(format!("writing the pending delta before the full snapshot failed: {e}")));
+                        return Err(e);
+                    }
+                    return Ok(PhaseEnd::FullRequested { is_final, reply });
+                }
+            },
+            _ = flag_set(stops.shutdown) => {
+                {
                     // the final delta: every event up to the revision current at the signal
                     let final_delta = async {
                         let target = current_revision(ph).await?;
@@ -286,7 +405,7 @@ async fn phase_loop(
                                 _ => break,
                             }
                         }
-                        ph.flush().await
+                        ph.flush().await.map(|_| ())
                     };
                     match tokio::time::timeout(cfg.flush_timeout, final_delta).await {
                         Ok(r) => r?,

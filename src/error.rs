@@ -54,6 +54,11 @@ pub enum Error {
     #[error("credentials {path}: {reason}")]
     Credentials { path: String, reason: String },
 
+    /// This sidecar may not write: its etcd member is no longer the leader, or another writer
+    /// advanced the store's chain. Nothing was stored; the job re-reads the store.
+    #[error("fenced: {0}")]
+    Fenced(String),
+
     /// The operation was cancelled (shutdown signal).
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -119,5 +124,21 @@ impl Error {
 
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
+    }
+
+    /// A bounded category, for the `etcdbr_snapshotter_failure` metric.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Etcd { .. } => "etcd",
+            Error::EtcdTimeout { .. } => "etcd_timeout",
+            Error::Store { .. } => "store",
+            Error::Io { .. } => "io",
+            Error::Integrity { .. } => "integrity",
+            Error::Credentials { .. } => "credentials",
+            Error::Fenced(_) => "fenced",
+            Error::Cancelled(_) => "cancelled",
+            Error::Other(_) => "other",
+        }
     }
 }

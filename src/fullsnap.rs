@@ -17,6 +17,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::layout::{Kind, Snapshot};
+use crate::leader::Fence;
 use crate::snaprev::RevisionScanner;
 use crate::store::SnapStore;
 use etcd_client::{Client, GetOptions};
@@ -137,6 +138,7 @@ pub async fn take(
     store: &SnapStore,
     codec: Codec,
     is_final: bool,
+    fence: Fence,
 ) -> Result<FullSnapshotReport> {
     let started = Instant::now();
     let endpoint = cfg.primary().to_string();
@@ -243,6 +245,10 @@ pub async fn take(
         is_final,
         snap.created_on,
     );
+    if let Err(e) = fence.check(client, &endpoint, "full snapshot").await {
+        pending.abort().await;
+        return Err(e);
+    }
     let stored = store.commit(pending, &snap, &wanted).await?;
     let report = FullSnapshotReport {
         key: store.key_of(&stored),

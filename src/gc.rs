@@ -84,7 +84,10 @@ impl<D: Deleter> Run<'_, D> {
         if self.immutable(s) {
             return false;
         }
-        match self.d.delete(s).await {
+        let label = if s.is_chunk { "Chunk" } else { s.kind.as_str() };
+        let result = self.d.delete(s).await;
+        crate::metrics::gc_deleted(label, result.is_ok());
+        match result {
             Ok(()) => {
                 tracing::info!(snapshot = %s.snap_name, kind = %s.kind, "GC: deleted");
                 match (s.is_chunk, s.kind) {

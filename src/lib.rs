@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod codec;
+pub mod defrag;
 pub mod delta;
 pub mod deltasnap;
 pub mod duration;
@@ -21,9 +22,13 @@ pub mod error;
 pub mod etcd;
 pub mod fullsnap;
 pub mod gc;
+pub mod health;
 pub mod layout;
+pub mod leader;
 pub mod lzw;
+pub mod metrics;
 pub mod schedule;
+pub mod server;
 pub mod snaprev;
 pub mod snapshotter;
 pub mod store;

@@ -1,18 +1,66 @@
-//! The `snapshot` job: an immediate full snapshot, then one per cron tick, with etcdbrctl's
-//! exponential backoff on failure; and the one-shot `snapshot save`.
+//! The snapshot job: full snapshots on the cron schedule, delta snapshots in between, GC, with
+//! etcdbrctl's exponential backoff on failure; and the one-shot `snapshot save`.
+//!
+//! The `snapshot` command starts with a full snapshot. The `server` command runs the job on the
+//! leader's sidecar only and starts with the *start-up decision* ([`StartMode::Decide`]): a
+//! full at once when the store has none, when the latest one is final, when a scheduled full
+//! was missed since it, or when the store is ahead of etcd; otherwise a catch-up delta from the
+//! store's last revision + 1 (a compacted revision falls back to a full). This replaces
+//! etcdbrctl's "window" heuristic (section 4.3 of the reference) with the rule it approximates:
+//! a full is required exactly when the schedule promised one that the store does not have.
 
 use crate::codec::Codec;
-use crate::deltasnap::{self, DeltaConfig, PhaseEnd};
+use crate::deltasnap::{self, DeltaConfig, PhaseEnd, PhaseIo};
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::fullsnap::{self, FullSnapshotReport};
 use crate::gc::{self, GcConfig};
+use crate::health::Health;
+use crate::layout::{Kind, Snapshot};
+use crate::leader::{self, Fence};
+use crate::metrics;
 use crate::schedule::Schedule;
 use crate::store::{self, credentials, SnapStore, StoreConfig};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use etcd_client::Client;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// An out-of-schedule snapshot asked for over HTTP.
+#[derive(Debug)]
+pub enum Request {
+    Full {
+        is_final: bool,
+        reply: oneshot::Sender<std::result::Result<Snapshot, String>>,
+    },
+    /// `Ok(None)`: no events were buffered (etcdbrctl answers `null`).
+    Delta {
+        reply: oneshot::Sender<std::result::Result<Option<Snapshot>, String>>,
+    },
+}
+
+/// How the job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A full snapshot at once (the `snapshot` command).
+    Full,
+    /// The start-up decision (the `server` command); see the module doc.
+    Decide,
+}
+
+/// How the job is driven: by whom, fenced how, stopped how.
+pub struct Control {
+    pub start: StartMode,
+    pub fence: Fence,
+    pub health: Arc<Health>,
+    pub requests: Option<mpsc::Receiver<Request>>,
+    /// Graceful stop (SIGTERM): the final delta is written.
+    pub shutdown: watch::Receiver<bool>,
+    /// Leadership lost: stop at once, write nothing more.
+    pub abandon: watch::Receiver<bool>,
+}
 
 /// etcdbrctl's snapshotter restart backoff: 1 s, times `multiplier` per failure; after
 /// `attempt_limit` attempts, `threshold`.
@@ -51,7 +99,7 @@ pub struct SnapshotJob {
 }
 
 /// Runs a GC cycle every `period` until shutdown; errors are logged, never fatal.
-async fn run_gc(
+pub async fn run_gc(
     cfg: StoreConfig,
     gc: GcConfig,
     period: Duration,
@@ -83,7 +131,7 @@ pub async fn save_once(
 ) -> Result<FullSnapshotReport> {
     let store = SnapStore::open(store_cfg).await?;
     let mut client = etcd::connect_one(etcd_cfg, etcd_cfg.primary()).await?;
-    fullsnap::take(&mut client, etcd_cfg, &store, codec, is_final).await
+    fullsnap::take(&mut client, etcd_cfg, &store, codec, is_final, Fence::None).await
 }
 
 /// A store that is rebuilt when its credential files change (rotation without restart).
@@ -109,137 +157,366 @@ impl RotatingStore {
     }
 }
 
-/// Runs until `shutdown` turns true: a full snapshot now, then one per schedule tick. Failures
-/// are logged and retried with backoff; the run itself only fails on configuration errors.
+/// The `snapshot` command: runs until `shutdown` turns true, starting with a full snapshot.
+/// Failures are logged and retried with backoff; the run only fails on configuration errors.
 pub async fn run_scheduled(job: SnapshotJob, shutdown: watch::Receiver<bool>) -> Result<()> {
-    let mut store = RotatingStore {
-        cfg: job.store.clone(),
-        store: None,
-        cred_mtime: None,
+    let health = Arc::new(Health::new(crate::health::HealthConfig {
+        schedule: job.schedule.clone(),
+        delta_period: job.delta.map(|d| d.period),
+        full_grace: job.etcd.snapshot_timeout,
+    }));
+    // never set: the snapshot command has no leader election
+    let (_keep, abandon) = watch::channel(false);
+    let ctl = Control {
+        start: StartMode::Full,
+        fence: Fence::None,
+        health,
+        requests: None,
+        shutdown,
+        abandon,
     };
+    run_job(job, ctl).await
+}
+
+/// Runs the job (GC included) until a stop in `ctl`.
+pub async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
     // Configuration errors surface at once; transient ones (etcd down) are retried below.
     job.store.validate()?;
     job.etcd.validate()?;
-    let gc_task = job
-        .gc
-        .map(|(gc, period)| tokio::spawn(run_gc(job.store.clone(), gc, period, shutdown.clone())));
-    let result = snapshot_loop(&job, &mut store, shutdown).await;
+    let gc_task = job.gc.map(|(gc, period)| {
+        let mut stop = ctl.shutdown.clone();
+        let mut abandon = ctl.abandon.clone();
+        let (tx, rx) = watch::channel(false);
+        // GC stops on either signal
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = deltasnap::flag_set(&mut stop) => {}
+                _ = deltasnap::flag_set(&mut abandon) => {}
+            }
+            let _ = tx.send(true);
+        });
+        tokio::spawn(run_gc(job.store.clone(), gc, period, rx))
+    });
+    ctl.health.job_started();
+    let mut runner = Runner {
+        store: RotatingStore {
+            cfg: job.store.clone(),
+            store: None,
+            cred_mtime: None,
+        },
+        job,
+        ctl,
+        client: None,
+        failures: 0,
+        next: Utc::now(),
+        stored: None,
+        lease_ttls: HashMap::new(),
+    };
+    let result = runner.run().await;
+    runner.ctl.health.job_stopped();
     if let Some(t) = gc_task {
         t.abort();
     }
     result
 }
 
-async fn snapshot_loop(
-    job: &SnapshotJob,
-    store: &mut RotatingStore,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
-    let mut client = None;
-    let mut failures: u32 = 0;
-    let mut next = Utc::now();
-    // last revision in the store (full or delta) once a full was taken by this job
-    let mut stored: Option<i64> = None;
-    let mut lease_ttls = HashMap::new();
-    loop {
-        let full_due = Utc::now() >= next;
-        if full_due {
-            let attempt = async {
-                let s = store.get().await?;
-                if client.is_none() {
-                    client = Some(etcd::connect_one(&job.etcd, job.etcd.primary()).await?);
-                }
-                let c = client
-                    .as_mut()
-                    .ok_or_else(|| Error::Other("no etcd client".into()))?;
-                fullsnap::take(c, &job.etcd, s, job.codec, false).await
-            };
-            let result = tokio::select! {
-                r = attempt => Some(r),
-                _ = shutdown.changed() => None,
-            };
-            let Some(result) = result else {
-                tracing::info!("shutting down during a snapshot; the partial upload is discarded");
-                return Ok(());
-            };
-            match result {
-                Ok(report) => {
-                    failures = 0;
-                    println!("{}", report.key);
-                    stored = Some(report.snapshot.last_revision);
-                    next = job
-                        .schedule
-                        .next_after(Utc::now())
-                        .ok_or_else(|| Error::config("the schedule never fires again"))?;
-                    tracing::info!(next = %next.format("%Y-%m-%dT%H:%M:%SZ"), "next full snapshot");
-                }
-                Err(e) => {
-                    failures += 1;
-                    if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
-                        client = None; // reconnect next time
-                    }
-                    let delay = job.backoff.delay(failures);
-                    tracing::error!(error = %e, attempt = failures, retry_in = ?delay, "full snapshot failed");
-                    next = Utc::now()
-                        + chrono::Duration::from_std(delay)
-                            .unwrap_or_else(|_| chrono::Duration::seconds(128));
-                }
+struct Runner {
+    job: SnapshotJob,
+    ctl: Control,
+    store: RotatingStore,
+    client: Option<Client>,
+    failures: u32,
+    /// When the next scheduled full is due.
+    next: DateTime<Utc>,
+    /// Last revision in the store's latest set, once known (a full taken, or the decision).
+    stored: Option<i64>,
+    lease_ttls: HashMap<i64, i64>,
+}
+
+type FullReply = oneshot::Sender<std::result::Result<Snapshot, String>>;
+
+impl Runner {
+    fn stopping(&self) -> bool {
+        *self.ctl.shutdown.borrow() || *self.ctl.abandon.borrow()
+    }
+
+    async fn client(&mut self) -> Result<&mut Client> {
+        if self.client.is_none() {
+            self.client = Some(etcd::connect_one(&self.job.etcd, self.job.etcd.primary()).await?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::Other("no etcd client".into()))
+    }
+
+    fn failed(&mut self, e: &Error, what: &str) -> Duration {
+        self.failures += 1;
+        if matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. }) {
+            self.client = None; // reconnect next time
+        }
+        self.ctl.health.failed(e);
+        let delay = self.job.backoff.delay(self.failures);
+        tracing::error!(error = %e, attempt = self.failures, retry_in = ?delay, "{what} failed");
+        delay
+    }
+
+    fn schedule_next(&mut self) -> Result<()> {
+        self.next = self
+            .job
+            .schedule
+            .next_after(Utc::now())
+            .ok_or_else(|| Error::config("the schedule never fires again"))?;
+        tracing::info!(next = %self.next.format("%Y-%m-%dT%H:%M:%SZ"), "next full snapshot");
+        Ok(())
+    }
+
+    /// The start-up decision (module doc): sets `stored` and `next`.
+    async fn decide(&mut self) -> Result<()> {
+        let set = self.store.get().await?.latest_set().await?;
+        self.ctl.health.store_seen(&set);
+        let now = Utc::now();
+        let reason = match &set.full {
+            None => Some("the store holds no full snapshot".to_string()),
+            Some(f) if f.is_final => {
+                Some(format!("the latest full snapshot {} is final", f.snap_name))
+            }
+            Some(f) => match self.job.schedule.next_after(f.created_on) {
+                Some(due) if due <= now => Some(format!(
+                    "a scheduled full snapshot was due at {} and the latest is {}",
+                    due.format("%Y-%m-%dT%H:%M:%SZ"),
+                    f.snap_name
+                )),
+                _ => None,
+            },
+        };
+        let reason = match reason {
+            Some(r) => Some(r),
+            None => {
+                let endpoint = self.job.etcd.primary().to_string();
+                let timeout = self.job.etcd.connection_timeout;
+                let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
+                (set.last_revision() > role.revision).then(|| {
+                    format!(
+                        "the store's latest set ends at revision {} but etcd is at {} (etcd was replaced or restored)",
+                        set.last_revision(),
+                        role.revision
+                    )
+                })
+            }
+        };
+        match reason {
+            Some(r) => {
+                tracing::info!(reason = r, "start-up: taking a full snapshot");
+                self.stored = None;
+                self.next = now;
+            }
+            None => {
+                tracing::info!(
+                    from_revision = set.last_revision() + 1,
+                    "start-up: the latest full snapshot is current; catching up with deltas"
+                );
+                self.stored = Some(set.last_revision());
+                self.schedule_next()?;
             }
         }
-        // Between fulls: delta snapshots, or just waiting.
-        if let (Some(cfg), Some(rev), Some(c)) = (job.delta, stored.as_mut(), client.as_mut()) {
-            let s = store.get().await?;
-            let end = deltasnap::run_phase(
-                c,
-                job.etcd.primary(),
-                s,
-                cfg,
-                rev,
-                next,
-                &mut lease_ttls,
-                &mut shutdown,
-            )
-            .await;
-            match end {
-                Ok(PhaseEnd::Deadline { .. }) => failures = 0,
-                Ok(PhaseEnd::Shutdown { last_revision }) => {
-                    tracing::info!(last_revision, "stopped after the final delta");
+        Ok(())
+    }
+
+    async fn take_full(&mut self, is_final: bool) -> Result<FullSnapshotReport> {
+        let started = Instant::now();
+        let fence = self.ctl.fence;
+        let r = async {
+            let endpoint = self.job.etcd.primary().to_string();
+            fence
+                .check(self.client().await?, &endpoint, "full snapshot")
+                .await?;
+            let s = self.store.get().await?;
+            let c = self
+                .client
+                .as_mut()
+                .ok_or_else(|| Error::Other("no etcd client".into()))?;
+            fullsnap::take(c, &self.job.etcd, s, self.job.codec, is_final, fence).await
+        }
+        .await;
+        metrics::snapshot_taken(Kind::Full, r.is_ok(), started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn run(&mut self) -> Result<()> {
+        let mut pending_full: Option<(bool, Option<FullReply>)> = None;
+        let mut need_decision = self.ctl.start == StartMode::Decide;
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            if need_decision && pending_full.is_none() {
+                match self.decide().await {
+                    Ok(()) => {
+                        need_decision = false;
+                        self.failures = 0;
+                    }
+                    Err(e) => {
+                        let delay = self.failed(&e, "start-up decision");
+                        if self.wait(delay, &mut pending_full).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
+            if pending_full.is_some() || Utc::now() >= self.next {
+                let (is_final, reply) = pending_full.take().unwrap_or((false, None));
+                let result = {
+                    let mut shutdown = self.ctl.shutdown.clone();
+                    let mut abandon = self.ctl.abandon.clone();
+                    tokio::select! {
+                        r = self.take_full(is_final) => Some(r),
+                        _ = deltasnap::flag_set(&mut shutdown) => None,
+                        _ = deltasnap::flag_set(&mut abandon) => None,
+                    }
+                };
+                let Some(result) = result else {
+                    tracing::info!(
+                        "stopping during a full snapshot; the partial upload is discarded"
+                    );
+                    if let Some(r) = reply {
+                        let _ = r.send(Err("the snapshotter stopped during the snapshot".into()));
+                    }
+                    return Ok(());
+                };
+                match result {
+                    Ok(report) => {
+                        self.failures = 0;
+                        println!("{}", report.key);
+                        self.ctl.health.full_stored(&report.snapshot);
+                        self.stored = Some(report.snapshot.last_revision);
+                        if let Some(r) = reply {
+                            let _ = r.send(Ok(report.snapshot.clone()));
+                        }
+                        // the timer is re-armed after every full, scheduled or not
+                        self.schedule_next()?;
+                    }
+                    Err(e) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(e.to_string()));
+                        }
+                        let delay = self.failed(&e, "full snapshot");
+                        if matches!(e, Error::Fenced(_)) {
+                            need_decision = true;
+                            self.stored = None;
+                        }
+                        self.next = Utc::now()
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or_else(|_| chrono::Duration::seconds(128));
+                    }
+                }
+            }
+            // Between fulls: delta snapshots, or just waiting.
+            let can_delta =
+                self.job.delta.is_some() && self.stored.is_some() && self.client.is_some();
+            if can_delta {
+                match self.delta_phase().await {
+                    Ok(PhaseEnd::Deadline { .. }) => self.failures = 0,
+                    Ok(PhaseEnd::Shutdown { last_revision }) => {
+                        tracing::info!(last_revision, "stopped after the final delta");
+                        return Ok(());
+                    }
+                    Ok(PhaseEnd::Abandoned) => return Ok(()),
+                    Ok(PhaseEnd::Compacted { .. }) => self.next = Utc::now(),
+                    Ok(PhaseEnd::FullRequested { is_final, reply }) => {
+                        pending_full = Some((is_final, Some(reply)));
+                    }
+                    Err(e) => {
+                        let delay = self.failed(&e, "delta snapshots");
+                        if matches!(e, Error::Fenced(_)) {
+                            need_decision = true;
+                            self.stored = None;
+                        } else {
+                            self.client = None;
+                        }
+                        if self.wait(delay, &mut pending_full).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            } else if pending_full.is_none() {
+                let mut wait = (self.next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                if self.job.delta.is_some() && self.stored.is_some() {
+                    // deltas are due but etcd is not connected: retry soon, not at the next full
+                    wait = wait.min(self.job.backoff.delay(self.failures.max(1)));
+                }
+                if self.wait(wait, &mut pending_full).await {
                     return Ok(());
                 }
-                Ok(PhaseEnd::Compacted { .. }) => next = Utc::now(),
-                Err(e) => {
-                    failures += 1;
-                    client = None;
-                    let delay = job.backoff.delay(failures);
-                    tracing::error!(error = %e, attempt = failures, retry_in = ?delay, last_stored = *rev, "delta snapshots failed; resuming from the last stored revision");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => {}
-                    }
+            }
+            if self.stopping() {
+                return Ok(());
+            }
+            // a delta phase that failed resumes with a fresh client
+            if self.client.is_none() && self.stored.is_some() && Utc::now() < self.next {
+                if let Err(e) = self.client().await {
+                    self.failures += 1;
+                    tracing::warn!(error = %e, attempt = self.failures, "cannot reconnect to etcd yet");
                 }
             }
-        } else {
-            let mut wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-            if job.delta.is_some() && stored.is_some() {
-                // deltas are due but etcd is not connected: retry soon, not at the next full
-                wait = wait.min(job.backoff.delay(failures.max(1)));
-            }
+        }
+    }
+
+    async fn delta_phase(&mut self) -> Result<PhaseEnd> {
+        let (Some(cfg), Some(mut rev)) = (self.job.delta, self.stored) else {
+            return Err(Error::Other("delta snapshots are not possible now".into()));
+        };
+        let endpoint = self.job.etcd.primary().to_string();
+        let store = self.store.get().await?;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| Error::Other("no etcd client".into()))?;
+        let io = PhaseIo {
+            client,
+            endpoint: &endpoint,
+            store,
+            fence: self.ctl.fence,
+            health: &self.ctl.health,
+            ttl_cache: &mut self.lease_ttls,
+            requests: self.ctl.requests.as_mut(),
+            shutdown: &mut self.ctl.shutdown,
+            abandon: &mut self.ctl.abandon,
+        };
+        let r = deltasnap::run_phase(io, cfg, &mut rev, self.next).await;
+        self.stored = Some(rev);
+        r
+    }
+
+    /// Waits `delay`, answering requests meanwhile; a full request ends the wait. Returns true
+    /// on a stop.
+    async fn wait(
+        &mut self,
+        delay: Duration,
+        pending_full: &mut Option<(bool, Option<FullReply>)>,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        let delta_enabled = self.job.delta.is_some();
+        loop {
+            let mut requests = self.ctl.requests.as_mut();
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        // a delta phase that failed resumes with a fresh client
-        if client.is_none() && stored.is_some() && Utc::now() < next {
-            match etcd::connect_one(&job.etcd, job.etcd.primary()).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, attempt = failures, "cannot reconnect to etcd yet");
-                }
+                _ = tokio::time::sleep_until(until) => return false,
+                _ = deltasnap::flag_set(&mut self.ctl.shutdown) => return true,
+                _ = deltasnap::flag_set(&mut self.ctl.abandon) => return true,
+                req = deltasnap::next_request(&mut requests) => match req {
+                    Request::Full { is_final, reply } => {
+                        *pending_full = Some((is_final, Some(reply)));
+                        return false;
+                    }
+                    Request::Delta { reply } => {
+                        let msg = if delta_enabled {
+                            "the delta snapshotter is not active (waiting for a full snapshot or for etcd); retry shortly"
+                        } else {
+                            "delta snapshots are disabled (--delta-snapshot-period below 1s)"
+                        };
+                        let _ = reply.send(Err(msg.to_string()));
+                    }
+                },
             }
         }
     }

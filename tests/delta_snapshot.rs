@@ -13,54 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Puts, deletes, multi-op txns and leased keys until `stop`.
-fn writer(ep: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([&ep], None).await.unwrap();
-            let lease = c.lease_grant(600, None).await.unwrap().id();
-            let t = Instant::now();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
-                let k = format!("/load/{}", i % 300);
-                match i % 10 {
-                    0 => {
-                        c.delete(k, None).await.ok();
-                    }
-                    1 => {
-                        let ops = vec![
-                            etcd_client::TxnOp::put(format!("/txn/a{}", i % 50), "x", None),
-                            etcd_client::TxnOp::put(format!("/txn/b{}", i % 50), "y", None),
-                            etcd_client::TxnOp::delete(format!("/txn/c{}", i % 50), None),
-                        ];
-                        c.txn(etcd_client::Txn::new().and_then(ops)).await.ok();
-                    }
-                    2 => {
-                        c.put(
-                            format!("/leased/{}", i % 20),
-                            "l",
-                            Some(etcd_client::PutOptions::new().with_lease(lease)),
-                        )
-                        .await
-                        .ok();
-                    }
-                    _ => {
-                        c.put(k, vec![b'v'; 100 + (i % 400) as usize], None)
-                            .await
-                            .ok();
-                    }
-                }
-                i += 1;
-            }
-            i
-        })
-    })
-}
-
 #[test]
 fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
     let etcd = Etcd::start(EtcdVersion::V34);
@@ -91,7 +43,7 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
-        .map(|_| writer(etcd.endpoint.clone(), stop.clone()))
+        .map(|_| writer(vec![etcd.endpoint.clone()], stop.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(4500));
     // the signal lands while the writers are still writing

@@ -592,3 +592,248 @@ impl Drop for Azurite {
         let _ = self.child.wait();
     }
 }
+
+/// Puts, deletes, multi-op txns and leased keys until `stop`.
+pub fn writer(
+    eps: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect(eps, None).await.unwrap();
+            let lease = c.lease_grant(600, None).await.unwrap().id();
+            let t = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t.elapsed() < Duration::from_secs(120)
+            {
+                let k = format!("/load/{}", i % 300);
+                match i % 10 {
+                    0 => {
+                        c.delete(k, None).await.ok();
+                    }
+                    1 => {
+                        let ops = vec![
+                            etcd_client::TxnOp::put(format!("/txn/a{}", i % 50), "x", None),
+                            etcd_client::TxnOp::put(format!("/txn/b{}", i % 50), "y", None),
+                            etcd_client::TxnOp::delete(format!("/txn/c{}", i % 50), None),
+                        ];
+                        c.txn(etcd_client::Txn::new().and_then(ops)).await.ok();
+                    }
+                    2 => {
+                        c.put(
+                            format!("/leased/{}", i % 20),
+                            "l",
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        )
+                        .await
+                        .ok();
+                    }
+                    _ => {
+                        c.put(k, vec![b'v'; 100 + (i % 400) as usize], None)
+                            .await
+                            .ok();
+                    }
+                }
+                i += 1;
+            }
+            i
+        })
+    })
+}
+
+/// An HTTP/1.1 request to 127.0.0.1:`port`; returns the status code and the body.
+pub fn http_body(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {buf:?}")))?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    Ok((code, body.to_string()))
+}
+
+/// A 3-member etcd cluster on loopback ports.
+pub struct EtcdCluster {
+    pub members: Vec<Option<Child>>,
+    pub dir: tempfile::TempDir,
+    pub endpoints: Vec<String>,
+    pub version: EtcdVersion,
+}
+
+impl EtcdCluster {
+    pub fn start(version: EtcdVersion) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.1))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let ep = format!("http://127.0.0.1:{c}");
+            let mut cmd = clean_cmd(&version.etcd());
+            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{p}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
+            members.push(Some(spawn_logged(&mut cmd, dir.path(), &format!("m{i}"))));
+            endpoints.push(ep);
+        }
+        let c = EtcdCluster {
+            members,
+            dir,
+            endpoints,
+            version,
+        };
+        let t = Instant::now();
+        loop {
+            let out = c.etcdctl_raw(&c.endpoints, &["endpoint", "health"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(40),
+                "cluster not healthy: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        c
+    }
+
+    pub fn etcdctl_raw(&self, eps: &[String], args: &[&str]) -> Output {
+        clean_cmd(&self.version.etcdctl())
+            .args(["--endpoints", &eps.join(","), "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .expect("etcdctl")
+    }
+
+    /// Index of the leader among the running members.
+    pub fn leader(&self) -> usize {
+        let t = Instant::now();
+        loop {
+            for (i, ep) in self.endpoints.iter().enumerate() {
+                if self.members[i].is_none() {
+                    continue;
+                }
+                let out = self.etcdctl_raw(
+                    std::slice::from_ref(ep),
+                    &["endpoint", "status", "-w", "json"],
+                );
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    let st = &v[0]["Status"];
+                    if st["leader"].as_u64().is_some() && st["leader"] == st["header"]["member_id"]
+                    {
+                        return i;
+                    }
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no leader");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Revision as seen by a running member.
+    pub fn revision(&self) -> i64 {
+        let eps: Vec<String> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.members[*i].is_some())
+            .map(|(_, e)| e.clone())
+            .collect();
+        let out = self.etcdctl_raw(&eps, &["get", "x", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["header"]["revision"].as_i64().expect("revision")
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+/// Checks a store's chain: each delta continues the previous snapshot's last revision (a full
+/// may start a new set), and the events of each delta cover its revisions exactly once.
+/// `fetch` returns an object's (compressed) bytes. Returns the revisions covered by deltas.
+pub fn check_chain(
+    snaps: &[etcdbr::layout::Snapshot],
+    fetch: &dyn Fn(&etcdbr::layout::Snapshot) -> Vec<u8>,
+) -> Vec<i64> {
+    use etcdbr::layout::Kind;
+    let mut revs = Vec::new();
+    let mut expect: Option<i64> = None;
+    for s in snaps {
+        match s.kind {
+            Kind::Full => expect = Some(s.last_revision + 1),
+            Kind::Incr => {
+                let e = expect.expect("a delta before any full");
+                assert_eq!(
+                    s.start_revision, e,
+                    "{} does not continue the chain (gap or overlap)",
+                    s.snap_name
+                );
+                let raw = fetch(s);
+                let mut payload = Vec::new();
+                etcdbr::codec::Codec::from_suffix(&s.compression_suffix)
+                    .unwrap()
+                    .decoder(&raw[..])
+                    .unwrap()
+                    .read_to_end(&mut payload)
+                    .unwrap();
+                let events = etcdbr::delta::parse(&payload, &s.snap_name).unwrap();
+                let mut last = s.start_revision - 1;
+                for ev in &events {
+                    assert!(
+                        ev.mod_revision == last || ev.mod_revision == last + 1,
+                        "{}: revision {} after {last}",
+                        s.snap_name,
+                        ev.mod_revision
+                    );
+                    if ev.mod_revision != last {
+                        revs.push(ev.mod_revision);
+                    }
+                    last = ev.mod_revision;
+                }
+                assert_eq!(last, s.last_revision, "{}: last event", s.snap_name);
+                expect = Some(s.last_revision + 1);
+            }
+        }
+    }
+    revs
+}

@@ -1,0 +1,694 @@
+//! The `server` command: the HTTP control plane (axum) and the leadership loop that runs the
+//! snapshot job on the etcd leader's sidecar only.
+//!
+//! Endpoints, status codes and JSON shapes follow etcdbrctl (reference section 2), with these
+//! fixes: unknown paths answer 404, wrong methods 405 (with `Allow`), bad or unknown query
+//! parameters 400, all with a message; followers answer `/healthz` 200 while their etcd is
+//! healthy (etcdbrctl keeps them 503 forever); the leader answers 503 when backups are stale;
+//! `/snapshot/latest` is served by any sidecar from the store and tells the backups' age; a
+//! follower that cannot reach the leader's sidecar answers 503 (etcdbrctl: 405).
+
+use crate::defrag;
+use crate::error::{Error, Result};
+use crate::etcd;
+use crate::health::{Health, HealthConfig, RoleState};
+use crate::layout::Snapshot;
+use crate::leader::{self, Fence, Role};
+use crate::metrics;
+use crate::schedule::Schedule;
+use crate::snapshotter::{self, Control, Request, SnapshotJob, StartMode};
+use crate::store::SnapStore;
+use axum::extract::{OriginalUri, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Header set on requests a follower forwards to the leader's sidecar: never forwarded twice.
+const PROXIED_HEADER: &str = "x-etcdbr-proxied";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub job: SnapshotJob,
+    pub host: String,
+    pub port: u16,
+    pub reelection_period: Duration,
+    pub leader_election_timeout: Duration,
+    pub defrag_schedule: Schedule,
+}
+
+struct AppState {
+    cfg: ServerConfig,
+    health: Arc<Health>,
+    /// The running job's request channel (leader only).
+    job: Mutex<Option<mpsc::Sender<Request>>>,
+    http: reqwest::Client,
+}
+
+impl AppState {
+    fn job_sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_job_sender(&self, tx: Option<mpsc::Sender<Request>>) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = tx;
+    }
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    m.push('\n');
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
+}
+
+fn json(code: StatusCode, v: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(v) {
+        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}"),
+        ),
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses the query string, refusing parameters not in `allowed` (a typo such as `finall=true`
+/// must not silently take a non-final snapshot).
+fn query_params(
+    raw: &Option<String>,
+    allowed: &[&str],
+) -> std::result::Result<Vec<(String, String)>, Box<Response>> {
+    let pairs: Vec<(String, String)> = raw
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, _) in &pairs {
+        if !allowed.contains(&k.as_str()) {
+            let known = if allowed.is_empty() {
+                "this endpoint takes no parameters".to_string()
+            } else {
+                format!("known parameters: {}", allowed.join(", "))
+            };
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query parameter {k:?}; {known}"),
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
+async fn healthz(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    if let Err(r) = query_params(&q, &[]) {
+        return *r;
+    }
+    let rep = st.health.report();
+    let code = if rep.health {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, &rep)
+}
+
+async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
+    st.health.report(); // refreshes the staleness gauges
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct Latest {
+    #[serde(rename = "fullSnapshot")]
+    full: Option<Snapshot>,
+    #[serde(rename = "deltaSnapshots")]
+    deltas: Option<Vec<Snapshot>>,
+    /// Age of the latest full snapshot, seconds (etcdbr extension).
+    #[serde(rename = "fullSnapshotAgeSeconds")]
+    full_age: Option<i64>,
+    /// Age of the newest snapshot of the set (full or delta), seconds (etcdbr extension).
+    #[serde(rename = "latestSnapshotAgeSeconds")]
+    latest_age: Option<i64>,
+    /// Revision the latest set restores to (etcdbr extension).
+    #[serde(rename = "latestRevision")]
+    latest_revision: i64,
+}
+
+async fn snapshot_latest(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    if let Err(r) = query_params(&q, &[]) {
+        return *r;
+    }
+    let set = async {
+        SnapStore::open(st.cfg.job.store.clone())
+            .await?
+            .latest_set()
+            .await
+    }
+    .await;
+    match set {
+        Ok(set) => {
+            let now = Utc::now();
+            let newest = set.deltas.last().or(set.full.as_ref());
+            let body = Latest {
+                full_age: set
+                    .full
+                    .as_ref()
+                    .map(|f| (now - f.created_on).num_seconds()),
+                latest_age: newest.map(|s| (now - s.created_on).num_seconds()),
+                latest_revision: set.last_revision(),
+                full: set.full,
+                deltas: (!set.deltas.is_empty()).then_some(set.deltas),
+            };
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot list the snapshots: {e}"),
+        ),
+    }
+}
+
+async fn snapshot_full(
+    State(st): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let params = match query_params(&q, &["final"]) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let mut is_final = false;
+    for (_, v) in params {
+        if v.is_empty() {
+            continue;
+        }
+        match parse_go_bool(&v) {
+            Some(b) => is_final = b,
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid value {v:?} for parameter \"final\": use true or false"),
+                )
+            }
+        }
+    }
+    if let Some(r) = not_leader(&st, &uri, &headers).await {
+        return r;
+    }
+    let Some(tx) = st.job_sender() else {
+        return not_active();
+    };
+    let (reply, rx) = oneshot::channel();
+    if tx.send(Request::Full { is_final, reply }).await.is_err() {
+        return not_active();
+    }
+    let limit = st.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(Ok(snap))) => json(StatusCode::OK, &snap),
+        Ok(Ok(Err(e))) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to take an out-of-schedule full snapshot: {e}"),
+        ),
+        Ok(Err(_)) => not_active(),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the full snapshot did not finish within {}s",
+                limit.as_secs()
+            ),
+        ),
+    }
+}
+
+async fn snapshot_delta(
+    State(st): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    if let Err(r) = query_params(&q, &[]) {
+        return *r;
+    }
+    if st.cfg.job.delta.is_none() {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "delta snapshots are disabled (--delta-snapshot-period below 1s)",
+        );
+    }
+    if let Some(r) = not_leader(&st, &uri, &headers).await {
+        return r;
+    }
+    let Some(tx) = st.job_sender() else {
+        return not_active();
+    };
+    let (reply, rx) = oneshot::channel();
+    if tx.send(Request::Delta { reply }).await.is_err() {
+        return not_active();
+    }
+    match tokio::time::timeout(Duration::from_secs(300), rx).await {
+        Ok(Ok(Ok(snap))) => json(StatusCode::OK, &snap),
+        Ok(Ok(Err(e))) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to take an out-of-schedule delta snapshot: {e}"),
+        ),
+        Ok(Err(_)) => not_active(),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the delta snapshot did not finish within 300s",
+        ),
+    }
+}
+
+fn not_active() -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the snapshotter is not active yet (this sidecar just became the leader's, or etcd is not ready); retry in a few seconds",
+    )
+}
+
+/// `None` on the leader's sidecar; otherwise the response: the leader's sidecar's answer, or
+/// a clear error.
+async fn not_leader(st: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Response> {
+    let rep = st.health.report();
+    match rep.role {
+        RoleState::Leader => None,
+        RoleState::Unknown => Some(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this sidecar cannot tell which etcd member leads: {}",
+                rep.reasons.join("; ")
+            ),
+        )),
+        RoleState::Follower => Some(proxy_to_leader(st, uri, headers).await),
+    }
+}
+
+/// Forwards the request to the leader's sidecar: the leader's client URL host and this
+/// server's port (etcdbrctl's convention: every sidecar listens on the same port).
+async fn proxy_to_leader(st: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> Response {
+    if headers.contains_key(PROXIED_HEADER) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this sidecar's etcd member is not the leader, and the request was already forwarded once by another sidecar: not forwarding again",
+        );
+    }
+    let target = match leader_sidecar_url(&st.cfg).await {
+        Ok(u) => u,
+        Err(e) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this sidecar's etcd member is not the leader, and the leader's sidecar cannot be found: {e}"),
+            )
+        }
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{target}{path}");
+    let timeout = st.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
+    tracing::info!(url, "not the leader's sidecar: forwarding the request");
+    let r = st
+        .http
+        .get(&url)
+        .header(PROXIED_HEADER, "1")
+        .timeout(timeout)
+        .send()
+        .await;
+    match r {
+        Ok(resp) => {
+            let code = StatusCode::from_u16(resp.status().as_u16())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let ctype = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/plain")
+                .to_string();
+            match resp.bytes().await {
+                Ok(body) => (code, [(header::CONTENT_TYPE, ctype)], body).into_response(),
+                Err(e) => text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the leader's sidecar at {target} broke off its answer: {e}"),
+                ),
+            }
+        }
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this sidecar's etcd member is not the leader, and the leader's sidecar at {target} cannot be reached: {e}"),
+        ),
+    }
+}
+
+async fn leader_sidecar_url(cfg: &ServerConfig) -> Result<String> {
+    let etcd_cfg = &cfg.job.etcd;
+    let endpoint = etcd_cfg.primary().to_string();
+    let mut c = etcd::connect_one(etcd_cfg, &endpoint).await?;
+    let role = leader::probe(&mut c, &endpoint, cfg.leader_election_timeout).await?;
+    let members = etcd::call(
+        &endpoint,
+        "list members",
+        cfg.leader_election_timeout,
+        c.member_list(),
+    )
+    .await?;
+    let leader = members
+        .members()
+        .iter()
+        .find(|m| m.id() == role.leader_id)
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "leader {:x} is not in the member list",
+                role.leader_id
+            ))
+        })?;
+    let client_url = leader
+        .client_urls()
+        .first()
+        .ok_or_else(|| Error::Other(format!("leader {} has no client URL", leader.name())))?;
+    let u = url::Url::parse(client_url)
+        .map_err(|e| Error::Other(format!("leader client URL {client_url:?}: {e}")))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| Error::Other(format!("leader client URL {client_url:?} has no host")))?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Ok(format!("http://{host}:{}", cfg.port))
+}
+
+async fn unknown_path(OriginalUri(uri): OriginalUri) -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        format!(
+            "unknown path {:?}; endpoints: /healthz, /snapshot/full[?final=true], /snapshot/delta, /snapshot/latest, /metrics",
+            uri.path()
+        ),
+    )
+}
+
+/// 405 with a message and `Allow` (axum's own 405 has an empty body).
+fn wrong_method(
+    allow: &'static str,
+) -> impl Fn(axum::http::Method) -> std::future::Ready<Response> + Clone {
+    move |m| {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {m} is not allowed here; use {allow}"),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, axum::http::HeaderValue::from_static(allow));
+        std::future::ready(r)
+    }
+}
+
+fn router(st: Arc<AppState>) -> Router {
+    let (read, trigger) = ("GET, HEAD", "GET, POST");
+    Router::new()
+        .route("/healthz", get(healthz).fallback(wrong_method(read)))
+        .route(
+            "/metrics",
+            get(metrics_handler).fallback(wrong_method(read)),
+        )
+        .route(
+            "/snapshot/latest",
+            get(snapshot_latest).fallback(wrong_method(read)),
+        )
+        .route(
+            "/snapshot/full",
+            get(snapshot_full)
+                .post(snapshot_full)
+                .fallback(wrong_method(trigger)),
+        )
+        .route(
+            "/snapshot/delta",
+            get(snapshot_delta)
+                .post(snapshot_delta)
+                .fallback(wrong_method(trigger)),
+        )
+        .fallback(unknown_path)
+        .with_state(st)
+}
+
+/// A running snapshot job (this sidecar leads).
+struct RunningJob {
+    abandon: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Runs the server until `shutdown`: HTTP, the leadership loop, the job while leading,
+/// defragmentation on schedule.
+pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
+    cfg.job.store.validate()?;
+    cfg.job.etcd.validate()?;
+    // the store must open (credentials, bucket name) before the server says it is up
+    SnapStore::open(cfg.job.store.clone()).await?;
+    let health = Arc::new(Health::new(HealthConfig {
+        schedule: cfg.job.schedule.clone(),
+        delta_period: cfg.job.delta.map(|d| d.period),
+        full_grace: cfg.job.etcd.snapshot_timeout,
+    }));
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
+    let st = Arc::new(AppState {
+        cfg: cfg.clone(),
+        health: health.clone(),
+        job: Mutex::new(None),
+        http,
+    });
+    let host = if cfg.host.is_empty() {
+        "0.0.0.0"
+    } else {
+        cfg.host.as_str()
+    };
+    let addr = format!("{host}:{}", cfg.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::io(&addr, "listen (is another process using --server-port?)", e))?;
+    tracing::info!(address = addr, "HTTP server listening");
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let app = router(st.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                crate::deltasnap::flag_set(&mut http_stop_rx).await;
+            })
+            .await
+    });
+
+    let h2 = health.clone();
+    let defrag_task = tokio::spawn(defrag::run_scheduled(
+        cfg.job.etcd.clone(),
+        cfg.defrag_schedule.clone(),
+        move || h2.report().role == RoleState::Leader,
+        shutdown.clone(),
+    ));
+
+    let result = leadership_loop(&cfg, &st, shutdown).await;
+    defrag_task.abort();
+    let _ = http_stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(_) => tracing::warn!("HTTP server did not stop within 10s"),
+        _ => {}
+    }
+    result
+}
+
+async fn leadership_loop(
+    cfg: &ServerConfig,
+    st: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let endpoint = cfg.job.etcd.primary().to_string();
+    let mut client = None;
+    let mut running: Option<RunningJob> = None;
+    let mut last_role: Option<RoleState> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let role = probe(cfg, &endpoint, &mut client).await;
+        if let Ok(r) = &role {
+            if let Some(m) = metrics::get() {
+                m.is_learner.set(r.is_learner as i64);
+            }
+        }
+        st.health
+            .set_role(role.as_ref().copied().map_err(|e| e.to_string()));
+        let now_role = match &role {
+            Ok(r) if r.is_leader() => RoleState::Leader,
+            Ok(_) => RoleState::Follower,
+            Err(_) => RoleState::Unknown,
+        };
+        if last_role != Some(now_role) {
+            if let (Ok(_), Some(c)) = (&role, client.as_mut()) {
+                let t = cfg.leader_election_timeout;
+                if let Ok(ms) = etcd::call(&endpoint, "list members", t, c.member_list()).await {
+                    if let Some(m) = metrics::get() {
+                        m.cluster_size.set(ms.members().len() as i64);
+                    }
+                }
+            }
+            match &role {
+                Ok(r) => {
+                    tracing::info!(role = ?now_role, member = format!("{:x}", r.member_id), leader = format!("{:x}", r.leader_id), term = r.raft_term, "etcd role")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read this member's role; not snapshotting until it answers")
+                }
+            }
+            last_role = Some(now_role);
+        }
+        // a job that ended by itself (configuration error) is fatal; otherwise restarted
+        if let Some(j) = running.as_ref() {
+            if j.handle.is_finished() {
+                if let Some(j) = running.take() {
+                    st.set_job_sender(None);
+                    match j.handle.await {
+                        Ok(Err(e @ Error::Config(_))) => return Err(e),
+                        Ok(Err(e)) => tracing::error!(error = %e, "the snapshot job stopped"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        match (now_role, running.is_some()) {
+            (RoleState::Leader, false) => running = Some(start_job(cfg, st, &shutdown)),
+            (RoleState::Follower | RoleState::Unknown, true) => {
+                if let Some(j) = running.take() {
+                    tracing::info!("no longer the leader's sidecar: stopping the snapshot job");
+                    st.set_job_sender(None);
+                    let _ = j.abandon.send(true);
+                    if tokio::time::timeout(Duration::from_secs(30), j.handle)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("the snapshot job did not stop within 30s");
+                    }
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.reelection_period) => {}
+            _ = crate::deltasnap::flag_set(&mut shutdown) => {}
+        }
+    }
+    // SIGTERM: the job writes its final delta (bounded by its flush timeout), then stops.
+    if let Some(j) = running.take() {
+        st.set_job_sender(None);
+        let limit = cfg
+            .job
+            .delta
+            .map(|d| d.flush_timeout)
+            .unwrap_or(Duration::ZERO)
+            + Duration::from_secs(10);
+        match tokio::time::timeout(limit, j.handle).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the snapshot job failed while stopping"),
+            Err(_) => tracing::warn!("the snapshot job did not stop within {limit:?}"),
+            _ => {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn probe(
+    cfg: &ServerConfig,
+    endpoint: &str,
+    client: &mut Option<etcd_client::Client>,
+) -> Result<Role> {
+    if client.is_none() {
+        let mut c = cfg.job.etcd.clone();
+        c.connection_timeout = cfg.leader_election_timeout;
+        *client = Some(etcd::connect_one(&c, endpoint).await?);
+    }
+    let c = client
+        .as_mut()
+        .ok_or_else(|| Error::Other("no etcd client".into()))?;
+    let r = leader::probe(c, endpoint, cfg.leader_election_timeout).await;
+    if r.is_err() {
+        *client = None;
+    }
+    r
+}
+
+fn start_job(
+    cfg: &ServerConfig,
+    st: &Arc<AppState>,
+    shutdown: &watch::Receiver<bool>,
+) -> RunningJob {
+    let (abandon_tx, abandon) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(8);
+    st.set_job_sender(Some(tx));
+    let ctl = Control {
+        start: StartMode::Decide,
+        fence: Fence::Leader,
+        health: st.health.clone(),
+        requests: Some(rx),
+        shutdown: shutdown.clone(),
+        abandon,
+    };
+    let job = cfg.job.clone();
+    let grace = cfg.reelection_period;
+    let mut abandon2 = ctl.abandon.clone();
+    let mut shutdown2 = ctl.shutdown.clone();
+    tracing::info!(
+        grace = ?grace,
+        "this sidecar's etcd member leads: starting the snapshot job after one re-election period"
+    );
+    let handle = tokio::spawn(async move {
+        // the previous leader's sidecar sees the change within one period (module leader)
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = crate::deltasnap::flag_set(&mut abandon2) => return Ok(()),
+            _ = crate::deltasnap::flag_set(&mut shutdown2) => return Ok(()),
+        }
+        snapshotter::run_job(job, ctl).await
+    });
+    RunningJob {
+        abandon: abandon_tx,
+        handle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_validation() {
+        assert!(query_params(&Some("final=true".into()), &["final"]).is_ok());
+        assert!(query_params(&Some("finall=true".into()), &["final"]).is_err());
+        assert!(query_params(&None, &[]).is_ok());
+        assert_eq!(parse_go_bool("T"), Some(true));
+        assert_eq!(parse_go_bool("maybe"), None);
+    }
+}

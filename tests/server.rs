@@ -1,0 +1,506 @@
+//! The `server` command against real etcd (single member and a 3-member cluster) and real
+//! object stores: the HTTP API, leader-only snapshotting, a gap-free delta chain across
+//! restarts, compaction and leader changes, staleness, defragmentation, graceful shutdown.
+
+mod common;
+
+use common::*;
+use etcdbr::layout::{Kind, Snapshot};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Sidecar {
+    proc: Option<Proc>,
+    port: u16,
+    log: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    fn start(endpoint: &str, store: &[String], extra: &[&str], log: PathBuf) -> Sidecar {
+        Self::start_env(endpoint, store, extra, log, vec![])
+    }
+
+    fn start_env(
+        endpoint: &str,
+        store: &[String],
+        extra: &[&str],
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Sidecar {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--endpoints".into(),
+            endpoint.into(),
+            "--server-host".into(),
+            "127.0.0.1".into(),
+            "--server-port".into(),
+            port.to_string(),
+            "--schedule".into(),
+            "0 0 1 1 *".into(),
+            "--delta-snapshot-period".into(),
+            "1s".into(),
+            "--reelection-period".into(),
+            "2s".into(),
+            "--etcd-connection-timeout".into(),
+            "3s".into(),
+            "--backoff-threshold-time".into(),
+            "2s".into(),
+        ];
+        args.extend(store.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Sidecar {
+            proc: None,
+            port,
+            log,
+            args,
+            env,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = etcdbrctl()
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_body(self.port, "GET", path).unwrap_or((0, String::new()))
+    }
+
+    fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    fn wait_until(&self, what: &str, secs: u64, f: &dyn Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}; sidecar log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM; asserts exit 0.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status()
+                .unwrap();
+            let t = Instant::now();
+            loop {
+                if let Some(st) = p.try_wait().unwrap() {
+                    assert!(st.success(), "SIGTERM must exit 0:\n{}", self.log());
+                    return;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "no exit after SIGTERM:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn local_store(dir: &Path) -> Vec<String> {
+    vec!["--store-container".into(), dir.display().to_string()]
+}
+
+fn stored_local(bk: &Path) -> Vec<Snapshot> {
+    let mut v: Vec<Snapshot> = files_in(&bk.join("v2"))
+        .iter()
+        .filter(|f| !f.starts_with('.'))
+        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+        .collect();
+    etcdbr::layout::sort(&mut v);
+    v
+}
+
+fn read_local(bk: &Path) -> impl Fn(&Snapshot) -> Vec<u8> + '_ {
+    move |s: &Snapshot| std::fs::read(bk.join("v2").join(&s.snap_name)).unwrap()
+}
+
+fn writers(eps: Vec<String>, n: usize) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<u64>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = (0..n).map(|_| writer(eps.clone(), stop.clone())).collect();
+    (stop, w)
+}
+
+fn stop_writers(stop: Arc<AtomicBool>, w: Vec<std::thread::JoinHandle<u64>>) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    w.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+/// Single member, Local store: the API (status codes, shapes, bad input), deltas every period
+/// under load, out-of-schedule snapshots, a sidecar restart (catch-up delta), a compaction
+/// past the watch position while the sidecar is down (a new full), and SIGTERM during load (a
+/// final delta up to the signal). The chain stays gap-free throughout.
+#[test]
+fn single_member_api_restarts_compaction_and_final_delta() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(50, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let mut sc = Sidecar::start(
+        &etcd.endpoint,
+        &local_store(&bk),
+        &[],
+        tmp.path().join("sidecar.log"),
+    );
+    sc.wait_until("healthy", 30, &|| sc.get("/healthz").0 == 200);
+    let h = sc.json("/healthz");
+    assert_eq!(h["health"], true);
+    assert_eq!(h["role"], "leader");
+
+    // bad input: a 4xx and a message
+    for (method, path, code, needle) in [
+        ("GET", "/snapshot/full?final=maybe", 400, "maybe"),
+        ("GET", "/snapshot/full?finall=true", 400, "finall"),
+        (
+            "GET",
+            "/snapshot/latest?x=1",
+            400,
+            "unknown query parameter",
+        ),
+        ("GET", "/no/such/path", 404, "unknown path"),
+        ("DELETE", "/snapshot/full", 405, "not allowed"),
+        ("PUT", "/healthz", 405, "not allowed"),
+    ] {
+        let (c, body) = http_body(sc.port, method, path).unwrap();
+        assert_eq!(c, code, "{method} {path}: {body}");
+        assert!(body.contains(needle), "{method} {path}: {body}");
+    }
+
+    let (stop, w) = writers(vec![etcd.endpoint.clone()], 2);
+    sc.wait_until("3 deltas under load", 30, &|| {
+        stored_local(&bk)
+            .iter()
+            .filter(|s| s.kind == Kind::Incr)
+            .count()
+            >= 3
+    });
+    let latest = sc.json("/snapshot/latest");
+    assert_eq!(latest["fullSnapshot"]["kind"], "Full");
+    assert!(latest["deltaSnapshots"].as_array().unwrap().len() >= 3);
+    assert!(latest["latestSnapshotAgeSeconds"].as_i64().unwrap() <= 5);
+    assert!(latest["fullSnapshotAgeSeconds"].as_i64().is_some());
+    let d = sc.json("/snapshot/delta");
+    assert!(d.is_null() || d["kind"] == "Incr", "{d}");
+    let (_, metrics) = sc.get("/metrics");
+    for needle in [
+        "etcdbr_is_leader 1",
+        "etcdbr_snapshot_duration_seconds_count{kind=\"Incr\",succeeded=\"true\"}",
+        "etcdbr_snapshot_latest_revision{kind=\"Full\"}",
+        "etcdbr_snapshot_stale{kind=\"Incr\"} 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+
+    // sidecar restart under load: it catches up from the store with deltas, no full
+    sc.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    sc.spawn();
+    sc.wait_until("healthy again", 30, &|| sc.get("/healthz").0 == 200);
+    std::thread::sleep(Duration::from_secs(3));
+    let fulls = |v: &[Snapshot]| v.iter().filter(|s| s.kind == Kind::Full).count();
+    assert_eq!(
+        fulls(&stored_local(&bk)),
+        1,
+        "a restart catches up with deltas"
+    );
+
+    // down again; etcd compacts past the store's last revision meanwhile
+    sc.stop();
+    let before = stored_local(&bk).last().unwrap().last_revision;
+    std::thread::sleep(Duration::from_secs(1));
+    let compact = etcd.revision();
+    assert!(compact > before + 1, "the load must have moved on");
+    etcd.etcdctl(&["compact", &compact.to_string(), "--physical"]);
+    let fulls_before = stored_local(&bk)
+        .iter()
+        .filter(|s| s.kind == Kind::Full)
+        .count();
+    sc.spawn();
+    sc.wait_until("a new full after the compaction", 40, &|| {
+        stored_local(&bk)
+            .iter()
+            .filter(|s| s.kind == Kind::Full)
+            .count()
+            > fulls_before
+    });
+    assert!(
+        sc.log().contains("compacted away"),
+        "the sidecar must say why it took a full"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let f = sc.json("/snapshot/full?final=true");
+    assert_eq!(f["kind"], "Full");
+    assert_eq!(f["isFinal"], true);
+    assert!(f["snapName"].as_str().unwrap().ends_with(".final"), "{f}");
+    assert!(f.get("immutabilityExpriyTime").is_some());
+    std::thread::sleep(Duration::from_secs(2));
+
+    // SIGTERM while the writers write: the final delta reaches the revision at the signal
+    let at_signal = etcd.revision();
+    sc.stop();
+    let writes = stop_writers(stop, w);
+    let all = stored_local(&bk);
+    let revs = check_chain(&all, &read_local(&bk));
+    let last = all.last().unwrap().last_revision;
+    assert!(
+        last >= at_signal,
+        "final delta must reach {at_signal}, store ends at {last}"
+    );
+    assert_eq!(
+        fulls(&all),
+        3,
+        "initial, after compaction, final=true: {all:?}"
+    );
+    let mut sorted = revs.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), revs.len(), "a revision appears twice");
+    eprintln!(
+        "{writes} writes, {} objects, deltas cover {} revisions, last {last}",
+        all.len(),
+        revs.len()
+    );
+}
+
+/// Three members, one sidecar each: only the leader's sidecar writes and defragments (followers
+/// first); followers answer the snapshot endpoints with a clear error and serve the latest set;
+/// killing the leader's etcd hands the chain to the new leader's sidecar with no gap and no
+/// overlap.
+#[test]
+fn cluster_leader_change_continues_the_chain() {
+    let mut cluster = EtcdCluster::start(EtcdVersion::V35);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let eps = cluster.endpoints.clone();
+    let mut sidecars: Vec<Sidecar> = (0..3)
+        .map(|i| {
+            Sidecar::start(
+                &eps[i],
+                &local_store(&bk),
+                &["--defragmentation-schedule", "@every 5s"],
+                tmp.path().join(format!("sidecar{i}.log")),
+            )
+        })
+        .collect();
+    let leader = cluster.leader();
+    let (stop, w) = writers(eps.clone(), 2);
+    let l = &sidecars[leader];
+    l.wait_until("deltas from the leader's sidecar", 40, &|| {
+        stored_local(&bk)
+            .iter()
+            .filter(|s| s.kind == Kind::Incr)
+            .count()
+            >= 3
+    });
+    l.wait_until("a defragmentation of the 3 members", 40, &|| {
+        l.log().matches("defragmented").count() >= 3
+    });
+    // followers first, the leader last
+    let log = l.log();
+    let order_line = log
+        .lines()
+        .find(|x| x.contains("defragmentation: starting"))
+        .unwrap();
+    assert!(
+        order_line.contains(&format!("\"{}\"]", eps[leader])),
+        "leader last: {order_line}"
+    );
+    for (i, s) in sidecars.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        let h = s.json("/healthz");
+        assert_eq!(h["role"], "follower", "{h}");
+        let (code, body) = s.get("/snapshot/full");
+        assert!(code == 503 || code == 200, "{code} {body}");
+        assert!(
+            code == 200 || body.contains("not the leader"),
+            "a clear error: {body}"
+        );
+        let latest = s.json("/snapshot/latest");
+        assert!(latest["fullSnapshot"]["kind"] == "Full");
+        assert!(
+            !s.log().contains("defragmented"),
+            "only the leader's sidecar defragments"
+        );
+    }
+
+    // kill the leader's etcd; a new leader's sidecar takes over
+    cluster.kill(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    let nl = &sidecars[new_leader];
+    nl.wait_until("deltas from the new leader's sidecar", 40, &|| {
+        nl.log().contains("delta snapshot stored")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let writes = stop_writers(stop, w);
+    let end = cluster.revision();
+    nl.wait_until("the chain to reach the end of the load", 30, &|| {
+        stored_local(&bk)
+            .last()
+            .is_some_and(|s| s.last_revision >= end)
+    });
+    for s in sidecars.iter_mut() {
+        s.stop();
+    }
+    let all = stored_local(&bk);
+    let revs = check_chain(&all, &read_local(&bk));
+    let fulls: Vec<&Snapshot> = all.iter().filter(|s| s.kind == Kind::Full).collect();
+    assert_eq!(
+        fulls.len(),
+        1,
+        "the new leader continues with deltas: {all:?}"
+    );
+    let want: Vec<i64> = (fulls[0].last_revision + 1..=end).collect();
+    assert_eq!(revs, want, "every revision exactly once");
+    // who wrote what: each object by exactly one sidecar, only leaders wrote
+    let keys = |s: &Sidecar| -> Vec<String> {
+        s.log()
+            .lines()
+            .filter(|l| l.starts_with("v2/"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (old, new) = (keys(&sidecars[leader]), keys(&sidecars[new_leader]));
+    let third = 3 - leader - new_leader;
+    assert!(keys(&sidecars[third]).is_empty(), "a follower wrote");
+    assert!(!old.is_empty() && !new.is_empty());
+    assert!(old.iter().all(|k| !new.contains(k)));
+    assert_eq!(old.len() + new.len(), all.len());
+    eprintln!(
+        "{writes} writes; old leader wrote {}, new leader {} objects; revisions {}..={end}",
+        old.len(),
+        new.len(),
+        fulls[0].last_revision + 1
+    );
+}
+
+/// S3 (moto): the chain under load covers every revision exactly once; when the store fails,
+/// `/healthz` turns 503 once nothing was stored for 3 delta periods while etcd changed.
+#[test]
+fn s3_chain_and_staleness() {
+    let etcd = Etcd::start(EtcdVersion::V34);
+    let moto = Moto::start("deltas");
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = moto.credentials_file();
+    let store = vec![
+        "--storage-provider".to_string(),
+        "S3".into(),
+        "--store-container".into(),
+        "deltas".into(),
+        "--store-prefix".into(),
+        "etcd-main".into(),
+        "--store-endpoint-override".into(),
+        moto.endpoint.clone(),
+    ];
+    let log = tmp.path().join("sidecar.log");
+    let env = vec![(
+        "AWS_APPLICATION_CREDENTIALS_JSON".to_string(),
+        creds.display().to_string(),
+    )];
+    let mut sc = Sidecar::start_env(&etcd.endpoint, &store, &[], log, env);
+    sc.wait_until("healthy", 30, &|| sc.get("/healthz").0 == 200);
+    let os = moto.store();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let list = || -> Vec<Snapshot> {
+        rt.block_on(async {
+            use futures::TryStreamExt;
+            let objs: Vec<object_store::ObjectMeta> = os
+                .list(Some(&object_store::path::Path::from("etcd-main")))
+                .try_collect()
+                .await
+                .unwrap();
+            let mut v: Vec<Snapshot> = objs
+                .iter()
+                .filter_map(|o| Snapshot::parse_key(o.location.as_ref()).ok())
+                .collect();
+            etcdbr::layout::sort(&mut v);
+            v
+        })
+    };
+    let (stop, w) = writers(vec![etcd.endpoint.clone()], 2);
+    std::thread::sleep(Duration::from_secs(5));
+    let writes = stop_writers(stop, w);
+    let end = etcd.revision();
+    sc.wait_until("the chain to reach the end of the load", 30, &|| {
+        list().last().is_some_and(|s| s.last_revision >= end)
+    });
+    let all = list();
+    let fetch = |s: &Snapshot| -> Vec<u8> {
+        rt.block_on(async {
+            use object_store::ObjectStoreExt;
+            let key = format!("etcd-main/v2/{}", s.snap_name);
+            os.get(&object_store::path::Path::from(key))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    };
+    let revs = check_chain(&all, &fetch);
+    let full = all.iter().find(|s| s.kind == Kind::Full).unwrap();
+    let deltas = all.iter().filter(|s| s.kind == Kind::Incr).count();
+    assert!(deltas >= 3, "a delta per period: {all:?}");
+    assert_eq!(
+        revs,
+        (full.last_revision + 1..=end).collect::<Vec<_>>(),
+        "every revision exactly once"
+    );
+    eprintln!("{writes} writes, {deltas} deltas on S3 up to revision {end}");
+
+    // the store goes away while etcd keeps changing: stale after 3 periods
+    drop(moto);
+    let (stop, w) = writers(vec![etcd.endpoint.clone()], 1);
+    sc.wait_until("healthz 503 with stale deltas", 30, &|| {
+        let (code, body) = sc.get("/healthz");
+        code == 503 && body.contains("\"deltaSnapshotStale\":true")
+    });
+    let (_, metrics) = sc.get("/metrics");
+    assert!(metrics.contains("etcdbr_snapshot_stale{kind=\"Incr\"} 1"));
+    assert!(metrics.contains("etcdbr_snapshotter_failure{error=\"store\"}"));
+    stop_writers(stop, w);
+    sc.stop();
+}
