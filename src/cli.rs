@@ -131,6 +131,39 @@ pub struct ServerCmd {
     #[arg(long = "use-etcd-wrapper", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_USE_ETCD_WRAPPER")]
     pub use_etcd_wrapper: bool,
+    #[command(flatten)]
+    pub k8s: K8sLeaseArgs,
+}
+
+/// etcdbrctl's Kubernetes lease renewal (Health group): accepted so that existing StatefulSets
+/// keep starting; renewal itself is not available in this build (a warning says so).
+#[derive(Debug, Args, Clone)]
+pub struct K8sLeaseArgs {
+    /// renew the full/delta snapshot leases (not available in etcdbr; ignored with a warning)
+    #[arg(long = "enable-snapshot-lease-renewal", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_SNAPSHOT_LEASE_RENEWAL")]
+    pub snapshot_lease_renewal: bool,
+    /// renew the member lease (not available in etcdbr; ignored with a warning)
+    #[arg(long = "enable-member-lease-renewal", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_MEMBER_LEASE_RENEWAL")]
+    pub member_lease_renewal: bool,
+    /// heartbeat period of the member lease
+    #[arg(long = "k8s-heartbeat-duration", default_value = "30s", value_parser = duration, env = "ETCDBR_K8S_HEARTBEAT_DURATION")]
+    pub heartbeat: Duration,
+    /// name of the full snapshot lease
+    #[arg(
+        long = "full-snapshot-lease-name",
+        default_value = "full-snapshot-revisions",
+        env = "ETCDBR_FULL_SNAPSHOT_LEASE_NAME"
+    )]
+    pub full_lease: String,
+    /// name of the delta snapshot lease
+    #[arg(
+        long = "delta-snapshot-lease-name",
+        default_value = "delta-snapshot-revisions",
+        env = "ETCDBR_DELTA_SNAPSHOT_LEASE_NAME"
+    )]
+    pub delta_lease: String,
 }
 
 #[derive(Debug, Args)]
@@ -652,6 +685,9 @@ async fn run_server(s: ServerCmd) -> Result<()> {
     }
     if s.use_etcd_wrapper {
         tracing::warn!("--use-etcd-wrapper: not available in this build; ignored");
+    }
+    if s.k8s.snapshot_lease_renewal || s.k8s.member_lease_renewal {
+        tracing::warn!("--enable-snapshot-lease-renewal/--enable-member-lease-renewal: Kubernetes lease renewal is not available in this build; alert on /healthz or etcdbr_snapshot_stale instead");
     }
     tracing::info!(
         endpoint = job.etcd.primary(),

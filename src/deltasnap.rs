@@ -22,6 +22,7 @@ use crate::store::SnapStore;
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, WatchOptions};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::io::Write;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -63,7 +64,7 @@ pub enum PhaseEnd {
 pub struct PhaseIo<'a> {
     pub client: &'a mut Client,
     pub endpoint: &'a str,
-    pub store: &'a SnapStore,
+    pub store: Arc<SnapStore>,
     pub fence: Fence,
     pub health: &'a Health,
     pub ttl_cache: &'a mut HashMap<i64, i64>,
@@ -77,7 +78,7 @@ pub struct PhaseIo<'a> {
 struct Phase<'a> {
     client: &'a mut Client,
     endpoint: String,
-    store: &'a SnapStore,
+    store: Arc<SnapStore>,
     fence: Fence,
     health: &'a Health,
     cfg: DeltaConfig,
@@ -88,6 +89,7 @@ struct Phase<'a> {
     buf: DeltaBuilder,
     leases_in_buf: HashSet<i64>,
     ttl_cache: &'a mut HashMap<i64, i64>,
+    in_flight: Option<InFlight>,
 }
 
 impl Phase<'_> {
@@ -153,34 +155,111 @@ impl Phase<'_> {
         Ok(())
     }
 
-    /// Writes the buffered events as one delta object; `None` when there was nothing to write.
-    async fn flush(&mut self) -> Result<Option<Snapshot>> {
+    /// Starts writing the buffered events as one delta in the background (the watch keeps
+    /// being read meanwhile); the previous write is completed first, so deltas commit in order.
+    async fn start_flush(&mut self) -> Result<()> {
         if self.buf.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
-        let started = std::time::Instant::now();
-        let r = self.write_delta().await;
-        metrics::snapshot_taken(Kind::Incr, r.is_ok(), started.elapsed().as_secs_f64());
-        r.map(Some)
-    }
-
-    async fn write_delta(&mut self) -> Result<Snapshot> {
+        self.finish_flush().await?;
         let (_, last) = self.buf.revisions();
         let start = self.stored + 1;
+        let payload = std::mem::take(&mut self.buf).finish();
+        self.leases_in_buf.clear();
+        let w = DeltaWrite {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            fence: self.fence,
+            codec: self.cfg.codec,
+            start,
+            last,
+        };
+        self.in_flight = Some(InFlight {
+            handle: tokio::spawn(w.run(payload)),
+            started: std::time::Instant::now(),
+        });
+        if let Some(m) = metrics::get() {
+            m.delta_buffered_bytes.set(0);
+        }
+        Ok(())
+    }
+
+    /// Waits for the delta being written, if any; returns it.
+    async fn finish_flush(&mut self) -> Result<Option<Snapshot>> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let r = match f.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Other(format!("delta writer failed: {e}"))),
+        };
+        metrics::snapshot_taken(Kind::Incr, r.is_ok(), f.started.elapsed().as_secs_f64());
+        let w = r?;
+        // the job prints every stored object's key on stdout (fulls and deltas)
+        println!("{}", w.key);
+        self.stored = w.snap.last_revision;
+        self.health
+            .delta_stored(&w.snap, w.deltas_in_set, Some(&w.first));
+        Ok(Some(w.snap))
+    }
+
+    /// Completes a background write that has finished, without waiting.
+    async fn poll_flush(&mut self) -> Result<()> {
+        if self.in_flight.as_ref().is_some_and(|f| f.handle.is_finished()) {
+            self.finish_flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered events as one delta and waits for it (and any write in flight);
+    /// returns the last delta written, `None` when there was nothing to write.
+    async fn flush(&mut self) -> Result<Option<Snapshot>> {
+        self.start_flush().await?;
+        self.finish_flush().await
+    }
+}
+
+struct InFlight {
+    handle: tokio::task::JoinHandle<Result<Written>>,
+    started: std::time::Instant,
+}
+
+struct Written {
+    snap: Snapshot,
+    key: String,
+    /// Deltas after the latest full, this one included, and the first of them.
+    deltas_in_set: usize,
+    first: Snapshot,
+}
+
+/// One delta object being written: checked, compressed, uploaded, fenced, committed.
+struct DeltaWrite {
+    store: Arc<SnapStore>,
+    client: Client,
+    endpoint: String,
+    fence: Fence,
+    codec: Codec,
+    start: i64,
+    last: i64,
+}
+
+impl DeltaWrite {
+    async fn run(mut self, payload: Vec<u8>) -> Result<Written> {
+        let (start, last) = (self.start, self.last);
         // Another writer (an old or new leader's sidecar) must not have extended the chain.
         let set = self.store.latest_set().await?;
-        if set.last_revision() != self.stored {
+        if set.last_revision() != start - 1 {
             return Err(Error::Fenced(format!(
                 "the store's latest snapshot set now ends at revision {}, not at {} where this sidecar's chain ends: another sidecar is writing; re-reading the store",
                 set.last_revision(),
-                self.stored
+                start - 1
             )));
         }
-        let snap = Snapshot::new(Kind::Incr, start, last, self.cfg.codec.suffix(), false);
-        let payload = std::mem::take(&mut self.buf).finish();
-        let events = payload.len();
-        let codec = self.cfg.codec;
-        let (sink, pending) = self.store.begin_upload(&snap, payload.len() as u64).await?;
+        let snap = Snapshot::new(Kind::Incr, start, last, self.codec.suffix(), false);
+        let bytes = payload.len();
+        let codec = self.codec;
+        let (sink, pending) = self.store.begin_upload(&snap, bytes as u64).await?;
         let key = pending.key().to_string();
         let k2 = key.clone();
         let written = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -201,31 +280,21 @@ impl Phase<'_> {
         }
         if let Err(e) = self
             .fence
-            .check(self.client, &self.endpoint, "delta snapshot")
+            .check(&mut self.client, &self.endpoint, "delta snapshot")
             .await
         {
             pending.abort().await;
             return Err(e);
         }
         let snap = self.store.commit(pending, &snap, &snap).await?;
-        tracing::info!(
-            object = key,
-            start,
-            last,
-            bytes = events,
-            "delta snapshot stored"
-        );
-        // the job prints every stored object's key on stdout (fulls and deltas)
-        println!("{key}");
-        self.stored = last;
-        self.leases_in_buf.clear();
-        let first = set.deltas.first().unwrap_or(&snap);
-        self.health
-            .delta_stored(&snap, set.deltas.len() + 1, Some(first));
-        if let Some(m) = metrics::get() {
-            m.delta_buffered_bytes.set(0);
-        }
-        Ok(snap)
+        tracing::info!(object = key, start, last, bytes, "delta snapshot stored");
+        let first = set.deltas.first().cloned().unwrap_or_else(|| snap.clone());
+        Ok(Written {
+            deltas_in_set: set.deltas.len() + 1,
+            first,
+            snap,
+            key,
+        })
     }
 }
 
@@ -279,6 +348,7 @@ pub async fn run_phase(
         buf: DeltaBuilder::default(),
         leases_in_buf: HashSet::new(),
         ttl_cache: io.ttl_cache,
+        in_flight: None,
     };
     let stops = Stops {
         requests: io.requests,
@@ -286,7 +356,13 @@ pub async fn run_phase(
         abandon: io.abandon,
     };
     let result = phase_loop(&mut ph, &mut stream, deadline, stops).await;
+    // a write still in flight completes before the phase ends, so `stored` is exact
+    let finished = ph.finish_flush().await;
     *stored = ph.stored;
+    let result = match (result, finished) {
+        (Ok(end), Ok(_)) => Ok(end),
+        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+    };
     if let Some(m) = metrics::get() {
         m.delta_buffered_bytes.set(0);
     }
@@ -351,15 +427,18 @@ async fn phase_loop(
                 }
                 if let Some(m) = metrics::get() {
                     m.delta_events.inc_by(resp.events().len() as u64);
+                    m.watch_revision.set(ph.seen);
                     m.delta_buffered_bytes.set(ph.buf.len() as i64);
                 }
+                ph.poll_flush().await?;
                 if ph.buf.len() >= cfg.memory_limit {
-                    ph.flush().await?;
+                    ph.start_flush().await?;
                     tick.reset();
                 }
             }
             _ = tick.tick() => {
-                ph.flush().await?;
+                ph.poll_flush().await?;
+                ph.start_flush().await?;
             }
             _ = &mut stop_at => {
                 ph.flush().await?;

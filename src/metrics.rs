@@ -31,6 +31,7 @@ pub struct Metrics {
     pub etcd_revision: IntGauge,
     pub delta_buffered_bytes: IntGauge,
     pub delta_events: prometheus::IntCounter,
+    pub watch_revision: IntGauge,
     pub up_seconds: Gauge,
 }
 
@@ -141,6 +142,10 @@ fn build() -> prometheus::Result<Metrics> {
             "delta_events_total",
             "Watch events received for delta snapshots.",
         ))?,
+        watch_revision: IntGauge::with_opts(ns(
+            "delta_watch_revision",
+            "Last revision received by the delta watch (lag = etcdbr_etcd_revision - this).",
+        ))?,
         up_seconds: Gauge::with_opts(ns(
             "start_time_seconds",
             "Start time of the sidecar (unix seconds).",
@@ -165,6 +170,7 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.delta_buffered_bytes.clone()))?;
     r.register(Box::new(m.delta_events.clone()))?;
     r.register(Box::new(m.up_seconds.clone()))?;
+    r.register(Box::new(m.watch_revision.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

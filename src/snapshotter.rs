@@ -137,18 +137,18 @@ pub async fn save_once(
 /// A store that is rebuilt when its credential files change (rotation without restart).
 struct RotatingStore {
     cfg: StoreConfig,
-    store: Option<SnapStore>,
+    store: Option<Arc<SnapStore>>,
     cred_mtime: Option<SystemTime>,
 }
 
 impl RotatingStore {
-    async fn get(&mut self) -> Result<&SnapStore> {
+    async fn get(&mut self) -> Result<&Arc<SnapStore>> {
         let mtime = store::credential_source(&self.cfg).and_then(|s| credentials::modified(&s));
         if self.store.is_none() || mtime != self.cred_mtime {
             if self.store.is_some() {
                 tracing::info!("store credentials changed; re-creating the store client");
             }
-            self.store = Some(SnapStore::open(self.cfg.clone()).await?);
+            self.store = Some(Arc::new(SnapStore::open(self.cfg.clone()).await?));
             self.cred_mtime = mtime;
         }
         self.store
@@ -467,7 +467,7 @@ impl Runner {
             return Err(Error::Other("delta snapshots are not possible now".into()));
         };
         let endpoint = self.job.etcd.primary().to_string();
-        let store = self.store.get().await?;
+        let store = self.store.get().await?.clone();
         let client = self
             .client
             .as_mut()
