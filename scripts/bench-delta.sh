@@ -6,7 +6,7 @@
 # half-way. Prints the sidecar's peak RSS, the put rate, and the event rate the deltas kept up
 # with (all revisions stored / time from the first put until the store covered the last
 # revision), and checks the chain is gap-free.
-# usage: [MODE=server|snapshot] scripts/bench-delta.sh [PUTS]
+# usage: [MODE=server|snapshot] [MIDWAY_FULL=1|0] scripts/bench-delta.sh [PUTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PUTS=${1:-200000}
@@ -44,10 +44,13 @@ sleep 0.5
 T0=$(date +%s.%N)
 if [ "$MODE" = server ]; then
   target/release/examples/etcd_fill --endpoint "$EP" --count $((PUTS / 2)) --value-size 512 --txn-size 1 --parallel 64
-  curl -sf "http://127.0.0.1:$HTTP_PORT/snapshot/full" >/dev/null &
-  CURL_PID=$!
+  CURL_PID=""
+  if [ "${MIDWAY_FULL:-1}" = 1 ]; then
+    curl -sf "http://127.0.0.1:$HTTP_PORT/snapshot/full" >/dev/null &
+    CURL_PID=$!
+  fi
   target/release/examples/etcd_fill --endpoint "$EP" --count $((PUTS - PUTS / 2)) --value-size 512 --txn-size 1 --parallel 64
-  wait $CURL_PID || echo "out-of-schedule full snapshot request failed"
+  [ -z "$CURL_PID" ] || wait $CURL_PID || echo "out-of-schedule full snapshot request failed"
 else
   target/release/examples/etcd_fill --endpoint "$EP" --count "$PUTS" --value-size 512 --txn-size 1 --parallel 64
 fi

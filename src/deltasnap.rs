@@ -22,8 +22,8 @@ use crate::store::SnapStore;
 use chrono::{DateTime, Utc};
 use etcd_client::{Client, WatchOptions};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -206,7 +206,11 @@ impl Phase<'_> {
 
     /// Completes a background write that has finished, without waiting.
     async fn poll_flush(&mut self) -> Result<()> {
-        if self.in_flight.as_ref().is_some_and(|f| f.handle.is_finished()) {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.handle.is_finished())
+        {
             self.finish_flush().await?;
         }
         Ok(())
