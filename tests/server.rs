@@ -32,13 +32,24 @@ impl Sidecar {
         log: PathBuf,
         env: Vec<(String, String)>,
     ) -> Sidecar {
-        let port = free_port();
+        Self::start_at("127.0.0.1", free_port(), endpoint, store, extra, log, env)
+    }
+
+    fn start_at(
+        host: &str,
+        port: u16,
+        endpoint: &str,
+        store: &[String],
+        extra: &[&str],
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Sidecar {
         let mut args: Vec<String> = vec![
             "server".into(),
             "--endpoints".into(),
             endpoint.into(),
             "--server-host".into(),
-            "127.0.0.1".into(),
+            host.into(),
             "--server-port".into(),
             port.to_string(),
             "--schedule".into(),
@@ -503,4 +514,67 @@ fn s3_chain_and_staleness() {
     assert!(metrics.contains("etcdbr_snapshotter_failure{error=\"store\"}"));
     stop_writers(stop, w);
     sc.stop();
+}
+
+/// etcdbrctl's forwarding convention (the leader's client-URL host, this server's port), on
+/// loopback: the leader's member serves clients on `[::1]` with its sidecar on `[::1]:P`, a
+/// follower's sidecar listens on `127.0.0.1:P`. The follower's `/snapshot/full` and
+/// `/snapshot/delta` are answered by the leader's sidecar.
+#[test]
+fn follower_forwards_snapshot_requests_to_the_leaders_sidecar() {
+    let cluster = EtcdCluster::start_hosts(EtcdVersion::V35, ["[::1]", "127.0.0.1", "127.0.0.1"]);
+    cluster.move_leader(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let port = free_port();
+    let eps = cluster.endpoints.clone();
+    let leader = Sidecar::start_at(
+        "::1",
+        port,
+        &eps[0],
+        &local_store(&bk),
+        &[],
+        tmp.path().join("leader.log"),
+        vec![],
+    );
+    let follower = Sidecar::start_at(
+        "127.0.0.1",
+        port,
+        &eps[1],
+        &local_store(&bk),
+        &[],
+        tmp.path().join("follower.log"),
+        vec![],
+    );
+    leader.wait_until("the leader's first full", 40, &|| {
+        stored_local(&bk).iter().any(|s| s.kind == Kind::Full)
+    });
+    follower.wait_until("the follower to know its role", 20, &|| {
+        follower.get("/healthz").1.contains("follower")
+    });
+    // a new revision, so that the requested full cannot be mistaken for the first one
+    let out = cluster.etcdctl_raw(&eps, &["put", "forwarded", "yes"]);
+    assert!(out.status.success());
+    let rev = cluster.revision();
+    let f = follower.json("/snapshot/full");
+    assert_eq!(f["kind"], "Full", "{f}");
+    let name = f["snapName"].as_str().unwrap().to_string();
+    assert!(
+        stored_local(&bk).iter().any(|s| s.snap_name == name),
+        "{name} stored"
+    );
+    assert!(f["lastRevision"].as_i64().unwrap() >= rev, "{f}");
+    assert!(follower.log().contains("forwarding the request"));
+    assert!(
+        leader.log().contains(&name),
+        "the leader's sidecar took it:\n{}",
+        leader.log()
+    );
+    assert!(!follower.log().contains("full snapshot stored"));
+    // a delta through the follower, too (null when nothing was buffered)
+    let (code, body) = follower.get("/snapshot/delta");
+    assert_eq!(code, 200, "{body}");
+    // bad input is refused by the follower itself
+    let (code, body) = follower.get("/snapshot/full?final=maybe");
+    assert_eq!(code, 400, "{body}");
 }

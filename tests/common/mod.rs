@@ -672,6 +672,11 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     pub fn start(version: EtcdVersion) -> EtcdCluster {
+        Self::start_hosts(version, ["127.0.0.1"; 3])
+    }
+
+    /// Members serving clients on the given loopback hosts (`127.0.0.1` or `[::1]`).
+    pub fn start_hosts(version: EtcdVersion, hosts: [&str; 3]) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -683,7 +688,7 @@ impl EtcdCluster {
         let mut members = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (c, p)) in ports.iter().enumerate() {
-            let ep = format!("http://127.0.0.1:{c}");
+            let ep = format!("http://{}:{c}", hosts[i]);
             let mut cmd = clean_cmd(&version.etcd());
             cmd.args(["--name", &format!("m{i}"), "--data-dir"])
                 .arg(dir.path().join(format!("m{i}")))
@@ -770,6 +775,29 @@ impl EtcdCluster {
         let out = self.etcdctl_raw(&eps, &["get", "x", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         v["header"]["revision"].as_i64().expect("revision")
+    }
+
+    /// Hands leadership to member `i` and waits until it leads.
+    pub fn move_leader(&self, i: usize) {
+        let out = self.etcdctl_raw(&self.endpoints, &["member", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("member list");
+        let id = v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["name"] == format!("m{i}"))
+            .and_then(|m| m["ID"].as_u64())
+            .expect("member id");
+        let t = Instant::now();
+        while self.leader() != i {
+            let l = self.leader();
+            let _ = self.etcdctl_raw(
+                std::slice::from_ref(&self.endpoints[l]),
+                &["move-leader", &format!("{id:x}")],
+            );
+            assert!(t.elapsed() < Duration::from_secs(30), "move-leader to m{i}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     pub fn kill(&mut self, i: usize) {
