@@ -63,6 +63,169 @@ pub enum Command {
     /// Run the sidecar: HTTP API, and on the etcd leader's sidecar full and delta snapshots,
     /// garbage collection and defragmentation.
     Server(Box<ServerCmd>),
+    /// Restore an etcd data directory from the latest snapshot set (full + deltas) in the store.
+    Restore(Box<RestoreCmd>),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreCmd {
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub restoration: RestorationArgs,
+}
+
+/// etcdbrctl's Restoration group, plus the tools the restore runs.
+#[derive(Debug, Args, Clone)]
+pub struct RestorationArgs {
+    /// initial cluster configuration for restore bootstrapping
+    #[arg(
+        long = "initial-cluster",
+        default_value = "default=http://localhost:2380",
+        env = "ETCDBR_INITIAL_CLUSTER"
+    )]
+    pub initial_cluster: String,
+    /// initial cluster token for the etcd cluster during restore bootstrap
+    #[arg(
+        long = "initial-cluster-token",
+        default_value = "etcd-cluster",
+        env = "ETCDBR_INITIAL_CLUSTER_TOKEN"
+    )]
+    pub initial_cluster_token: String,
+    /// path to the data directory
+    #[arg(
+        short = 'd',
+        long = "data-dir",
+        default_value = "default.etcd",
+        env = "ETCDBR_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// temporary directory for the full snapshot during the restore
+    #[arg(
+        long = "restoration-temp-snapshots-dir",
+        default_value = "default.restoration.tmp",
+        env = "ETCDBR_RESTORATION_TEMP_SNAPSHOTS_DIR"
+    )]
+    pub temp_dir: PathBuf,
+    /// list of this member's peer URLs to advertise to the rest of the cluster
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        default_value = "http://localhost:2380",
+        value_delimiter = ',',
+        env = "ETCDBR_INITIAL_ADVERTISE_PEER_URLS"
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// human-readable name for this member
+    #[arg(long = "name", default_value = "default", env = "ETCDBR_NAME")]
+    pub name: String,
+    /// ignore the snapshot integrity hash value (required if copied from a data directory)
+    #[arg(long = "skip-hash-check", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_SKIP_HASH_CHECK")]
+    pub skip_hash_check: bool,
+    /// number of deltas fetched in parallel
+    #[arg(
+        long = "max-fetchers",
+        default_value_t = 6,
+        env = "ETCDBR_MAX_FETCHERS"
+    )]
+    pub max_fetchers: usize,
+    /// maximum size of a message the client sends to the temporary etcd
+    #[arg(
+        long = "max-call-send-message-size",
+        default_value_t = 10485760,
+        env = "ETCDBR_MAX_CALL_SEND_MESSAGE_SIZE"
+    )]
+    pub max_call_send_message_size: u64,
+    /// maximum client request size the temporary etcd accepts
+    #[arg(
+        long = "max-request-bytes",
+        default_value_t = 10485760,
+        env = "ETCDBR_MAX_REQUEST_BYTES"
+    )]
+    pub max_request_bytes: u64,
+    /// maximum operations per transaction the temporary etcd accepts
+    #[arg(
+        long = "max-txn-ops",
+        default_value_t = 10240,
+        env = "ETCDBR_MAX_TXN_OPS"
+    )]
+    pub max_txn_ops: u32,
+    /// backend quota of the temporary etcd
+    #[arg(
+        long = "embedded-etcd-quota-bytes",
+        default_value_t = 8589934592,
+        env = "ETCDBR_EMBEDDED_ETCD_QUOTA_BYTES"
+    )]
+    pub quota_bytes: u64,
+    /// auto compaction mode of the temporary etcd (accepted; the replay never compacts)
+    #[arg(
+        long = "auto-compaction-mode",
+        default_value = "periodic",
+        env = "ETCDBR_AUTO_COMPACTION_MODE"
+    )]
+    pub auto_compaction_mode: String,
+    /// auto compaction retention of the temporary etcd (accepted; the replay never compacts)
+    #[arg(
+        long = "auto-compaction-retention",
+        default_value = "30m",
+        env = "ETCDBR_AUTO_COMPACTION_RETENTION"
+    )]
+    pub auto_compaction_retention: String,
+    /// etcdbr: the etcd binary that replays the deltas (default: etcd on PATH)
+    #[arg(long = "etcd-binary", env = "ETCDBR_ETCD_BINARY")]
+    pub etcd_binary: Option<PathBuf>,
+    /// etcdbr: etcd's restore tool, etcdutl (3.5+) or etcdctl (3.4) (default: etcdutl, else etcdctl, on PATH)
+    #[arg(long = "etcd-restore-tool", env = "ETCDBR_ETCD_RESTORE_TOOL")]
+    pub etcd_restore_tool: Option<PathBuf>,
+    /// etcdbr: TTL (seconds) of leases first seen in deltas that do not record theirs (etcdbrctl's)
+    #[arg(
+        long = "default-lease-ttl",
+        default_value_t = 3600,
+        env = "ETCDBR_DEFAULT_LEASE_TTL"
+    )]
+    pub default_lease_ttl: i64,
+    /// etcdbr: restore up to this revision instead of the latest
+    #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION")]
+    pub to_revision: Option<i64>,
+}
+
+impl RestorationArgs {
+    pub fn to_config(&self, store: StoreConfig) -> Result<crate::restore::RestoreConfig> {
+        if self.max_fetchers == 0 {
+            return Err(Error::config("--max-fetchers must be greater than 0"));
+        }
+        if self.quota_bytes == 0 {
+            return Err(Error::config(
+                "--embedded-etcd-quota-bytes must be greater than 0",
+            ));
+        }
+        if !matches!(self.auto_compaction_mode.as_str(), "periodic" | "revision") {
+            return Err(Error::config(
+                "--auto-compaction-mode must be periodic or revision",
+            ));
+        }
+        if self.to_revision.is_some_and(|r| r < 1) {
+            return Err(Error::config("--to-revision must be a positive revision"));
+        }
+        Ok(crate::restore::RestoreConfig {
+            store,
+            data_dir: self.data_dir.clone(),
+            name: self.name.clone(),
+            initial_cluster: self.initial_cluster.clone(),
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls.clone(),
+            skip_hash_check: self.skip_hash_check,
+            max_fetchers: self.max_fetchers,
+            temp_dir: self.temp_dir.clone(),
+            restore_tool: self.etcd_restore_tool.clone(),
+            etcd_binary: self.etcd_binary.clone(),
+            quota_bytes: self.quota_bytes,
+            max_txn_ops: self.max_txn_ops,
+            max_request_bytes: self.max_request_bytes,
+            default_lease_ttl: self.default_lease_ttl.max(1),
+            to_revision: self.to_revision,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -635,6 +798,19 @@ async fn run_command(cmd: Command) -> Result<()> {
             }
         },
         Command::Server(s) => run_server(*s).await,
+        Command::Restore(r) => {
+            let cfg = r.restoration.to_config(r.store.to_config()?)?;
+            let report = crate::restore::restore(&cfg).await?;
+            println!(
+                "restored {} to revision {} ({} deltas, {} revisions replayed) in {:.1}s",
+                cfg.data_dir.display(),
+                report.revision,
+                report.deltas_applied,
+                report.revisions_replayed,
+                report.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub mod layout;
 pub mod leader;
 pub mod lzw;
 pub mod metrics;
+pub mod replay;
+pub mod restore;
 pub mod schedule;
 pub mod server;
 pub mod snaprev;

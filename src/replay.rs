@@ -1,0 +1,391 @@
+//! Faithful replay of delta snapshots into a restored data directory, through a temporary etcd
+//! that this module starts on free loopback ports (fsync off where the version supports it) and
+//! stops afterwards.
+//!
+//! Every source revision becomes exactly one transaction, in order, with no compares: `Put{key,
+//! value, lease}` / `DeleteRange{key}` in event order. Because the base is the same data at the
+//! same revision, every key's create/mod revision and version come out equal to the source's;
+//! the response header revision is checked against the source revision after each transaction,
+//! so any drift stops the restore with the revision named. Leases first seen in the events are
+//! granted with their original IDs and the recorded TTL (`leaseTTL`, or `default_lease_ttl` for
+//! etcdbrctl deltas that do not carry it) before the events that use them.
+//!
+//! Lease expiry during the replay (etcdbrctl bugs #1045/#1046: the embedded etcd revokes expired
+//! leases, which deletes their keys at new revisions and shifts every later one): every lease the
+//! temporary etcd holds is kept alive from the moment it starts until it stops (a keep-alive per
+//! lease every second), so no lease can expire while revisions are replayed; and should etcd
+//! still revoke one, the per-transaction revision check fails loudly rather than restoring drifted
+//! data.
+
+use crate::delta::{Event, EventType};
+use crate::error::{Error, Result};
+use etcd_client::{Client, LeaseGrantOptions, Txn, TxnOp};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone)]
+pub struct TempEtcdConfig {
+    /// The `etcd` binary.
+    pub binary: PathBuf,
+    pub name: String,
+    pub quota_bytes: u64,
+    pub max_txn_ops: u32,
+    pub max_request_bytes: u64,
+    /// Where the temporary etcd's log goes.
+    pub log: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("127.0.0.1:0", "find a free port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("127.0.0.1:0", "find a free port", e))
+}
+
+/// A temporary etcd on a restored data dir; killed on drop.
+pub struct TempEtcd {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+    keepalive: Option<tokio::task::JoinHandle<()>>,
+    pub leases: Arc<Mutex<HashSet<i64>>>,
+}
+
+impl Drop for TempEtcd {
+    fn drop(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Whether this etcd binary has `--unsafe-no-fsync` (3.5+).
+fn supports_no_fsync(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("unsafe-no-fsync")
+                || String::from_utf8_lossy(&o.stderr).contains("unsafe-no-fsync")
+        })
+        .unwrap_or(false)
+}
+
+impl TempEtcd {
+    /// Starts etcd on `data_dir` and waits until it answers (at most 60 s).
+    pub async fn start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<TempEtcd> {
+        let (c, p) = (free_port()?, free_port()?);
+        let endpoint = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(&cfg.log)
+            .map_err(|e| Error::io(&cfg.log, "create the temporary etcd's log", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io(&cfg.log, "open the temporary etcd's log", e))?;
+        let mut cmd = Command::new(&cfg.binary);
+        cmd.arg("--name")
+            .arg(&cfg.name)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--listen-metrics-urls", ""])
+            .args(["--quota-backend-bytes", &cfg.quota_bytes.to_string()])
+            .args(["--max-txn-ops", &cfg.max_txn_ops.to_string()])
+            .args(["--max-request-bytes", &cfg.max_request_bytes.to_string()])
+            // no periodic compaction: the replay must keep every revision it writes
+            .args(["--auto-compaction-retention", "0"])
+            .env_remove("ETCD_NAME")
+            .env_remove("ETCD_DATA_DIR")
+            .env_remove("ETCD_INITIAL_CLUSTER")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true);
+        if supports_no_fsync(&cfg.binary) {
+            cmd.arg("--unsafe-no-fsync");
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::io(
+                &cfg.binary,
+                "start the temporary etcd (give its path with --etcd-binary)",
+                e,
+            )
+        })?;
+        let mut t = TempEtcd {
+            child,
+            endpoint,
+            log: cfg.log.clone(),
+            keepalive: None,
+            leases: Arc::new(Mutex::new(HashSet::new())),
+        };
+        let started = Instant::now();
+        let mut client = loop {
+            if let Ok(Some(st)) = t.child.try_wait() {
+                return Err(Error::Other(format!(
+                    "the temporary etcd exited with {st} before it was ready; its log ({}):\n{}",
+                    t.log.display(),
+                    log_tail(&t.log)
+                )));
+            }
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::connect([t.endpoint.as_str()], None),
+            )
+            .await
+            {
+                if matches!(
+                    tokio::time::timeout(Duration::from_secs(2), c.status()).await,
+                    Ok(Ok(s)) if s.leader() != 0
+                ) {
+                    break c;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(Error::Other(format!(
+                    "the temporary etcd did not become ready within 60s; its log ({}):\n{}",
+                    t.log.display(),
+                    log_tail(&t.log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // keep every lease alive from now on (module doc)
+        let existing = client.leases().await.map_err(|e| t.err("list leases", e))?;
+        {
+            let mut l = t.leases.lock().unwrap_or_else(|p| p.into_inner());
+            l.extend(existing.leases().iter().map(|s| s.id()));
+        }
+        t.keepalive = Some(tokio::spawn(keep_alive(client, t.leases.clone())));
+        Ok(t)
+    }
+
+    fn err(&self, what: &str, source: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoint: format!("{} (temporary etcd)", self.endpoint),
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    /// Stops etcd gracefully (SIGTERM, then SIGKILL after 30 s).
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        if let Some(pid) = self.child.id() {
+            // SAFETY-free: plain kill(2) through the `kill` command keeps this crate free of libc
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::io(&self.log, "wait for the temporary etcd", e)),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends a keep-alive for every known lease every second, until aborted.
+async fn keep_alive(client: Client, leases: Arc<Mutex<HashSet<i64>>>) {
+    let mut keepers: HashMap<i64, (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> =
+        HashMap::new();
+    loop {
+        let ids: Vec<i64> = leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        for id in ids {
+            if let std::collections::hash_map::Entry::Vacant(v) = keepers.entry(id) {
+                let mut c = client.clone();
+                match c.lease_keep_alive(id).await {
+                    Ok(k) => {
+                        v.insert(k);
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "cannot keep a lease alive");
+                        continue;
+                    }
+                }
+            }
+            if let Some((k, s)) = keepers.get_mut(&id) {
+                if k.keep_alive().await.is_err() {
+                    keepers.remove(&id);
+                    continue;
+                }
+                // read the answer so that the stream does not back up
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.message()).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Applies delta events to the temporary etcd, one transaction per source revision.
+pub struct Replayer {
+    client: Client,
+    endpoint: String,
+    leases: Arc<Mutex<HashSet<i64>>>,
+    /// The temporary etcd's current revision.
+    pub revision: i64,
+    default_lease_ttl: i64,
+    /// Revisions applied, for progress.
+    pub applied: u64,
+}
+
+impl Replayer {
+    pub async fn new(etcd: &TempEtcd, default_lease_ttl: i64, max_msg: usize) -> Result<Replayer> {
+        let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
+        let mut client = Client::connect([etcd.endpoint.as_str()], Some(opts))
+            .await
+            .map_err(|e| etcd.err("connect", e))?;
+        let _ = max_msg; // requests are bounded by the source's own limits
+        let r = client
+            .get(
+                vec![0u8],
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await
+            .map_err(|e| etcd.err("read the restored revision", e))?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Replayer {
+            client,
+            endpoint: etcd.endpoint.clone(),
+            leases: etcd.leases.clone(),
+            revision,
+            default_lease_ttl,
+            applied: 0,
+        })
+    }
+
+    fn err(&self, what: String, source: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoint: format!("{} (temporary etcd)", self.endpoint),
+            what,
+            source,
+        }
+    }
+
+    /// Applies the events of one delta object (`object` names it in errors). Events at or below
+    /// the current revision are skipped (overlaps are normal); a missing revision is an error,
+    /// unless `up_to` stops the replay before it. Events above `up_to` are not applied.
+    /// Returns false once `up_to` was reached.
+    pub async fn apply(&mut self, events: &[Event], object: &str, up_to: i64) -> Result<bool> {
+        let mut i = 0;
+        while i < events.len() {
+            let rev = events[i].mod_revision;
+            let mut j = i;
+            while j < events.len() && events[j].mod_revision == rev {
+                j += 1;
+            }
+            let group = &events[i..j];
+            i = j;
+            if rev <= self.revision {
+                continue;
+            }
+            if rev > up_to {
+                return Ok(false);
+            }
+            if rev != self.revision + 1 {
+                return Err(Error::integrity(
+                    object,
+                    format!(
+                        "revisions {}..{} are missing from the backups (the chain has a gap before this delta's revision {rev})",
+                        self.revision + 1,
+                        rev - 1
+                    ),
+                ));
+            }
+            self.apply_revision(group, object).await?;
+        }
+        Ok(self.revision < up_to)
+    }
+
+    async fn apply_revision(&mut self, group: &[Event], object: &str) -> Result<()> {
+        let rev = group[0].mod_revision;
+        for ev in group {
+            if ev.lease != 0 && ev.kind == EventType::Put {
+                self.ensure_lease(ev.lease, ev.lease_ttl).await?;
+            }
+        }
+        let ops: Vec<TxnOp> = group
+            .iter()
+            .map(|ev| match ev.kind {
+                EventType::Put => {
+                    let opts = (ev.lease != 0)
+                        .then(|| etcd_client::PutOptions::new().with_lease(ev.lease));
+                    TxnOp::put(ev.key.clone(), ev.value.clone(), opts)
+                }
+                EventType::Delete => TxnOp::delete(ev.key.clone(), None),
+            })
+            .collect();
+        let resp = self
+            .client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| self.err(format!("replay revision {rev} of {object}"), e))?;
+        let got = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if got != rev {
+            return Err(Error::integrity(
+                object,
+                format!(
+                    "replaying revision {rev} produced revision {got} in the temporary etcd: the restore would not be faithful (was a lease revoked, or was the base snapshot newer than its name?)"
+                ),
+            ));
+        }
+        self.revision = rev;
+        self.applied += 1;
+        Ok(())
+    }
+
+    async fn ensure_lease(&mut self, id: i64, ttl: Option<i64>) -> Result<()> {
+        let known = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        if known {
+            return Ok(());
+        }
+        let ttl = ttl.filter(|t| *t > 0).unwrap_or(self.default_lease_ttl);
+        match self
+            .client
+            .lease_grant(ttl, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+        {
+            Ok(_) => {}
+            // granted already (e.g. in the base): fine
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.message().contains("lease already exists") => {}
+            Err(e) => return Err(self.err(format!("re-grant lease {id:x} (TTL {ttl}s)"), e)),
+        }
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,476 @@
+//! Restore: the latest snapshot set (or the one holding `--to-revision`) into an etcd data dir.
+//!
+//! Data flows store -> codec -> restore -> data dir: the full snapshot is streamed, decompressed
+//! and its sha256 trailer checked into a temporary file, which etcd's own restore tool
+//! (`etcdutl snapshot restore`, or `etcdctl snapshot restore` for 3.4) turns into
+//! `<data-dir>.part`; the deltas are fetched in parallel (`--max-fetchers`, in order, so memory is
+//! bounded by that many deltas), checked, and replayed by [`crate::replay`] through a temporary
+//! etcd on that directory. Only a complete, verified `.part` is renamed to the data dir, which
+//! must not hold etcd data: the target is never touched by a failed restore.
+
+use crate::codec::Codec;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::fullsnap::TrailerHasher;
+use crate::layout::{Kind, Snapshot, SnapshotSet};
+use crate::replay::{Replayer, TempEtcd, TempEtcdConfig};
+use crate::store::{SnapStore, StoreConfig};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub store: StoreConfig,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub skip_hash_check: bool,
+    pub max_fetchers: usize,
+    /// Where the full snapshot is decompressed before etcd's tool restores it.
+    pub temp_dir: PathBuf,
+    /// `etcdutl` or `etcdctl`; `None`: `etcdutl` from PATH, else `etcdctl`.
+    pub restore_tool: Option<PathBuf>,
+    /// The `etcd` binary for the replay; `None`: from PATH.
+    pub etcd_binary: Option<PathBuf>,
+    pub quota_bytes: u64,
+    pub max_txn_ops: u32,
+    pub max_request_bytes: u64,
+    /// TTL of leases first seen in deltas that do not record one (etcdbrctl's).
+    pub default_lease_ttl: i64,
+    /// Restore up to this revision (`None`: the latest).
+    pub to_revision: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub full: Snapshot,
+    pub deltas_applied: usize,
+    pub revisions_replayed: u64,
+    pub revision: i64,
+    pub elapsed: Duration,
+    pub replay_elapsed: Duration,
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The snapshots to restore: the latest set, or the newest full at or below `to` and the deltas
+/// after it up to the one that holds `to`.
+pub fn select(list: &[Snapshot], to: Option<i64>) -> Result<SnapshotSet> {
+    let Some(to) = to else {
+        let set = crate::layout::latest_set(list);
+        if set.full.is_none() {
+            return Err(Error::Other(
+                "no base snapshot found: the store holds no full snapshot to restore from".into(),
+            ));
+        }
+        return Ok(set);
+    };
+    let fulls: Vec<usize> = (0..list.len())
+        .filter(|&i| list[i].kind == Kind::Full && !list[i].is_chunk && list[i].last_revision <= to)
+        .collect();
+    let Some(&fi) = fulls.iter().max_by_key(|&&i| (list[i].last_revision, i)) else {
+        return Err(Error::Other(format!(
+            "no full snapshot at or below revision {to}: cannot restore to it"
+        )));
+    };
+    let full = list[fi].clone();
+    let mut deltas = Vec::new();
+    let mut covered = full.last_revision;
+    for s in &list[fi + 1..] {
+        if covered >= to {
+            break;
+        }
+        if s.kind == Kind::Incr && !s.is_chunk && s.last_revision > covered {
+            covered = s.last_revision;
+            deltas.push(s.clone());
+        }
+    }
+    if covered < to {
+        return Err(Error::Other(format!(
+            "the backups after {} reach revision {covered}, not {to}",
+            full.snap_name
+        )));
+    }
+    Ok(SnapshotSet {
+        full: Some(full),
+        deltas,
+    })
+}
+
+/// A blocking `Read` over chunks arriving on a channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Streams a full snapshot into `dest`, decompressed, checking the sha256 trailer.
+async fn download_full(
+    store: &SnapStore,
+    full: &Snapshot,
+    dest: &Path,
+    check_hash: bool,
+) -> Result<u64> {
+    let key = store.key_of(full);
+    let codec =
+        Codec::from_suffix(&full.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+    let mut stream = store.fetch(full).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
+    let dest2 = dest.to_path_buf();
+    let key2 = key.clone();
+    let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let reader = BufReader::with_capacity(
+            256 << 10,
+            ChannelReader {
+                rx,
+                cur: Bytes::new(),
+            },
+        );
+        let mut dec = codec
+            .decoder(reader)
+            .map_err(|e| Error::integrity(&key2, format!("decompress: {e}")))?;
+        let f = std::fs::File::create(&dest2)
+            .map_err(|e| Error::io(&dest2, "create the temporary snapshot file", e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        let mut hasher = TrailerHasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = dec.read(&mut buf).map_err(|e| {
+                Error::integrity(
+                    &key2,
+                    format!("download/decompress failed (truncated or corrupted object?): {e}"),
+                )
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io(&dest2, "write the temporary snapshot file", e))?;
+        }
+        out.flush()
+            .map_err(|e| Error::io(&dest2, "write the temporary snapshot file", e))?;
+        let total = hasher.total();
+        if check_hash {
+            hasher.verify(&key2)?;
+        }
+        Ok(total)
+    });
+    while let Some(chunk) = stream.next().await {
+        let failed = chunk.is_err();
+        if tx.send(chunk).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    worker
+        .await
+        .map_err(|e| Error::Other(format!("snapshot download worker failed: {e}")))?
+}
+
+/// Fetches, decompresses and checks one delta.
+async fn fetch_delta(store: &SnapStore, d: &Snapshot) -> Result<Vec<delta::Event>> {
+    let key = store.key_of(d);
+    let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+    let mut raw = Vec::new();
+    let mut s = store.fetch(d).await?;
+    while let Some(c) = s.next().await {
+        raw.extend_from_slice(&c?);
+    }
+    tokio::task::spawn_blocking(move || -> Result<Vec<delta::Event>> {
+        let mut payload = Vec::new();
+        codec
+            .decoder(&raw[..])
+            .and_then(|mut r| r.read_to_end(&mut payload))
+            .map_err(|e| {
+                Error::integrity(
+                    &key,
+                    format!("decompress failed (truncated or corrupted object?): {e}"),
+                )
+            })?;
+        delta::parse(&payload, &key)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("delta decoder failed: {e}")))?
+}
+
+fn run_restore_tool(cfg: &RestoreConfig, db: &Path, out: &Path) -> Result<()> {
+    let tool = match &cfg.restore_tool {
+        Some(t) => t.clone(),
+        None => find_on_path("etcdutl")
+            .or_else(|| find_on_path("etcdctl"))
+            .ok_or_else(|| {
+                Error::config(
+                    "neither etcdutl nor etcdctl is on PATH: install etcd's tools or name one with --etcd-restore-tool",
+                )
+            })?,
+    };
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(db)
+        .args(["--name", &cfg.name])
+        .arg("--data-dir")
+        .arg(out)
+        .args(["--initial-cluster", &cfg.initial_cluster])
+        .args(["--initial-cluster-token", &cfg.initial_cluster_token])
+        .args([
+            "--initial-advertise-peer-urls",
+            &cfg.initial_advertise_peer_urls.join(","),
+        ]);
+    if cfg.skip_hash_check {
+        cmd.arg("--skip-hash-check");
+    }
+    let o = cmd
+        .output()
+        .map_err(|e| Error::io(&tool, "run etcd's snapshot restore", e))?;
+    if !o.status.success() {
+        return Err(Error::Other(format!(
+            "{} snapshot restore failed ({}): {}",
+            tool.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds etcd data (a `member` directory) or anything at all.
+fn holds_data(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+fn part_dir(data_dir: &Path) -> PathBuf {
+    let mut s = data_dir.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+/// Restores into `cfg.data_dir` (module doc).
+pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
+    let started = Instant::now();
+    if holds_data(&cfg.data_dir) {
+        return Err(Error::config(format!(
+            "{} is not empty: restore never overwrites a data directory; move it away first",
+            cfg.data_dir.display()
+        )));
+    }
+    if cfg.max_fetchers == 0 {
+        return Err(Error::config("--max-fetchers must be greater than 0"));
+    }
+    let store = SnapStore::open(cfg.store.clone()).await?;
+    let set = select(&store.list().await?, cfg.to_revision)?;
+    let Some(full) = set.full.clone() else {
+        return Err(Error::Other("no base snapshot found".into()));
+    };
+    let target = cfg.to_revision.unwrap_or_else(|| set.last_revision());
+    tracing::info!(
+        full = %full.snap_name,
+        deltas = set.deltas.len(),
+        revision = target,
+        "restoring"
+    );
+    let part = part_dir(&cfg.data_dir);
+    if part.exists() {
+        // the leftover of an earlier failed attempt
+        std::fs::remove_dir_all(&part)
+            .map_err(|e| Error::io(&part, "remove the leftover of an earlier restore", e))?;
+    }
+    std::fs::create_dir_all(&cfg.temp_dir)
+        .map_err(|e| Error::io(&cfg.temp_dir, "create the restoration temp dir", e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("etcdbr-restore-")
+        .tempdir_in(&cfg.temp_dir)
+        .map_err(|e| Error::io(&cfg.temp_dir, "create a temp dir", e))?;
+    let result = restore_into(cfg, &store, &set, &full, target, &part, tmp.path()).await;
+    match result {
+        Ok((deltas_applied, revisions_replayed, replay_elapsed)) => {
+            if cfg.data_dir.exists() {
+                // empty (checked above): replaced by the complete restore
+                std::fs::remove_dir(&cfg.data_dir)
+                    .map_err(|e| Error::io(&cfg.data_dir, "replace the empty data dir", e))?;
+            }
+            std::fs::rename(&part, &cfg.data_dir)
+                .map_err(|e| Error::io(&part, "move the restored data dir into place", e))?;
+            let report = RestoreReport {
+                full,
+                deltas_applied,
+                revisions_replayed,
+                revision: target,
+                elapsed: started.elapsed(),
+                replay_elapsed,
+            };
+            tracing::info!(
+                data_dir = %cfg.data_dir.display(),
+                revision = report.revision,
+                deltas = report.deltas_applied,
+                revisions_replayed = report.revisions_replayed,
+                secs = format!("{:.2}", report.elapsed.as_secs_f64()),
+                "restored"
+            );
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&part);
+            Err(e)
+        }
+    }
+}
+
+async fn restore_into(
+    cfg: &RestoreConfig,
+    store: &SnapStore,
+    set: &SnapshotSet,
+    full: &Snapshot,
+    target: i64,
+    part: &Path,
+    tmp: &Path,
+) -> Result<(usize, u64, Duration)> {
+    let db = tmp.join("snapshot.db");
+    let bytes = download_full(store, full, &db, !cfg.skip_hash_check).await?;
+    tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
+    let (cfg2, db2, part2) = (cfg.clone(), db.clone(), part.to_path_buf());
+    tokio::task::spawn_blocking(move || run_restore_tool(&cfg2, &db2, &part2))
+        .await
+        .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))??;
+    std::fs::remove_file(&db).map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
+    if set.deltas.is_empty() || full.last_revision >= target {
+        return Ok((0, 0, Duration::ZERO));
+    }
+    let binary = cfg
+        .etcd_binary
+        .clone()
+        .or_else(|| find_on_path("etcd"))
+        .ok_or_else(|| {
+            Error::config("etcd is not on PATH: the deltas are replayed through a temporary etcd; name it with --etcd-binary")
+        })?;
+    let ecfg = TempEtcdConfig {
+        binary,
+        name: cfg.name.clone(),
+        quota_bytes: cfg.quota_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+        max_request_bytes: cfg.max_request_bytes,
+        log: tmp.join("etcd.log"),
+    };
+    let etcd = TempEtcd::start(&ecfg, part).await?;
+    let replay_started = Instant::now();
+    let result = replay_all(cfg, store, set, target, &etcd).await;
+    let stopped = etcd.stop().await;
+    let (n, revs) = result?;
+    stopped?;
+    Ok((n, revs, replay_started.elapsed()))
+}
+
+async fn replay_all(
+    cfg: &RestoreConfig,
+    store: &SnapStore,
+    set: &SnapshotSet,
+    target: i64,
+    etcd: &TempEtcd,
+) -> Result<(usize, u64)> {
+    let mut r = Replayer::new(etcd, cfg.default_lease_ttl, 0).await?;
+    let base = r.revision;
+    tracing::info!(base_revision = base, target, "replaying deltas");
+    let mut fetched = futures::stream::iter(set.deltas.iter())
+        .map(|d| async move { (d, fetch_delta(store, d).await) })
+        .buffered(cfg.max_fetchers);
+    let (mut n, mut last_log) = (0, Instant::now());
+    let started = Instant::now();
+    while let Some((d, events)) = fetched.next().await {
+        let events = events?;
+        let key = store.key_of(d);
+        let more = r.apply(&events, &key, target).await?;
+        n += 1;
+        if last_log.elapsed() > Duration::from_secs(5) {
+            let done = (r.revision - base).max(0) as f64;
+            let rate = done / started.elapsed().as_secs_f64().max(0.001);
+            let left = (target - r.revision).max(0) as f64;
+            tracing::info!(
+                revision = r.revision,
+                target,
+                deltas = format!("{n}/{}", set.deltas.len()),
+                rate = format!("{rate:.0} revisions/s"),
+                eta = format!("{:.0}s", left / rate.max(1.0)),
+                "replay progress"
+            );
+            last_log = Instant::now();
+        }
+        if !more {
+            break;
+        }
+    }
+    if r.revision < target {
+        return Err(Error::Other(format!(
+            "the deltas end at revision {}, not at {target}: revisions {}..{target} are missing from the backups",
+            r.revision,
+            r.revision + 1
+        )));
+    }
+    Ok((n, r.applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn s(kind: Kind, start: i64, last: i64, t: i64) -> Snapshot {
+        Snapshot::new_at(
+            kind,
+            start,
+            last,
+            ".gz",
+            false,
+            chrono::Utc.timestamp_opt(t, 0).unwrap(),
+        )
+    }
+
+    #[test]
+    fn selects_the_set_holding_a_revision() {
+        let list = vec![
+            s(Kind::Full, 0, 10, 1),
+            s(Kind::Incr, 11, 20, 2),
+            s(Kind::Incr, 21, 30, 3),
+            s(Kind::Full, 0, 30, 4),
+            s(Kind::Incr, 31, 40, 5),
+        ];
+        let latest = select(&list, None).unwrap();
+        assert_eq!(latest.full.unwrap().last_revision, 30);
+        assert_eq!(latest.deltas.len(), 1);
+        let at = select(&list, Some(25)).unwrap();
+        assert_eq!(at.full.unwrap().last_revision, 10);
+        assert_eq!(at.deltas.len(), 2);
+        let at = select(&list, Some(35)).unwrap();
+        assert_eq!(at.full.unwrap().last_revision, 30);
+        assert!(select(&list, Some(5)).is_err());
+        assert!(select(&list, Some(50)).is_err());
+        assert!(select(&[], None).is_err());
+    }
+}
