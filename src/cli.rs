@@ -184,9 +184,15 @@ pub struct RestorationArgs {
         env = "ETCDBR_DEFAULT_LEASE_TTL"
     )]
     pub default_lease_ttl: i64,
-    /// etcdbr: restore up to this revision instead of the latest
-    #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION")]
+    /// etcdbr: restore the state at this revision instead of the latest
+    #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION", conflicts_with_all = ["to_time", "snapshot"])]
     pub to_revision: Option<i64>,
+    /// etcdbr: restore the state at this time (RFC 3339, e.g. 2026-11-21T10:00:00Z)
+    #[arg(long = "to-time", env = "ETCDBR_TO_TIME", conflicts_with = "snapshot")]
+    pub to_time: Option<String>,
+    /// etcdbr: restore exactly up to this snapshot (a full alone, or a delta with its chain)
+    #[arg(long = "snapshot", env = "ETCDBR_SNAPSHOT")]
+    pub snapshot: Option<String>,
 }
 
 impl RestorationArgs {
@@ -204,9 +210,26 @@ impl RestorationArgs {
                 "--auto-compaction-mode must be periodic or revision",
             ));
         }
-        if self.to_revision.is_some_and(|r| r < 1) {
-            return Err(Error::config("--to-revision must be a positive revision"));
-        }
+        use crate::restore::Target;
+        let target = match (&self.to_revision, &self.to_time, &self.snapshot) {
+            (Some(r), _, _) if *r < 1 => {
+                return Err(Error::config("--to-revision must be a positive revision"))
+            }
+            (Some(r), _, _) => Target::Revision(*r),
+            (_, Some(t), _) => Target::Time(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| {
+                        Error::config(format!(
+                            "--to-time {t:?}: not an RFC 3339 time ({e}); e.g. 2026-11-21T10:00:00Z"
+                        ))
+                    })?
+                    .with_timezone(&chrono::Utc),
+            ),
+            (_, _, Some(n)) => {
+                Target::Snapshot(n.rsplit('/').next().unwrap_or(n.as_str()).to_string())
+            }
+            _ => Target::Latest,
+        };
         Ok(crate::restore::RestoreConfig {
             store,
             data_dir: self.data_dir.clone(),
@@ -223,7 +246,7 @@ impl RestorationArgs {
             max_txn_ops: self.max_txn_ops,
             max_request_bytes: self.max_request_bytes,
             default_lease_ttl: self.default_lease_ttl.max(1),
-            to_revision: self.to_revision,
+            target,
         })
     }
 }
@@ -801,13 +824,17 @@ async fn run_command(cmd: Command) -> Result<()> {
         Command::Restore(r) => {
             let cfg = r.restoration.to_config(r.store.to_config()?)?;
             let report = crate::restore::restore(&cfg).await?;
+            let replay = report.replay_elapsed.as_secs_f64();
             println!(
-                "restored {} to revision {} ({} deltas, {} revisions replayed) in {:.1}s",
+                "restored {} to revision {} ({} deltas, {} revisions replayed) in {:.1}s: base {:.1}s, replay {:.1}s ({:.0} revisions/s)",
                 cfg.data_dir.display(),
                 report.revision,
                 report.deltas_applied,
                 report.revisions_replayed,
-                report.elapsed.as_secs_f64()
+                report.elapsed.as_secs_f64(),
+                report.elapsed.as_secs_f64() - replay,
+                replay,
+                report.revisions_replayed as f64 / replay.max(0.001)
             );
             Ok(())
         }

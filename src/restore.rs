@@ -42,8 +42,23 @@ pub struct RestoreConfig {
     pub max_request_bytes: u64,
     /// TTL of leases first seen in deltas that do not record one (etcdbrctl's).
     pub default_lease_ttl: i64,
-    /// Restore up to this revision (`None`: the latest).
-    pub to_revision: Option<i64>,
+    /// What to restore.
+    pub target: Target,
+}
+
+/// The point to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The latest snapshot set.
+    Latest,
+    /// The state at this revision (`--to-revision`).
+    Revision(i64),
+    /// The state at this time (`--to-time`): the newest full taken at or before it, and every
+    /// event received at or before it.
+    Time(chrono::DateTime<chrono::Utc>),
+    /// Exactly up to this snapshot (`--snapshot <name>`): a full alone, or a delta with its full
+    /// and the deltas before it.
+    Snapshot(String),
 }
 
 #[derive(Debug, Clone)]
@@ -63,31 +78,99 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The snapshots to restore: the latest set, or the newest full at or below `to` and the deltas
-/// after it up to the one that holds `to`.
-pub fn select(list: &[Snapshot], to: Option<i64>) -> Result<SnapshotSet> {
-    let Some(to) = to else {
-        let set = crate::layout::latest_set(list);
-        if set.full.is_none() {
-            return Err(Error::Other(
-                "no base snapshot found: the store holds no full snapshot to restore from".into(),
-            ));
+/// The snapshots to restore for `target`, and the revision to stop at (`None`: as far as the
+/// deltas go, for [`Target::Latest`] and [`Target::Time`]).
+pub fn select(list: &[Snapshot], target: &Target) -> Result<(SnapshotSet, Option<i64>)> {
+    let is_full = |s: &Snapshot| s.kind == Kind::Full && !s.is_chunk;
+    match target {
+        Target::Latest => {
+            let set = crate::layout::latest_set(list);
+            if set.full.is_none() {
+                return Err(Error::Other(
+                    "no base snapshot found: the store holds no full snapshot to restore from"
+                        .into(),
+                ));
+            }
+            Ok((set, None))
         }
-        return Ok(set);
-    };
-    let fulls: Vec<usize> = (0..list.len())
-        .filter(|&i| list[i].kind == Kind::Full && !list[i].is_chunk && list[i].last_revision <= to)
-        .collect();
-    let Some(&fi) = fulls.iter().max_by_key(|&&i| (list[i].last_revision, i)) else {
-        return Err(Error::Other(format!(
-            "no full snapshot at or below revision {to}: cannot restore to it"
-        )));
-    };
+        Target::Snapshot(name) => {
+            let Some(s) = list
+                .iter()
+                .find(|s| s.snap_name == *name || s.name_without_final() == name)
+            else {
+                return Err(Error::Other(format!(
+                    "no snapshot named {name:?} in the store (list them with /snapshot/latest or the store's listing)"
+                )));
+            };
+            if is_full(s) {
+                let set = SnapshotSet {
+                    full: Some(s.clone()),
+                    deltas: Vec::new(),
+                };
+                return Ok((set, Some(s.last_revision)));
+            }
+            select(list, &Target::Revision(s.last_revision))
+        }
+        Target::Revision(to) => {
+            let to = *to;
+            let Some(fi) = (0..list.len())
+                .filter(|&i| is_full(&list[i]) && list[i].last_revision <= to)
+                .max_by_key(|&i| (list[i].last_revision, i))
+            else {
+                return Err(Error::Other(format!(
+                    "no full snapshot at or below revision {to}: cannot restore to it"
+                )));
+            };
+            let (full, deltas, covered) = chain_after(list, fi, |covered, _| covered >= to);
+            if covered < to {
+                return Err(Error::Other(format!(
+                    "the backups after {} reach revision {covered}, not {to}",
+                    full.snap_name
+                )));
+            }
+            Ok((
+                SnapshotSet {
+                    full: Some(full),
+                    deltas,
+                },
+                Some(to),
+            ))
+        }
+        Target::Time(t) => {
+            let Some(fi) = (0..list.len())
+                .filter(|&i| is_full(&list[i]) && list[i].created_on <= *t)
+                .max_by_key(|&i| (list[i].created_on, i))
+            else {
+                return Err(Error::Other(format!(
+                    "no full snapshot taken at or before {}: cannot restore to it",
+                    t.to_rfc3339()
+                )));
+            };
+            // deltas up to the first one written after `t` (it may still hold earlier events)
+            let (full, deltas, _) =
+                chain_after(list, fi, |_, last| last.is_some_and(|d| d.created_on > *t));
+            Ok((
+                SnapshotSet {
+                    full: Some(full),
+                    deltas,
+                },
+                None,
+            ))
+        }
+    }
+}
+
+/// The full at `fi` and the deltas continuing it, until `done(covered, last delta taken)`.
+fn chain_after(
+    list: &[Snapshot],
+    fi: usize,
+    done: impl Fn(i64, Option<&Snapshot>) -> bool,
+) -> (Snapshot, Vec<Snapshot>, i64) {
     let full = list[fi].clone();
-    let mut deltas = Vec::new();
+    let mut deltas: Vec<Snapshot> = Vec::new();
     let mut covered = full.last_revision;
     for s in &list[fi + 1..] {
-        if covered >= to {
+        if done(covered, deltas.last()) {
             break;
         }
         if s.kind == Kind::Incr && !s.is_chunk && s.last_revision > covered {
@@ -95,16 +178,7 @@ pub fn select(list: &[Snapshot], to: Option<i64>) -> Result<SnapshotSet> {
             deltas.push(s.clone());
         }
     }
-    if covered < to {
-        return Err(Error::Other(format!(
-            "the backups after {} reach revision {covered}, not {to}",
-            full.snap_name
-        )));
-    }
-    Ok(SnapshotSet {
-        full: Some(full),
-        deltas,
-    })
+    (full, deltas, covered)
 }
 
 /// A blocking `Read` over chunks arriving on a channel.
@@ -286,11 +360,15 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
         return Err(Error::config("--max-fetchers must be greater than 0"));
     }
     let store = SnapStore::open(cfg.store.clone()).await?;
-    let set = select(&store.list().await?, cfg.to_revision)?;
+    let (set, stop_at) = select(&store.list().await?, &cfg.target)?;
     let Some(full) = set.full.clone() else {
         return Err(Error::Other("no base snapshot found".into()));
     };
-    let target = cfg.to_revision.unwrap_or_else(|| set.last_revision());
+    let cut_time = match &cfg.target {
+        Target::Time(t) => Some(*t),
+        _ => None,
+    };
+    let target = stop_at.unwrap_or_else(|| set.last_revision());
     tracing::info!(
         full = %full.snap_name,
         deltas = set.deltas.len(),
@@ -309,9 +387,19 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
         .prefix("etcdbr-restore-")
         .tempdir_in(&cfg.temp_dir)
         .map_err(|e| Error::io(&cfg.temp_dir, "create a temp dir", e))?;
-    let result = restore_into(cfg, &store, &set, &full, target, &part, tmp.path()).await;
+    let result = restore_into(
+        cfg,
+        &store,
+        &set,
+        &full,
+        target,
+        cut_time,
+        &part,
+        tmp.path(),
+    )
+    .await;
     match result {
-        Ok((deltas_applied, revisions_replayed, replay_elapsed)) => {
+        Ok((deltas_applied, revisions_replayed, replay_elapsed, reached)) => {
             if cfg.data_dir.exists() {
                 // empty (checked above): replaced by the complete restore
                 std::fs::remove_dir(&cfg.data_dir)
@@ -323,7 +411,7 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
                 full,
                 deltas_applied,
                 revisions_replayed,
-                revision: target,
+                revision: reached,
                 elapsed: started.elapsed(),
                 replay_elapsed,
             };
@@ -344,15 +432,17 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn restore_into(
     cfg: &RestoreConfig,
     store: &SnapStore,
     set: &SnapshotSet,
     full: &Snapshot,
     target: i64,
+    cut_time: Option<chrono::DateTime<chrono::Utc>>,
     part: &Path,
     tmp: &Path,
-) -> Result<(usize, u64, Duration)> {
+) -> Result<(usize, u64, Duration, i64)> {
     let db = tmp.join("snapshot.db");
     let bytes = download_full(store, full, &db, !cfg.skip_hash_check).await?;
     tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
@@ -362,7 +452,7 @@ async fn restore_into(
         .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))??;
     std::fs::remove_file(&db).map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
     if set.deltas.is_empty() || full.last_revision >= target {
-        return Ok((0, 0, Duration::ZERO));
+        return Ok((0, 0, Duration::ZERO, full.last_revision));
     }
     let binary = cfg
         .etcd_binary
@@ -381,20 +471,21 @@ async fn restore_into(
     };
     let etcd = TempEtcd::start(&ecfg, part).await?;
     let replay_started = Instant::now();
-    let result = replay_all(cfg, store, set, target, &etcd).await;
+    let result = replay_all(store, set, target, cut_time, cfg, &etcd).await;
     let stopped = etcd.stop().await;
-    let (n, revs) = result?;
+    let (n, revs, reached) = result?;
     stopped?;
-    Ok((n, revs, replay_started.elapsed()))
+    Ok((n, revs, replay_started.elapsed(), reached))
 }
 
 async fn replay_all(
-    cfg: &RestoreConfig,
     store: &SnapStore,
     set: &SnapshotSet,
     target: i64,
+    cut_time: Option<chrono::DateTime<chrono::Utc>>,
+    cfg: &RestoreConfig,
     etcd: &TempEtcd,
-) -> Result<(usize, u64)> {
+) -> Result<(usize, u64, i64)> {
     let mut r = Replayer::new(etcd, cfg.default_lease_ttl, 0).await?;
     let base = r.revision;
     tracing::info!(base_revision = base, target, "replaying deltas");
@@ -406,7 +497,12 @@ async fn replay_all(
     while let Some((d, events)) = fetched.next().await {
         let events = events?;
         let key = store.key_of(d);
-        let more = r.apply(&events, &key, target).await?;
+        // --to-time: stop before the first event received after the time
+        let up_to = match cut_time.and_then(|t| events.iter().find(|e| e.time > t)) {
+            Some(e) => target.min(e.mod_revision - 1),
+            None => target,
+        };
+        let more = r.apply(&events, &key, up_to).await? && up_to == target;
         n += 1;
         if last_log.elapsed() > Duration::from_secs(5) {
             let done = (r.revision - base).max(0) as f64;
@@ -426,14 +522,14 @@ async fn replay_all(
             break;
         }
     }
-    if r.revision < target {
+    if r.revision < target && cut_time.is_none() {
         return Err(Error::Other(format!(
             "the deltas end at revision {}, not at {target}: revisions {}..{target} are missing from the backups",
             r.revision,
             r.revision + 1
         )));
     }
-    Ok((n, r.applied))
+    Ok((n, r.applied, r.revision))
 }
 
 #[cfg(test)]
@@ -461,16 +557,29 @@ mod tests {
             s(Kind::Full, 0, 30, 4),
             s(Kind::Incr, 31, 40, 5),
         ];
-        let latest = select(&list, None).unwrap();
+        let rev = |r| select(&list, &Target::Revision(r));
+        let (latest, stop) = select(&list, &Target::Latest).unwrap();
         assert_eq!(latest.full.unwrap().last_revision, 30);
-        assert_eq!(latest.deltas.len(), 1);
-        let at = select(&list, Some(25)).unwrap();
+        assert_eq!((latest.deltas.len(), stop), (1, None));
+        let (at, stop) = rev(25).unwrap();
         assert_eq!(at.full.unwrap().last_revision, 10);
-        assert_eq!(at.deltas.len(), 2);
-        let at = select(&list, Some(35)).unwrap();
+        assert_eq!((at.deltas.len(), stop), (2, Some(25)));
+        let (at, _) = rev(35).unwrap();
         assert_eq!(at.full.unwrap().last_revision, 30);
-        assert!(select(&list, Some(5)).is_err());
-        assert!(select(&list, Some(50)).is_err());
-        assert!(select(&[], None).is_err());
+        assert!(rev(5).is_err());
+        assert!(rev(50).is_err());
+        assert!(select(&[], &Target::Latest).is_err());
+        let t = |u| Target::Time(chrono::Utc.timestamp_opt(u, 0).unwrap());
+        let (at, stop) = select(&list, &t(2)).unwrap();
+        assert_eq!(at.full.unwrap().last_revision, 10);
+        assert_eq!((at.deltas.len(), stop), (1, None));
+        let (at, _) = select(&list, &t(3)).unwrap();
+        assert_eq!(at.deltas.len(), 2);
+        let name = list[1].snap_name.clone();
+        let (at, stop) = select(&list, &Target::Snapshot(name)).unwrap();
+        assert_eq!((at.deltas.len(), stop), (1, Some(20)));
+        let name = list[3].snap_name.clone();
+        let (at, stop) = select(&list, &Target::Snapshot(name)).unwrap();
+        assert_eq!((at.deltas.len(), stop), (0, Some(30)));
     }
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Benchmark of restore: fills a fresh etcd (3.5.1 by default, VERSION=3.4 for Debian's 3.4.23) with
+# SIZE_MIB MiB of 4 KiB values (default 600: a db > 512 MiB), takes an uncompressed full snapshot
+# with `etcdbrctl snapshot`, then records DELTA_REVS single puts of 512 B (default 100000) as
+# deltas. In the same run it times etcd's own tool restoring the full alone (`etcdutl`/`etcdctl
+# snapshot restore`), then `etcdbrctl restore` of the full plus every delta, and prints the base
+# ratio, the replay rate (revisions/s) and etcdbrctl's peak RSS; finally boots etcd on the result
+# and checks its revision.
+# usage: [VERSION=3.5|3.4] scripts/bench-restore.sh [SIZE_MIB] [DELTA_REVS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${1:-600}
+DELTA_REVS=${2:-100000}
+VERSION=${VERSION:-3.5}
+TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
+if [ "$VERSION" = 3.5 ]; then
+  [ -x "$TOOLS/etcd-3.5.1/etcd" ] || scripts/install-test-deps.sh
+  ETCD=$TOOLS/etcd-3.5.1/etcd; CTL=$TOOLS/etcd-3.5.1/etcdctl; TOOL=$TOOLS/etcd-3.5.1/etcdutl
+else
+  for p in etcd-server etcd-client protobuf-compiler time; do
+    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client protobuf-compiler time >/dev/null; break; }
+  done
+  ETCD=/usr/bin/etcd; CTL=/usr/bin/etcdctl; TOOL=/usr/bin/etcdctl
+fi
+cargo build --release --locked --bin etcdbrctl --example etcd_fill 2>&1 | tail -1
+BIN=$PWD/target/release/etcdbrctl
+W=$(mktemp -d /tmp/etcdbr-bench-restore.XXXXXX)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+C=$(port); P=$(port); EP=http://127.0.0.1:$C
+env -u ETCD_NAME "$ETCD" --name b --data-dir "$W/etcd" --listen-client-urls "$EP" --advertise-client-urls "$EP" \
+  --listen-peer-urls "http://127.0.0.1:$P" --initial-advertise-peer-urls "http://127.0.0.1:$P" \
+  --initial-cluster "b=http://127.0.0.1:$P" --quota-backend-bytes 8589934592 >"$W/etcd.log" 2>&1 &
+ETCD_PID=$!
+JOB_PID=""
+trap 'kill $JOB_PID $ETCD_PID 2>/dev/null; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+export ETCDCTL_API=3
+for _ in $(seq 1 100); do "$CTL" --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+target/release/examples/etcd_fill --endpoint "$EP" --mib "$SIZE_MIB"
+"$BIN" snapshot --endpoints "$EP" --store-container "$W/bk" --compress-snapshots=false \
+  --schedule "0 0 1 1 *" --garbage-collection-period 0s >/dev/null 2>"$W/job.log" &
+JOB_PID=$!
+for _ in $(seq 1 1200); do ls "$W/bk/v2" 2>/dev/null | grep -q '^Full' && break; sleep 0.2; done
+target/release/examples/etcd_fill --endpoint "$EP" --count "$DELTA_REVS" --value-size 512 --txn-size 1 --parallel 64
+END=$("$CTL" --endpoints "$EP" get x -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+covered() { ls "$W/bk/v2" | python3 -c "
+import sys; revs=[int(l.split('-')[2]) for l in sys.stdin if l.startswith('Incr-')]; sys.exit(0 if revs and max(revs) >= $END else 1)"; }
+for _ in $(seq 1 600); do covered && break; sleep 0.2; done
+kill -TERM $JOB_PID; wait $JOB_PID || true; JOB_PID=""
+kill $ETCD_PID; wait $ETCD_PID 2>/dev/null || true
+FULL=$(ls "$W/bk/v2" | grep '^Full' | head -1)
+NDELTAS=$(ls "$W/bk/v2" | grep -c '^Incr' || true)
+DB_MIB=$(( $(stat -c %s "$W/bk/v2/$FULL") / 1048576 ))
+echo "etcd $VERSION: full $FULL ($DB_MIB MiB), $NDELTAS deltas up to revision $END"
+
+/usr/bin/time -f "%e %M" -o "$W/t0" "$TOOL" snapshot restore "$W/bk/v2/$FULL" --data-dir "$W/base" \
+  --name r --initial-cluster r=http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 >/dev/null 2>"$W/t0.err" \
+  || { cat "$W/t0.err"; exit 1; }
+read -r T0 M0 <"$W/t0"
+/usr/bin/time -f "%e %M" -o "$W/t1" "$BIN" restore --store-container "$W/bk" --data-dir "$W/restored" \
+  --name r --initial-cluster r=http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --restoration-temp-snapshots-dir "$W/rtmp" --etcd-binary "$ETCD" --etcd-restore-tool "$TOOL" >"$W/r.out" 2>"$W/r.err" \
+  || { cat "$W/r.err"; exit 1; }
+read -r T1 M1 <"$W/t1"
+cat "$W/r.out"
+python3 - "$(cat "$W/r.out")" "$T0" "$T1" "$M0" "$M1" <<'PY'
+import re, sys
+out, t0, t1, m0, m1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+base = float(re.search(r"base ([0-9.]+)s", out).group(1))
+replay = float(re.search(r"replay ([0-9.]+)s", out).group(1))
+rate = float(re.search(r"\(([0-9]+) revisions/s\)", out).group(1))
+print(f"{'step':<44} {'seconds':>8} {'ratio':>7} {'peak RSS':>10}")
+print(f"{'etcd tool: snapshot restore (full alone)':<44} {t0:8.2f} {'1.00':>7} {m0 // 1024:7d} MiB")
+print(f"{'etcdbrctl restore: base (download+verify+tool)':<44} {base:8.2f} {base / t0:7.2f}")
+print(f"{'etcdbrctl restore: delta replay':<44} {replay:8.2f} {'':>7}   {rate:.0f} revisions/s (target >= 5000)")
+print(f"{'etcdbrctl restore: total':<44} {t1:8.2f} {'':>7} {m1 // 1024:7d} MiB")
+PY
+# boot the result and check its revision
+C2=$(port); P2=$(port)
+env -u ETCD_NAME "$ETCD" --name r --data-dir "$W/restored" --listen-client-urls "http://127.0.0.1:$C2" \
+  --advertise-client-urls "http://127.0.0.1:$C2" --listen-peer-urls "http://127.0.0.1:$P2" \
+  --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster r=http://127.0.0.1:2380 >"$W/r-etcd.log" 2>&1 &
+ETCD_PID=$!
+for _ in $(seq 1 150); do "$CTL" --endpoints "http://127.0.0.1:$C2" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+GOT=$("$CTL" --endpoints "http://127.0.0.1:$C2" get x -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+echo "restored etcd boots at revision $GOT (source $END): $([ "$GOT" = "$END" ] && echo OK || echo MISMATCH)"
