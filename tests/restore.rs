@@ -366,6 +366,66 @@ fn point_in_time(r: &Recorded, latest_ep: &str, tmp: &Path) {
     }
 }
 
+/// The recorded store rewritten as etcdbrctl would have written it: objects compressed by Go's
+/// gzip, zlib and lzw in turn, deltas re-encoded by Go's encoding/json (so without our
+/// `leaseTTL`), the full and the first deltas in the legacy v1 layout, the rest in v2.
+fn as_etcdbrctl_store(r: &Recorded, dest: &Path) {
+    use std::io::Read;
+    let v2 = r.bk.join("v2");
+    let mut snaps: Vec<etcdbr::layout::Snapshot> = files_in(&v2)
+        .iter()
+        .map(|f| etcdbr::layout::Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+        .collect();
+    etcdbr::layout::sort(&mut snaps);
+    let full_time = snaps[0].created_on.timestamp();
+    let work = dest.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for (i, s) in snaps.iter().enumerate() {
+        let raw = std::fs::read(v2.join(&s.snap_name)).unwrap();
+        let mut plain = Vec::new();
+        etcdbr::codec::Codec::from_suffix(&s.compression_suffix)
+            .unwrap()
+            .decoder(&raw[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        let p0 = work.join("plain");
+        std::fs::write(&p0, &plain).unwrap();
+        let mut input = p0.clone();
+        if s.kind == etcdbr::layout::Kind::Incr {
+            let p1 = work.join("go-delta");
+            assert!(std::process::Command::new(gocompat())
+                .args(["delta-reencode", "-"])
+                .arg(&p0)
+                .arg(&p1)
+                .status()
+                .unwrap()
+                .success());
+            input = p1;
+        }
+        let (policy, suffix) = [("gzip", ".gz"), ("zlib", ".zlib"), ("lzw", ".Z")][i % 3];
+        let name = s
+            .snap_name
+            .trim_end_matches(&s.compression_suffix)
+            .to_string()
+            + suffix;
+        let dir = if i <= snaps.len() / 2 {
+            dest.join(format!("v1/Backup-{full_time}"))
+        } else {
+            dest.join("v2")
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(std::process::Command::new(gocompat())
+            .args(["compress", policy])
+            .arg(&input)
+            .arg(dir.join(&name))
+            .status()
+            .unwrap()
+            .success());
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
 fn restores_faithfully(version: EtcdVersion) {
     let r = record(version);
     let tmp = tempfile::tempdir().unwrap();
@@ -413,6 +473,22 @@ fn restores_faithfully(version: EtcdVersion) {
     assert_eq!(v["header"]["revision"].as_i64().unwrap(), r.revision + 1);
     if version == EtcdVersion::V35 {
         point_in_time(&r, &ep, tmp.path());
+    } else {
+        // a store as etcdbrctl writes it restores to the same keys
+        let go = tmp.path().join("go-store");
+        as_etcdbrctl_store(&r, &go);
+        let data = tmp.path().join("from-etcdbrctl-store");
+        let peer = free_port();
+        let out = restore_cmd(&r, &go, &data, peer).output().unwrap();
+        assert!(
+            out.status.success(),
+            "restore of an etcdbrctl store: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_etcd2, ep2) = boot(version, &data, peer);
+        let (state, rev) = dump(version, &ep2);
+        assert_eq!(rev, r.revision);
+        assert_eq!(state, r.source, "etcdbrctl-format store");
     }
 
     // damaged stores: each failure names the object; the target is never created
