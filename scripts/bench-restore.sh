@@ -61,18 +61,19 @@ read -r T0 M0 <"$W/t0"
   --restoration-temp-snapshots-dir "$W/rtmp" --etcd-binary "$ETCD" --etcd-restore-tool "$TOOL" >"$W/r.out" 2>"$W/r.err" \
   || { cat "$W/r.err"; exit 1; }
 read -r T1 M1 <"$W/t1"
-cat "$W/r.out"
+cat "$W/r.out"; grep -h "replay done" "$W/r.err" | sed "s/^/  /" || true
 python3 - "$(cat "$W/r.out")" "$T0" "$T1" "$M0" "$M1" <<'PY'
 import re, sys
 out, t0, t1, m0, m1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 base = float(re.search(r"base ([0-9.]+)s", out).group(1))
 replay = float(re.search(r"replay ([0-9.]+)s", out).group(1))
 rate = float(re.search(r"\(([0-9]+) revisions/s\)", out).group(1))
+own = int(re.search(r"etcdbrctl peak RSS ([0-9]+) MiB", out).group(1))
 print(f"{'step':<44} {'seconds':>8} {'ratio':>7} {'peak RSS':>10}")
 print(f"{'etcd tool: snapshot restore (full alone)':<44} {t0:8.2f} {'1.00':>7} {m0 // 1024:7d} MiB")
 print(f"{'etcdbrctl restore: base (download+verify+tool)':<44} {base:8.2f} {base / t0:7.2f}")
 print(f"{'etcdbrctl restore: delta replay':<44} {replay:8.2f} {'':>7}   {rate:.0f} revisions/s (target >= 5000)")
-print(f"{'etcdbrctl restore: total':<44} {t1:8.2f} {'':>7} {m1 // 1024:7d} MiB")
+print(f"{'etcdbrctl restore: total':<44} {t1:8.2f} {'':>7} {own:7d} MiB (own; {m1 // 1024} MiB with the tool and the temporary etcd)")
 PY
 # boot the result and check its revision
 C2=$(port); P2=$(port)

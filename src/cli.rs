@@ -65,6 +65,31 @@ pub enum Command {
     Server(Box<ServerCmd>),
     /// Restore an etcd data directory from the latest snapshot set (full + deltas) in the store.
     Restore(Box<RestoreCmd>),
+    /// Restore the latest snapshot set, compact and defragment it, and store it as one new full.
+    Compact(Box<CompactCmd>),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactCmd {
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub restoration: RestorationArgs,
+    /// defragment the compacted etcd before the snapshot
+    #[arg(long = "defragment", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_DEFRAGMENT")]
+    pub defragment: bool,
+    /// timeout of the full snapshot of the compacted etcd
+    #[arg(long = "etcd-snapshot-timeout", default_value = "30m", value_parser = duration, env = "ETCDBR_ETCD_SNAPSHOT_TIMEOUT")]
+    pub snapshot_timeout: Duration,
+    /// timeout of the defragmentation
+    #[arg(long = "etcd-defrag-timeout", default_value = "8m", value_parser = duration, env = "ETCDBR_ETCD_DEFRAG_TIMEOUT")]
+    pub defrag_timeout: Duration,
+    /// wait this long after the compaction (for a metrics scrape; accepted for compatibility)
+    #[arg(long = "metrics-scrape-wait-duration", default_value = "0s", value_parser = duration, env = "ETCDBR_METRICS_SCRAPE_WAIT_DURATION")]
+    pub metrics_scrape_wait: Duration,
+    #[command(flatten)]
+    pub k8s: K8sLeaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -821,12 +846,41 @@ async fn run_command(cmd: Command) -> Result<()> {
             }
         },
         Command::Server(s) => run_server(*s).await,
+        Command::Compact(c) => {
+            let cfg = crate::compact::CompactConfig {
+                restore: c.restoration.to_config(c.store.to_config()?)?,
+                defragment: c.defragment,
+                snapshot_timeout: c.snapshot_timeout,
+                defrag_timeout: c.defrag_timeout,
+            };
+            if cfg.restore.target != crate::restore::Target::Latest {
+                return Err(Error::config(
+                    "compact always compacts the latest set: --to-revision, --to-time and --snapshot do not apply",
+                ));
+            }
+            let r = crate::compact::compact(&cfg).await?;
+            println!("{}", r.key);
+            if !c.metrics_scrape_wait.is_zero() {
+                tokio::time::sleep(c.metrics_scrape_wait).await;
+            }
+            Ok(())
+        }
         Command::Restore(r) => {
             let cfg = r.restoration.to_config(r.store.to_config()?)?;
             let report = crate::restore::restore(&cfg).await?;
             let replay = report.replay_elapsed.as_secs_f64();
+            // etcdbrctl's own peak memory, without the tools and the temporary etcd it ran
+            let hwm = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+                })
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0);
             println!(
-                "restored {} to revision {} ({} deltas, {} revisions replayed) in {:.1}s: base {:.1}s, replay {:.1}s ({:.0} revisions/s)",
+                "restored {} to revision {} ({} deltas, {} revisions replayed) in {:.1}s: base {:.1}s, replay {:.1}s ({:.0} revisions/s), etcdbrctl peak RSS {} MiB",
                 cfg.data_dir.display(),
                 report.revision,
                 report.deltas_applied,
@@ -834,7 +888,8 @@ async fn run_command(cmd: Command) -> Result<()> {
                 report.elapsed.as_secs_f64(),
                 report.elapsed.as_secs_f64() - replay,
                 replay,
-                report.revisions_replayed as f64 / replay.max(0.001)
+                report.revisions_replayed as f64 / replay.max(0.001),
+                hwm / 1024
             );
             Ok(())
         }

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod codec;
+pub mod compact;
 pub mod defrag;
 pub mod delta;
 pub mod deltasnap;

@@ -19,7 +19,7 @@
 
 use crate::delta::{Event, EventType};
 use crate::error::{Error, Result};
-use etcd_client::{Client, LeaseGrantOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, LeaseGrantOptions, Txn, TxnOp};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -240,6 +240,32 @@ async fn keep_alive(client: Client, leases: Arc<Mutex<HashSet<i64>>>) {
     }
 }
 
+/// Transactions in flight during the replay.
+const WINDOW: usize = 16;
+
+fn ops(group: &[Event]) -> Vec<TxnOp> {
+    group
+        .iter()
+        .map(|ev| match ev.kind {
+            EventType::Put => {
+                let opts =
+                    (ev.lease != 0).then(|| etcd_client::PutOptions::new().with_lease(ev.lease));
+                TxnOp::put(ev.key.clone(), ev.value.clone(), opts)
+            }
+            EventType::Delete => TxnOp::delete(ev.key.clone(), None),
+        })
+        .collect()
+}
+
+fn drift(object: &str, rev: i64, got: i64) -> Error {
+    Error::integrity(
+        object,
+        format!(
+            "replaying revision {rev} produced revision {got} in the temporary etcd: the restore would not be faithful (was a lease revoked, or was the base snapshot newer than its name?)"
+        ),
+    )
+}
+
 /// Applies delta events to the temporary etcd, one transaction per source revision.
 pub struct Replayer {
     client: Client,
@@ -250,6 +276,9 @@ pub struct Replayer {
     default_lease_ttl: i64,
     /// Revisions applied, for progress.
     pub applied: u64,
+    /// Transactions sent again because they overtook their predecessor.
+    pub resent: u64,
+    window: usize,
 }
 
 impl Replayer {
@@ -278,6 +307,12 @@ impl Replayer {
             revision,
             default_lease_ttl,
             applied: 0,
+            resent: 0,
+            window: std::env::var("ETCDBR_REPLAY_WINDOW")
+                .ok()
+                .and_then(|w| w.parse().ok())
+                .filter(|w| *w > 0)
+                .unwrap_or(WINDOW),
         })
     }
 
@@ -294,7 +329,10 @@ impl Replayer {
     /// unless `up_to` stops the replay before it. Events above `up_to` are not applied.
     /// Returns false once `up_to` was reached.
     pub async fn apply(&mut self, events: &[Event], object: &str, up_to: i64) -> Result<bool> {
+        let mut groups: Vec<&[Event]> = Vec::new();
+        let mut expect = self.revision + 1;
         let mut i = 0;
+        let mut reached = false;
         while i < events.len() {
             let rev = events[i].mod_revision;
             let mut j = i;
@@ -303,61 +341,103 @@ impl Replayer {
             }
             let group = &events[i..j];
             i = j;
-            if rev <= self.revision {
+            if rev < expect {
                 continue;
             }
             if rev > up_to {
-                return Ok(false);
+                reached = true;
+                break;
             }
-            if rev != self.revision + 1 {
+            if rev != expect {
+                // apply what precedes the gap, then report it
+                self.apply_groups(&groups, object).await?;
                 return Err(Error::integrity(
                     object,
                     format!(
-                        "revisions {}..{} are missing from the backups (the chain has a gap before this delta's revision {rev})",
-                        self.revision + 1,
+                        "revisions {expect}..{} are missing from the backups (the chain has a gap before this delta's revision {rev})",
                         rev - 1
                     ),
                 ));
             }
-            self.apply_revision(group, object).await?;
+            groups.push(group);
+            expect = rev + 1;
         }
-        Ok(self.revision < up_to)
+        self.apply_groups(&groups, object).await?;
+        Ok(!reached && self.revision < up_to)
     }
 
-    async fn apply_revision(&mut self, group: &[Event], object: &str) -> Result<()> {
-        let rev = group[0].mod_revision;
-        for ev in group {
-            if ev.lease != 0 && ev.kind == EventType::Put {
-                self.ensure_lease(ev.lease, ev.lease_ttl).await?;
+    /// Sends the transactions of consecutive revisions pipelined, up to [`WINDOW`] in flight.
+    ///
+    /// etcd may start concurrent requests in any order, so each transaction sent while its
+    /// predecessor is unconfirmed is guarded: it only applies if the predecessor's put is
+    /// visible (`mod_revision(key) == predecessor's revision`), which by induction means every
+    /// earlier revision applied, in order. A predecessor without a put (deletes only) leaves
+    /// nothing to compare against, so its successor waits for it. A guard that failed (the
+    /// request overtook its predecessor) changed nothing: it is sent again once the predecessor
+    /// is confirmed. Every applied transaction's revision is still checked.
+    async fn apply_groups(&mut self, groups: &[&[Event]], object: &str) -> Result<()> {
+        use futures::StreamExt;
+        // polled here, in order (not spawned): requests leave in the order they were made
+        let mut inflight = futures::stream::FuturesOrdered::new();
+        let mut next = 0;
+        while next < groups.len() || !inflight.is_empty() {
+            while next < groups.len() && inflight.len() < self.window {
+                let guard = if inflight.is_empty() {
+                    None
+                } else {
+                    let prev = groups[next - 1];
+                    match prev.iter().find(|e| e.kind == EventType::Put) {
+                        Some(p) => Some(Compare::mod_revision(
+                            p.key.clone(),
+                            CompareOp::Equal,
+                            p.mod_revision,
+                        )),
+                        None => break, // wait for the delete-only predecessor
+                    }
+                };
+                let group = groups[next];
+                for ev in group {
+                    if ev.lease != 0 && ev.kind == EventType::Put {
+                        self.ensure_lease(ev.lease, ev.lease_ttl).await?;
+                    }
+                }
+                let mut txn = Txn::new();
+                if let Some(g) = guard {
+                    txn = txn.when(vec![g]);
+                }
+                let txn = txn.and_then(ops(group));
+                let mut c = self.client.clone();
+                let i = next;
+                inflight.push_back(async move { (i, c.txn(txn).await) });
+                next += 1;
+            }
+            let Some((i, r)) = inflight.next().await else {
+                break;
+            };
+            let rev = groups[i][0].mod_revision;
+            let resp = r.map_err(|e| self.err(format!("replay revision {rev} of {object}"), e))?;
+            if resp.succeeded() {
+                let got = resp.header().map(|h| h.revision()).unwrap_or(0);
+                if got != rev {
+                    return Err(drift(object, rev, got));
+                }
+                self.revision = rev;
+                self.applied += 1;
+            } else {
+                // overtook its predecessor: the ones behind it failed too; send again from it
+                while let Some((j, r)) = inflight.next().await {
+                    let jrev = groups[j][0].mod_revision;
+                    let r =
+                        r.map_err(|e| self.err(format!("replay revision {jrev} of {object}"), e))?;
+                    if r.succeeded() {
+                        let got = r.header().map(|h| h.revision()).unwrap_or(0);
+                        return Err(drift(object, jrev, got));
+                    }
+                }
+                self.resent += 1;
+                next = i;
             }
         }
-        let ops: Vec<TxnOp> = group
-            .iter()
-            .map(|ev| match ev.kind {
-                EventType::Put => {
-                    let opts = (ev.lease != 0)
-                        .then(|| etcd_client::PutOptions::new().with_lease(ev.lease));
-                    TxnOp::put(ev.key.clone(), ev.value.clone(), opts)
-                }
-                EventType::Delete => TxnOp::delete(ev.key.clone(), None),
-            })
-            .collect();
-        let resp = self
-            .client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| self.err(format!("replay revision {rev} of {object}"), e))?;
-        let got = resp.header().map(|h| h.revision()).unwrap_or(0);
-        if got != rev {
-            return Err(Error::integrity(
-                object,
-                format!(
-                    "replaying revision {rev} produced revision {got} in the temporary etcd: the restore would not be faithful (was a lease revoked, or was the base snapshot newer than its name?)"
-                ),
-            ));
-        }
-        self.revision = rev;
-        self.applied += 1;
         Ok(())
     }
 

@@ -432,6 +432,25 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     }
 }
 
+/// The temporary etcd the restore (and `compact`) runs.
+pub fn temp_etcd_config(cfg: &RestoreConfig, log: PathBuf) -> Result<TempEtcdConfig> {
+    let binary = cfg
+        .etcd_binary
+        .clone()
+        .or_else(|| find_on_path("etcd"))
+        .ok_or_else(|| {
+            Error::config("etcd is not on PATH: the deltas are replayed through a temporary etcd; name it with --etcd-binary")
+        })?;
+    Ok(TempEtcdConfig {
+        binary,
+        name: cfg.name.clone(),
+        quota_bytes: cfg.quota_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+        max_request_bytes: cfg.max_request_bytes,
+        log,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn restore_into(
     cfg: &RestoreConfig,
@@ -443,33 +462,32 @@ async fn restore_into(
     part: &Path,
     tmp: &Path,
 ) -> Result<(usize, u64, Duration, i64)> {
-    let db = tmp.join("snapshot.db");
-    let bytes = download_full(store, full, &db, !cfg.skip_hash_check).await?;
-    tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
+    // An uncompressed object in a Local store is etcd's file as is: the tool reads it in place
+    // and checks its sha256 trailer itself (the same check, unless --skip-hash-check).
+    let in_place = store
+        .local_path(full)
+        .filter(|p| full.compression_suffix.is_empty() && p.is_file());
+    let db = match &in_place {
+        Some(p) => p.clone(),
+        None => {
+            let db = tmp.join("snapshot.db");
+            let bytes = download_full(store, full, &db, !cfg.skip_hash_check).await?;
+            tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
+            db
+        }
+    };
     let (cfg2, db2, part2) = (cfg.clone(), db.clone(), part.to_path_buf());
     tokio::task::spawn_blocking(move || run_restore_tool(&cfg2, &db2, &part2))
         .await
         .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))??;
-    std::fs::remove_file(&db).map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
+    if in_place.is_none() {
+        std::fs::remove_file(&db)
+            .map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
+    }
     if set.deltas.is_empty() || full.last_revision >= target {
         return Ok((0, 0, Duration::ZERO, full.last_revision));
     }
-    let binary = cfg
-        .etcd_binary
-        .clone()
-        .or_else(|| find_on_path("etcd"))
-        .ok_or_else(|| {
-            Error::config("etcd is not on PATH: the deltas are replayed through a temporary etcd; name it with --etcd-binary")
-        })?;
-    let ecfg = TempEtcdConfig {
-        binary,
-        name: cfg.name.clone(),
-        quota_bytes: cfg.quota_bytes,
-        max_txn_ops: cfg.max_txn_ops,
-        max_request_bytes: cfg.max_request_bytes,
-        log: tmp.join("etcd.log"),
-    };
-    let etcd = TempEtcd::start(&ecfg, part).await?;
+    let etcd = TempEtcd::start(&temp_etcd_config(cfg, tmp.join("etcd.log"))?, part).await?;
     let replay_started = Instant::now();
     let result = replay_all(store, set, target, cut_time, cfg, &etcd).await;
     let stopped = etcd.stop().await;
@@ -529,6 +547,13 @@ async fn replay_all(
             r.revision + 1
         )));
     }
+    tracing::info!(
+        revision = r.revision,
+        revisions = r.applied,
+        resent = r.resent,
+        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "replay done"
+    );
     Ok((n, r.applied, r.revision))
 }
 

@@ -473,6 +473,41 @@ fn restores_faithfully(version: EtcdVersion) {
     assert_eq!(v["header"]["revision"].as_i64().unwrap(), r.revision + 1);
     if version == EtcdVersion::V35 {
         point_in_time(&r, &ep, tmp.path());
+        // compact: the latest set collapses into one full at the same revision
+        let bk = tmp.path().join("bk-compact");
+        std::fs::create_dir_all(bk.join("v2")).unwrap();
+        for f in files_in(&r.bk.join("v2")) {
+            std::fs::copy(r.bk.join("v2").join(&f), bk.join("v2").join(&f)).unwrap();
+        }
+        let data = tmp.path().join("compacting");
+        let mut cmd = restore_cmd(&r, &bk, &data, free_port());
+        cmd.args(["--defragment"]);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let out = etcdbrctl()
+            .arg("compact")
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compact: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let snap = etcdbr::layout::Snapshot::parse_key(&key).unwrap();
+        assert_eq!(snap.last_revision, r.revision, "{key}");
+        let data = tmp.path().join("from-compacted");
+        let peer = free_port();
+        let out = restore_cmd(&r, &bk, &data, peer).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("0 deltas"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let (_e, ep3) = boot(version, &data, peer);
+        let (state, rev) = dump(version, &ep3);
+        assert_eq!((state, rev), (r.source.clone(), r.revision));
     } else {
         // a store as etcdbrctl writes it restores to the same keys
         let go = tmp.path().join("go-store");

@@ -308,6 +308,14 @@ impl SnapStore {
         Ok(layout::latest_set(&self.list().await?))
     }
 
+    /// The file holding a snapshot in a Local store (`None` for remote stores).
+    pub fn local_path(&self, snap: &Snapshot) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Local { root } => Some(root.join(self.key_of(snap))),
+            Backend::Remote => None,
+        }
+    }
+
     pub fn key_of(&self, snap: &Snapshot) -> String {
         snap.key(&self.cfg.prefix)
     }
