@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod codec;
 pub mod compact;
+pub mod copy;
 pub mod defrag;
 pub mod delta;
 pub mod deltasnap;
@@ -35,5 +36,6 @@ pub mod server;
 pub mod snaprev;
 pub mod snapshotter;
 pub mod store;
+pub mod streamio;
 
 pub use error::{Error, Result};

@@ -15,6 +15,7 @@ use crate::fullsnap::TrailerHasher;
 use crate::layout::{Kind, Snapshot, SnapshotSet};
 use crate::replay::{Replayer, TempEtcd, TempEtcdConfig};
 use crate::store::{SnapStore, StoreConfig};
+use crate::streamio::ChannelReader;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::io::{BufReader, Read, Write};
@@ -181,28 +182,6 @@ fn chain_after(
     (full, deltas, covered)
 }
 
-/// A blocking `Read` over chunks arriving on a channel.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        self.cur = self.cur.slice(n..);
-        Ok(n)
-    }
-}
-
 /// Streams a full snapshot into `dest`, decompressed, checking the sha256 trailer.
 async fn download_full(
     store: &SnapStore,
@@ -218,13 +197,7 @@ async fn download_full(
     let dest2 = dest.to_path_buf();
     let key2 = key.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let reader = BufReader::with_capacity(
-            256 << 10,
-            ChannelReader {
-                rx,
-                cur: Bytes::new(),
-            },
-        );
+        let reader = BufReader::with_capacity(256 << 10, ChannelReader::new(rx));
         let mut dec = codec
             .decoder(reader)
             .map_err(|e| Error::integrity(&key2, format!("decompress: {e}")))?;
