@@ -192,6 +192,7 @@ async fn download_full(
     let key = store.key_of(full);
     let codec =
         Codec::from_suffix(&full.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+    let total = store.size(full).await.unwrap_or(0);
     let mut stream = store.fetch(full).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
     let dest2 = dest.to_path_buf();
@@ -228,16 +229,42 @@ async fn download_full(
         }
         Ok(total)
     });
+    let (started, mut last_log, mut got) = (Instant::now(), Instant::now(), 0u64);
     while let Some(chunk) = stream.next().await {
         let failed = chunk.is_err();
+        if let Ok(c) = &chunk {
+            got += c.len() as u64;
+        }
         if tx.send(chunk).await.is_err() || failed {
             break;
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            progress("download", got, total, started);
+            last_log = Instant::now();
         }
     }
     drop(tx);
     worker
         .await
         .map_err(|e| Error::Other(format!("snapshot download worker failed: {e}")))?
+}
+
+/// One progress line: done/total bytes, rate, ETA.
+fn progress(what: &str, done: u64, total: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    let eta = if total > done && rate > 0.0 {
+        format!("{:.0}s", (total - done) as f64 / rate)
+    } else {
+        "-".into()
+    };
+    tracing::info!(
+        done_mib = done >> 20,
+        total_mib = total >> 20,
+        rate = format!("{:.1} MiB/s", rate / 1048576.0),
+        eta,
+        "{what} progress"
+    );
 }
 
 /// Fetches, decompresses and checks one delta.
