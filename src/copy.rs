@@ -67,7 +67,9 @@ async fn wait_for_final(source: &SnapStore, timeout: Option<Duration>) -> Result
             ));
         }
         tracing::info!("waiting for a final full snapshot in the source (checking every 15s)");
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+        let nap = left.map_or(Duration::from_secs(15), |l| l.min(Duration::from_secs(15)));
+        tokio::time::sleep(nap).await;
     }
 }
 

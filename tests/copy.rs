@@ -105,6 +105,34 @@ fn copies_with_filters_and_skips_existing() {
             .unwrap();
         assert_eq!(&data[..], &c[..], "{key}");
     }
+    // waiting for a final full: present in `src`, absent in `d2` (which has no .final)
+    let out = copy(
+        &tmp.path().join("d4"),
+        &[
+            "--wait-for-final-snapshot",
+            "--wait-for-final-snapshot-timeout",
+            "1s",
+        ],
+    );
+    assert!(out.contains("copied 6 objects"), "{out}");
+    let t = std::time::Instant::now();
+    let out = etcdbrctl()
+        .args([
+            "copy",
+            "--wait-for-final-snapshot",
+            "--wait-for-final-snapshot-timeout",
+            "1s",
+        ])
+        .arg("--source-store-container")
+        .arg(&d2)
+        .arg("--store-container")
+        .arg(tmp.path().join("d5"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no final full snapshot"));
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+
     // a bad filter value is refused
     let out = etcdbrctl()
         .args([
