@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs etcdbr's main job on the embedded defaults: full snapshots into the Local store
-# ./.etcdbr-local/backups, from the etcd named by ETCDBR_ENDPOINTS or, when none is given, from a
-# local etcd that this script starts (data in ./.etcdbr-local/etcd, 127.0.0.1, free port) and
-# stops on exit. Installs etcd and protoc from Debian when missing, builds the release binary.
-# Extra arguments go to `etcdbrctl snapshot` (e.g. --schedule "*/5 * * * *").
+# Runs etcdbr's main job, the sidecar (`etcdbrctl server`), on the embedded defaults: full and
+# delta snapshots into the Local store ./.etcdbr-local/backups, the HTTP API on 127.0.0.1:8080
+# (ETCDBR_SERVER_PORT to change), from the etcd named by ETCDBR_ENDPOINTS or, when none is given,
+# from a local etcd that this script starts (data in ./.etcdbr-local/etcd, 127.0.0.1, free port)
+# and stops on exit. Installs etcd and protoc from Debian when missing, builds the release binary.
+# Extra arguments go to `etcdbrctl server` (e.g. --schedule "*/5 * * * *"); `MODE=snapshot` runs
+# the standalone `etcdbrctl snapshot` job instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD/.etcdbr-local
@@ -49,7 +51,14 @@ if [ -z "$EP" ]; then
   done
   etcdctl --endpoints "$EP" --command-timeout=1s endpoint health >/dev/null 2>&1 || { log "etcd did not start; see $ROOT/etcd.log"; exit 1; }
 fi
-log "snapshots go to $ROOT/backups; Ctrl-C stops"
-"$BIN" snapshot --endpoints "$EP" --storage-provider Local --store-container "$ROOT/backups" "$@" &
+if [ "${MODE:-server}" = snapshot ]; then
+  log "snapshots go to $ROOT/backups; Ctrl-C stops"
+  set -- snapshot "$@"
+else
+  HTTP_PORT=${ETCDBR_SERVER_PORT:-8080}
+  log "snapshots go to $ROOT/backups; API on http://127.0.0.1:$HTTP_PORT (try: curl localhost:$HTTP_PORT/snapshot/latest); Ctrl-C stops"
+  set -- server --server-host 127.0.0.1 --server-port "$HTTP_PORT" "$@"
+fi
+"$BIN" "$@" --endpoints "$EP" --storage-provider Local --store-container "$ROOT/backups" &
 CHILD=$!
 wait "$CHILD"
