@@ -403,22 +403,7 @@ impl RestorationArgs {
 #[derive(Debug, Args)]
 pub struct ServerCmd {
     #[command(flatten)]
-    pub etcd: EtcdConnectionArgs,
-    #[command(flatten)]
-    pub store: SnapstoreArgs,
-    #[command(flatten)]
-    pub snapshotter: SnapshotterArgs,
-    #[command(flatten)]
-    pub compression: CompressionArgs,
-    #[command(flatten)]
-    pub backoff: BackoffArgs,
-    /// Schedule of etcd defragmentation (standard 5-field cron).
-    #[arg(
-        long = "defragmentation-schedule",
-        default_value = "0 0 */3 * *",
-        env = "ETCDBR_DEFRAGMENTATION_SCHEDULE"
-    )]
-    pub defragmentation_schedule: String,
+    pub job: JobArgs,
     /// port on which the HTTP server listens
     #[arg(
         short = 'p',
@@ -506,6 +491,13 @@ pub struct SnapshotCmd {
     #[command(subcommand)]
     pub action: Option<SnapshotAction>,
     #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// The flags of the snapshot job, shared by `snapshot` and `server`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
     pub etcd: EtcdConnectionArgs,
     #[command(flatten)]
     pub store: SnapstoreArgs,
@@ -522,6 +514,25 @@ pub struct SnapshotCmd {
         env = "ETCDBR_DEFRAGMENTATION_SCHEDULE"
     )]
     pub defragmentation_schedule: String,
+}
+
+impl JobArgs {
+    /// The job and the defragmentation schedule.
+    pub fn to_job(&self) -> Result<(SnapshotJob, Schedule)> {
+        let schedule = self.snapshotter.validate()?;
+        let job = SnapshotJob {
+            etcd: self.etcd.to_config()?,
+            store: self.store.to_config()?,
+            codec: self.compression.codec()?,
+            schedule,
+            backoff: self.backoff.backoff()?,
+            gc: self.snapshotter.gc()?,
+            delta: self.snapshotter.delta(self.compression.codec()?),
+        };
+        let defrag = Schedule::parse(&self.defragmentation_schedule)
+            .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
+        Ok((job, defrag))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -941,20 +952,12 @@ async fn run_command(cmd: Command) -> Result<()> {
                 Ok(())
             }
             None => {
-                let job = snapshot_job(
-                    &s.etcd,
-                    &s.store,
-                    &s.snapshotter,
-                    &s.compression,
-                    &s.backoff,
-                )?;
-                let defrag_schedule = Schedule::parse(&s.defragmentation_schedule)
-                    .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
+                let (job, defrag_schedule) = s.job.to_job()?;
                 tracing::info!(
                     endpoint = job.etcd.primary(),
                     provider = job.store.provider.as_str(),
                     compression = job.codec.policy_name(),
-                    schedule = %s.snapshotter.schedule,
+                    schedule = %s.job.snapshotter.schedule,
                     "starting the snapshot job"
                 );
                 let shutdown = shutdown_signal();
@@ -1040,35 +1043,8 @@ async fn run_command(cmd: Command) -> Result<()> {
     }
 }
 
-fn snapshot_job(
-    etcd: &EtcdConnectionArgs,
-    store: &SnapstoreArgs,
-    snapshotter: &SnapshotterArgs,
-    compression: &CompressionArgs,
-    backoff: &BackoffArgs,
-) -> Result<SnapshotJob> {
-    let schedule = snapshotter.validate()?;
-    Ok(SnapshotJob {
-        etcd: etcd.to_config()?,
-        store: store.to_config()?,
-        codec: compression.codec()?,
-        schedule,
-        backoff: backoff.backoff()?,
-        gc: snapshotter.gc()?,
-        delta: snapshotter.delta(compression.codec()?),
-    })
-}
-
 async fn run_server(s: ServerCmd) -> Result<()> {
-    let job = snapshot_job(
-        &s.etcd,
-        &s.store,
-        &s.snapshotter,
-        &s.compression,
-        &s.backoff,
-    )?;
-    let defrag_schedule = Schedule::parse(&s.defragmentation_schedule)
-        .map_err(|e| Error::config(format!("--defragmentation-schedule: {e}")))?;
+    let (job, defrag_schedule) = s.job.to_job()?;
     if s.reelection_period <= Duration::from_secs(1) {
         return Err(Error::config("--reelection-period must be longer than 1s"));
     }
@@ -1095,7 +1071,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         endpoint = job.etcd.primary(),
         provider = job.store.provider.as_str(),
         compression = job.codec.policy_name(),
-        schedule = %s.snapshotter.schedule,
+        schedule = %s.job.snapshotter.schedule,
         port = s.server_port,
         "starting the server"
     );

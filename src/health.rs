@@ -105,6 +105,12 @@ impl Health {
         }
     }
 
+    /// Whether the latest probe found this member leading (cheap: no staleness evaluation).
+    pub fn is_leader(&self) -> bool {
+        let i = self.lock();
+        i.etcd_error.is_none() && i.role.is_some_and(|r| r.is_leader())
+    }
+
     pub fn set_initializing(&self, on: bool) {
         self.lock().initializing = on;
     }

@@ -282,12 +282,11 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    pub async fn new(etcd: &TempEtcd, default_lease_ttl: i64, max_msg: usize) -> Result<Replayer> {
+    pub async fn new(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
         let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
         let mut client = Client::connect([etcd.endpoint.as_str()], Some(opts))
             .await
             .map_err(|e| etcd.err("connect", e))?;
-        let _ = max_msg; // requests are bounded by the source's own limits
         let r = client
             .get(
                 vec![0u8],

@@ -504,7 +504,7 @@ async fn replay_all(
     cfg: &RestoreConfig,
     etcd: &TempEtcd,
 ) -> Result<(usize, u64, i64)> {
-    let mut r = Replayer::new(etcd, cfg.default_lease_ttl, 0).await?;
+    let mut r = Replayer::new(etcd, cfg.default_lease_ttl).await?;
     let base = r.revision;
     tracing::info!(base_revision = base, target, "replaying deltas");
     let mut fetched = futures::stream::iter(set.deltas.iter())

@@ -17,7 +17,7 @@ use crate::leader::{self, Fence, Role};
 use crate::metrics;
 use crate::schedule::Schedule;
 use crate::snapshotter::{self, Control, Request, SnapshotJob, StartMode};
-use crate::store::SnapStore;
+use crate::store::RotatingStore;
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +46,8 @@ struct AppState {
     health: Arc<Health>,
     /// The running job's request channel (leader only).
     job: Mutex<Option<mpsc::Sender<Request>>>,
+    /// For `/snapshot/latest`: opened once, re-opened when the credentials rotate.
+    store: tokio::sync::Mutex<RotatingStore>,
     http: reqwest::Client,
 }
 
@@ -163,13 +165,11 @@ async fn snapshot_latest(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery)
     if let Err(r) = query_params(&q, &[]) {
         return *r;
     }
-    let set = async {
-        SnapStore::open(st.cfg.job.store.clone())
-            .await?
-            .latest_set()
-            .await
-    }
-    .await;
+    let store = st.store.lock().await.get().await.cloned();
+    let set = match store {
+        Ok(s) => s.latest_set().await,
+        Err(e) => Err(e),
+    };
     match set {
         Ok(set) => {
             let now = Utc::now();
@@ -218,32 +218,9 @@ async fn snapshot_full(
             }
         }
     }
-    if let Some(r) = not_leader(&st, &uri, &headers).await {
-        return r;
-    }
-    let Some(tx) = st.job_sender() else {
-        return not_active();
-    };
-    let (reply, rx) = oneshot::channel();
-    if tx.send(Request::Full { is_final, reply }).await.is_err() {
-        return not_active();
-    }
     let limit = st.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(Ok(snap))) => json(StatusCode::OK, &snap),
-        Ok(Ok(Err(e))) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("failed to take an out-of-schedule full snapshot: {e}"),
-        ),
-        Ok(Err(_)) => not_active(),
-        Err(_) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "the full snapshot did not finish within {}s",
-                limit.as_secs()
-            ),
-        ),
-    }
+    let make = |reply| Request::Full { is_final, reply };
+    ask_job(&st, &uri, &headers, make, limit, "full").await
 }
 
 async fn snapshot_delta(
@@ -261,26 +238,43 @@ async fn snapshot_delta(
             "delta snapshots are disabled (--delta-snapshot-period below 1s)",
         );
     }
-    if let Some(r) = not_leader(&st, &uri, &headers).await {
+    let make = |reply| Request::Delta { reply };
+    ask_job(&st, &uri, &headers, make, Duration::from_secs(300), "delta").await
+}
+
+/// Hands an out-of-schedule snapshot request to the job (forwarded when this sidecar does not
+/// lead) and answers with the snapshot's JSON, or a message.
+async fn ask_job<T: serde::Serialize>(
+    st: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    make: impl FnOnce(oneshot::Sender<std::result::Result<T, String>>) -> Request,
+    limit: Duration,
+    kind: &str,
+) -> Response {
+    if let Some(r) = not_leader(st, uri, headers).await {
         return r;
     }
     let Some(tx) = st.job_sender() else {
         return not_active();
     };
     let (reply, rx) = oneshot::channel();
-    if tx.send(Request::Delta { reply }).await.is_err() {
+    if tx.send(make(reply)).await.is_err() {
         return not_active();
     }
-    match tokio::time::timeout(Duration::from_secs(300), rx).await {
+    match tokio::time::timeout(limit, rx).await {
         Ok(Ok(Ok(snap))) => json(StatusCode::OK, &snap),
         Ok(Ok(Err(e))) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("failed to take an out-of-schedule delta snapshot: {e}"),
+            format!("failed to take an out-of-schedule {kind} snapshot: {e}"),
         ),
         Ok(Err(_)) => not_active(),
         Err(_) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "the delta snapshot did not finish within 300s",
+            format!(
+                "the {kind} snapshot did not finish within {}s",
+                limit.as_secs()
+            ),
         ),
     }
 }
@@ -467,7 +461,8 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     cfg.job.store.validate()?;
     cfg.job.etcd.validate()?;
     // the store must open (credentials, bucket name) before the server says it is up
-    SnapStore::open(cfg.job.store.clone()).await?;
+    let mut store = RotatingStore::new(cfg.job.store.clone());
+    store.get().await?;
     let health = Arc::new(Health::new(HealthConfig {
         schedule: cfg.job.schedule.clone(),
         delta_period: cfg.job.delta.map(|d| d.period),
@@ -480,6 +475,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg: cfg.clone(),
         health: health.clone(),
         job: Mutex::new(None),
+        store: tokio::sync::Mutex::new(store),
         http,
     });
     let host = if cfg.host.is_empty() {
@@ -506,7 +502,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let defrag_task = tokio::spawn(defrag::run_scheduled(
         cfg.job.etcd.clone(),
         cfg.defrag_schedule.clone(),
-        move || h2.report().role == RoleState::Leader,
+        move || h2.is_leader(),
         shutdown.clone(),
     ));
 
@@ -535,11 +531,6 @@ async fn leadership_loop(
             break;
         }
         let role = probe(cfg, &endpoint, &mut client).await;
-        if let Ok(r) = &role {
-            if let Some(m) = metrics::get() {
-                m.is_learner.set(r.is_learner as i64);
-            }
-        }
         st.health
             .set_role(role.as_ref().copied().map_err(|e| e.to_string()));
         let now_role = match &role {

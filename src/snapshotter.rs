@@ -20,12 +20,12 @@ use crate::layout::{Kind, Snapshot};
 use crate::leader::{self, Fence};
 use crate::metrics;
 use crate::schedule::Schedule;
-use crate::store::{self, credentials, SnapStore, StoreConfig};
+use crate::store::{RotatingStore, SnapStore, StoreConfig};
 use chrono::{DateTime, Utc};
 use etcd_client::Client;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// An out-of-schedule snapshot asked for over HTTP.
@@ -134,29 +134,6 @@ pub async fn save_once(
     fullsnap::take(&mut client, etcd_cfg, &store, codec, is_final, Fence::None).await
 }
 
-/// A store that is rebuilt when its credential files change (rotation without restart).
-struct RotatingStore {
-    cfg: StoreConfig,
-    store: Option<Arc<SnapStore>>,
-    cred_mtime: Option<SystemTime>,
-}
-
-impl RotatingStore {
-    async fn get(&mut self) -> Result<&Arc<SnapStore>> {
-        let mtime = store::credential_source(&self.cfg).and_then(|s| credentials::modified(&s));
-        if self.store.is_none() || mtime != self.cred_mtime {
-            if self.store.is_some() {
-                tracing::info!("store credentials changed; re-creating the store client");
-            }
-            self.store = Some(Arc::new(SnapStore::open(self.cfg.clone()).await?));
-            self.cred_mtime = mtime;
-        }
-        self.store
-            .as_ref()
-            .ok_or_else(|| Error::Other("store not initialised".into()))
-    }
-}
-
 /// The `snapshot` command: runs until `shutdown` turns true, starting with a full snapshot.
 /// Failures are logged and retried with backoff; the run only fails on configuration errors.
 pub async fn run_scheduled(job: SnapshotJob, shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -199,11 +176,7 @@ pub async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
     });
     ctl.health.job_started();
     let mut runner = Runner {
-        store: RotatingStore {
-            cfg: job.store.clone(),
-            store: None,
-            cred_mtime: None,
-        },
+        store: RotatingStore::new(job.store.clone()),
         job,
         ctl,
         client: None,

@@ -3,11 +3,9 @@
 mod common;
 
 use common::*;
-use etcdbr::codec::Codec;
 use etcdbr::delta::EventType;
 use etcdbr::layout::{Kind, Snapshot};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,11 +56,7 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
     let log = std::fs::read_to_string(tmp.path().join("job.log")).unwrap();
     assert!(status.success(), "SIGTERM must exit 0: {log}");
 
-    let mut snaps: Vec<Snapshot> = files_in(&bk.join("v2"))
-        .iter()
-        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
-        .collect();
-    etcdbr::layout::sort(&mut snaps);
+    let snaps = stored_in(&bk);
     let full = snaps.iter().find(|s| s.kind == Kind::Full).expect("a full");
     let deltas: Vec<&Snapshot> = snaps.iter().filter(|s| s.kind == Kind::Incr).collect();
     assert!(
@@ -79,15 +73,7 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
             "{} does not continue the chain",
             d.snap_name
         );
-        let raw = std::fs::read(bk.join("v2").join(&d.snap_name)).unwrap();
-        let mut payload = Vec::new();
-        Codec::from_suffix(&d.compression_suffix)
-            .unwrap()
-            .decoder(&raw[..])
-            .unwrap()
-            .read_to_end(&mut payload)
-            .unwrap();
-        let events = etcdbr::delta::parse(&payload, &d.snap_name).unwrap();
+        let events = delta_events(d, &std::fs::read(bk.join("v2").join(&d.snap_name)).unwrap());
         assert_eq!(
             events.first().unwrap().mod_revision,
             d.start_revision,
@@ -144,16 +130,6 @@ fn delta_chain_is_gap_free_and_final_delta_on_sigterm() {
     );
 }
 
-fn stored(bk: &std::path::Path) -> Vec<Snapshot> {
-    let mut v: Vec<Snapshot> = files_in(&bk.join("v2"))
-        .iter()
-        .filter(|f| !f.starts_with('.')) // uploads in flight
-        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
-        .collect();
-    etcdbr::layout::sort(&mut v);
-    v
-}
-
 /// etcd killed and restarted under the job, then compacted past the watch position: the job
 /// resumes; since the next revision is gone it takes a new full, and each set's chain is
 /// contiguous. Nothing is skipped silently.
@@ -188,7 +164,7 @@ fn etcd_restart_and_compaction_start_a_new_set() {
         .unwrap();
     let wait_for = |what: &str, f: &dyn Fn(&[Snapshot]) -> bool| {
         let t = Instant::now();
-        while !f(&stored(&bk)) {
+        while !f(&stored_in(&bk)) {
             let log = std::fs::read_to_string(tmp.path().join("job.log")).unwrap_or_default();
             assert!(
                 t.elapsed() < Duration::from_secs(40),
@@ -236,7 +212,7 @@ fn etcd_restart_and_compaction_start_a_new_set() {
         "the job must say why it took a full: {log}"
     );
 
-    let all = stored(&bk);
+    let all = stored_in(&bk);
     let fulls: Vec<&Snapshot> = all.iter().filter(|s| s.kind == Kind::Full).collect();
     assert_eq!(fulls.len(), 2, "{all:?}");
     assert!(

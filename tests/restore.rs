@@ -297,26 +297,19 @@ fn dump_at(version: EtcdVersion, endpoint: &str, rev: i64) -> BTreeMap<String, s
 /// reference is the fully restored etcd's own history (equal to the source's, checked before).
 fn point_in_time(r: &Recorded, latest_ep: &str, tmp: &Path) {
     let v2 = r.bk.join("v2");
-    let mut deltas: Vec<etcdbr::layout::Snapshot> = files_in(&v2)
-        .iter()
-        .filter(|f| f.starts_with("Incr-"))
-        .map(|f| etcdbr::layout::Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+    let mut deltas: Vec<etcdbr::layout::Snapshot> = stored_in(&r.bk)
+        .into_iter()
+        .filter(|s| s.kind == etcdbr::layout::Kind::Incr)
         .collect();
     deltas.sort_by_key(|d| d.start_revision);
     let mid = &deltas[deltas.len() / 2];
     // all events, for --to-time's expectation
     let mut events = Vec::new();
     for d in &deltas {
-        let raw = std::fs::read(v2.join(&d.snap_name)).unwrap();
-        let mut payload = Vec::new();
-        use std::io::Read;
-        etcdbr::codec::Codec::from_suffix(&d.compression_suffix)
-            .unwrap()
-            .decoder(&raw[..])
-            .unwrap()
-            .read_to_end(&mut payload)
-            .unwrap();
-        events.extend(etcdbr::delta::parse(&payload, &d.snap_name).unwrap());
+        events.extend(delta_events(
+            d,
+            &std::fs::read(v2.join(&d.snap_name)).unwrap(),
+        ));
     }
     let at = events[events.len() / 2].time;
     let t = at.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string();
@@ -370,25 +363,13 @@ fn point_in_time(r: &Recorded, latest_ep: &str, tmp: &Path) {
 /// gzip, zlib and lzw in turn, deltas re-encoded by Go's encoding/json (so without our
 /// `leaseTTL`), the full and the first deltas in the legacy v1 layout, the rest in v2.
 fn as_etcdbrctl_store(r: &Recorded, dest: &Path) {
-    use std::io::Read;
     let v2 = r.bk.join("v2");
-    let mut snaps: Vec<etcdbr::layout::Snapshot> = files_in(&v2)
-        .iter()
-        .map(|f| etcdbr::layout::Snapshot::parse_key(&format!("v2/{f}")).unwrap())
-        .collect();
-    etcdbr::layout::sort(&mut snaps);
+    let snaps = stored_in(&r.bk);
     let full_time = snaps[0].created_on.timestamp();
     let work = dest.join("work");
     std::fs::create_dir_all(&work).unwrap();
     for (i, s) in snaps.iter().enumerate() {
-        let raw = std::fs::read(v2.join(&s.snap_name)).unwrap();
-        let mut plain = Vec::new();
-        etcdbr::codec::Codec::from_suffix(&s.compression_suffix)
-            .unwrap()
-            .decoder(&raw[..])
-            .unwrap()
-            .read_to_end(&mut plain)
-            .unwrap();
+        let plain = decompress(s, &std::fs::read(v2.join(&s.snap_name)).unwrap());
         let p0 = work.join("plain");
         std::fs::write(&p0, &plain).unwrap();
         let mut input = p0.clone();
@@ -475,10 +456,7 @@ fn restores_faithfully(version: EtcdVersion) {
         point_in_time(&r, &ep, tmp.path());
         // compact: the latest set collapses into one full at the same revision
         let bk = tmp.path().join("bk-compact");
-        std::fs::create_dir_all(bk.join("v2")).unwrap();
-        for f in files_in(&r.bk.join("v2")) {
-            std::fs::copy(r.bk.join("v2").join(&f), bk.join("v2").join(&f)).unwrap();
-        }
+        copy_store(&r.bk, &bk);
         let data = tmp.path().join("compacting");
         let mut cmd = restore_cmd(&r, &bk, &data, free_port());
         cmd.args(["--defragment"]);
@@ -568,10 +546,7 @@ fn restores_faithfully(version: EtcdVersion) {
     ];
     for (what, object, damage) in cases {
         let bk = tmp.path().join(format!("bk-{}", what.replace(' ', "-")));
-        std::fs::create_dir_all(bk.join("v2")).unwrap();
-        for f in files_in(&v2) {
-            std::fs::copy(v2.join(&f), bk.join("v2").join(&f)).unwrap();
-        }
+        copy_store(&r.bk, &bk);
         damage(&bk.join("v2").join(&object));
         let target = tmp
             .path()

@@ -22,17 +22,15 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(endpoint: &str, store: &[String], extra: &[&str], log: PathBuf) -> Sidecar {
-        Self::start_env(endpoint, store, extra, log, vec![])
-    }
-
-    fn start_env(
-        endpoint: &str,
-        store: &[String],
-        extra: &[&str],
-        log: PathBuf,
-        env: Vec<(String, String)>,
-    ) -> Sidecar {
-        Self::start_at("127.0.0.1", free_port(), endpoint, store, extra, log, env)
+        Self::start_at(
+            "127.0.0.1",
+            free_port(),
+            endpoint,
+            store,
+            extra,
+            log,
+            vec![],
+        )
     }
 
     fn start_at(
@@ -147,16 +145,6 @@ fn local_store(dir: &Path) -> Vec<String> {
     vec!["--store-container".into(), dir.display().to_string()]
 }
 
-fn stored_local(bk: &Path) -> Vec<Snapshot> {
-    let mut v: Vec<Snapshot> = files_in(&bk.join("v2"))
-        .iter()
-        .filter(|f| !f.starts_with('.'))
-        .map(|f| Snapshot::parse_key(&format!("v2/{f}")).unwrap())
-        .collect();
-    etcdbr::layout::sort(&mut v);
-    v
-}
-
 fn read_local(bk: &Path) -> impl Fn(&Snapshot) -> Vec<u8> + '_ {
     move |s: &Snapshot| std::fs::read(bk.join("v2").join(&s.snap_name)).unwrap()
 }
@@ -214,7 +202,7 @@ fn single_member_api_restarts_compaction_and_final_delta() {
 
     let (stop, w) = writers(vec![etcd.endpoint.clone()], 2);
     sc.wait_until("3 deltas under load", 30, &|| {
-        stored_local(&bk)
+        stored_in(&bk)
             .iter()
             .filter(|s| s.kind == Kind::Incr)
             .count()
@@ -248,25 +236,25 @@ fn single_member_api_restarts_compaction_and_final_delta() {
     std::thread::sleep(Duration::from_secs(3));
     let fulls = |v: &[Snapshot]| v.iter().filter(|s| s.kind == Kind::Full).count();
     assert_eq!(
-        fulls(&stored_local(&bk)),
+        fulls(&stored_in(&bk)),
         1,
         "a restart catches up with deltas"
     );
 
     // down again; etcd compacts past the store's last revision meanwhile
     sc.stop();
-    let before = stored_local(&bk).last().unwrap().last_revision;
+    let before = stored_in(&bk).last().unwrap().last_revision;
     std::thread::sleep(Duration::from_secs(1));
     let compact = etcd.revision();
     assert!(compact > before + 1, "the load must have moved on");
     etcd.etcdctl(&["compact", &compact.to_string(), "--physical"]);
-    let fulls_before = stored_local(&bk)
+    let fulls_before = stored_in(&bk)
         .iter()
         .filter(|s| s.kind == Kind::Full)
         .count();
     sc.spawn();
     sc.wait_until("a new full after the compaction", 40, &|| {
-        stored_local(&bk)
+        stored_in(&bk)
             .iter()
             .filter(|s| s.kind == Kind::Full)
             .count()
@@ -288,7 +276,7 @@ fn single_member_api_restarts_compaction_and_final_delta() {
     let at_signal = etcd.revision();
     sc.stop();
     let writes = stop_writers(stop, w);
-    let all = stored_local(&bk);
+    let all = stored_in(&bk);
     let revs = check_chain(&all, &read_local(&bk));
     let last = all.last().unwrap().last_revision;
     assert!(
@@ -334,7 +322,7 @@ fn cluster_leader_change_continues_the_chain() {
     let (stop, w) = writers(eps.clone(), 2);
     let l = &sidecars[leader];
     l.wait_until("deltas from the leader's sidecar", 40, &|| {
-        stored_local(&bk)
+        stored_in(&bk)
             .iter()
             .filter(|s| s.kind == Kind::Incr)
             .count()
@@ -385,14 +373,14 @@ fn cluster_leader_change_continues_the_chain() {
     let writes = stop_writers(stop, w);
     let end = cluster.revision();
     nl.wait_until("the chain to reach the end of the load", 30, &|| {
-        stored_local(&bk)
+        stored_in(&bk)
             .last()
             .is_some_and(|s| s.last_revision >= end)
     });
     for s in sidecars.iter_mut() {
         s.stop();
     }
-    let all = stored_local(&bk);
+    let all = stored_in(&bk);
     let revs = check_chain(&all, &read_local(&bk));
     let fulls: Vec<&Snapshot> = all.iter().filter(|s| s.kind == Kind::Full).collect();
     assert_eq!(
@@ -447,7 +435,15 @@ fn s3_chain_and_staleness() {
         "AWS_APPLICATION_CREDENTIALS_JSON".to_string(),
         creds.display().to_string(),
     )];
-    let mut sc = Sidecar::start_env(&etcd.endpoint, &store, &[], log, env);
+    let mut sc = Sidecar::start_at(
+        "127.0.0.1",
+        free_port(),
+        &etcd.endpoint,
+        &store,
+        &[],
+        log,
+        env,
+    );
     sc.wait_until("healthy", 30, &|| sc.get("/healthz").0 == 200);
     let os = moto.store();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -547,7 +543,7 @@ fn follower_forwards_snapshot_requests_to_the_leaders_sidecar() {
         vec![],
     );
     leader.wait_until("the leader's first full", 40, &|| {
-        stored_local(&bk).iter().any(|s| s.kind == Kind::Full)
+        stored_in(&bk).iter().any(|s| s.kind == Kind::Full)
     });
     follower.wait_until("the follower to know its role", 20, &|| {
         follower.get("/healthz").1.contains("follower")
@@ -560,7 +556,7 @@ fn follower_forwards_snapshot_requests_to_the_leaders_sidecar() {
     assert_eq!(f["kind"], "Full", "{f}");
     let name = f["snapName"].as_str().unwrap().to_string();
     assert!(
-        stored_local(&bk).iter().any(|s| s.snap_name == name),
+        stored_in(&bk).iter().any(|s| s.snap_name == name),
         "{name} stored"
     );
     assert!(f["lastRevision"].as_i64().unwrap() >= rev, "{f}");

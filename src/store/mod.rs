@@ -623,3 +623,34 @@ impl PendingUpload {
 
 mod remote;
 pub use remote::credential_source;
+
+/// A store that is rebuilt when its credential files change (rotation without restart).
+pub struct RotatingStore {
+    cfg: StoreConfig,
+    store: Option<Arc<SnapStore>>,
+    cred_mtime: Option<std::time::SystemTime>,
+}
+
+impl RotatingStore {
+    pub fn new(cfg: StoreConfig) -> RotatingStore {
+        RotatingStore {
+            cfg,
+            store: None,
+            cred_mtime: None,
+        }
+    }
+
+    pub async fn get(&mut self) -> Result<&Arc<SnapStore>> {
+        let mtime = credential_source(&self.cfg).and_then(|s| credentials::modified(&s));
+        if self.store.is_none() || mtime != self.cred_mtime {
+            if self.store.is_some() {
+                tracing::info!("store credentials changed; re-creating the store client");
+            }
+            self.store = Some(Arc::new(SnapStore::open(self.cfg.clone()).await?));
+            self.cred_mtime = mtime;
+        }
+        self.store
+            .as_ref()
+            .ok_or_else(|| Error::Other("store not initialised".into()))
+    }
+}

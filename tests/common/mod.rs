@@ -836,15 +836,7 @@ pub fn check_chain(
                     "{} does not continue the chain (gap or overlap)",
                     s.snap_name
                 );
-                let raw = fetch(s);
-                let mut payload = Vec::new();
-                etcdbr::codec::Codec::from_suffix(&s.compression_suffix)
-                    .unwrap()
-                    .decoder(&raw[..])
-                    .unwrap()
-                    .read_to_end(&mut payload)
-                    .unwrap();
-                let events = etcdbr::delta::parse(&payload, &s.snap_name).unwrap();
+                let events = delta_events(s, &fetch(s));
                 let mut last = s.start_revision - 1;
                 for ev in &events {
                     assert!(
@@ -864,4 +856,41 @@ pub fn check_chain(
         }
     }
     revs
+}
+
+/// The snapshots of a Local store directory (`<bk>/v2`), sorted as etcdbrctl sorts them;
+/// uploads in flight (dot files) are left out.
+pub fn stored_in(bk: &Path) -> Vec<etcdbr::layout::Snapshot> {
+    let mut v: Vec<etcdbr::layout::Snapshot> = files_in(&bk.join("v2"))
+        .iter()
+        .filter(|f| !f.starts_with('.'))
+        .map(|f| etcdbr::layout::Snapshot::parse_key(&format!("v2/{f}")).unwrap())
+        .collect();
+    etcdbr::layout::sort(&mut v);
+    v
+}
+
+/// An object's bytes decompressed per its suffix.
+pub fn decompress(s: &etcdbr::layout::Snapshot, raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    etcdbr::codec::Codec::from_suffix(&s.compression_suffix)
+        .unwrap()
+        .decoder(raw)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The events of a delta object's (compressed) bytes.
+pub fn delta_events(s: &etcdbr::layout::Snapshot, raw: &[u8]) -> Vec<etcdbr::delta::Event> {
+    etcdbr::delta::parse(&decompress(s, raw), &s.snap_name).unwrap()
+}
+
+/// Copies a Local store's `v2` directory.
+pub fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("v2")).unwrap();
+    for f in files_in(&from.join("v2")) {
+        std::fs::copy(from.join("v2").join(&f), to.join("v2").join(&f)).unwrap();
+    }
 }
