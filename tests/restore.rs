@@ -13,10 +13,25 @@ use std::time::{Duration, Instant};
 
 /// The whole keyspace: key -> (value, create, mod, version, lease), and the header revision.
 fn dump(version: EtcdVersion, endpoint: &str) -> (BTreeMap<String, serde_json::Value>, i64) {
-    let out = clean_cmd(&version.etcdctl())
-        .args(["--endpoints", endpoint, "get", "", "--prefix", "-w", "json"])
-        .output()
-        .unwrap();
+    dump_rev(version, endpoint, None)
+}
+
+/// The state at `rev` as etcd at `endpoint` remembers it.
+fn dump_at(version: EtcdVersion, endpoint: &str, rev: i64) -> BTreeMap<String, serde_json::Value> {
+    dump_rev(version, endpoint, Some(rev)).0
+}
+
+fn dump_rev(
+    version: EtcdVersion,
+    endpoint: &str,
+    rev: Option<i64>,
+) -> (BTreeMap<String, serde_json::Value>, i64) {
+    let mut cmd = clean_cmd(&version.etcdctl());
+    cmd.args(["--endpoints", endpoint, "get", "", "--prefix", "-w", "json"]);
+    if let Some(r) = rev {
+        cmd.arg(format!("--rev={r}"));
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -262,35 +277,6 @@ fn boot(version: EtcdVersion, data_dir: &Path, peer: u16) -> (Proc, String) {
         std::thread::sleep(Duration::from_millis(200));
     }
     (child, ep)
-}
-
-/// The state at `rev` as etcd at `endpoint` remembers it.
-fn dump_at(version: EtcdVersion, endpoint: &str, rev: i64) -> BTreeMap<String, serde_json::Value> {
-    let out = clean_cmd(&version.etcdctl())
-        .args(["--endpoints", endpoint, "get", "", "--prefix", "-w", "json"])
-        .arg(format!("--rev={rev}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["kvs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|kv| {
-            let fields = serde_json::json!({
-                "value": kv["value"], "create_revision": kv["create_revision"],
-                "mod_revision": kv["mod_revision"], "version": kv["version"],
-                "lease": kv["lease"],
-            });
-            (kv["key"].as_str().unwrap().to_string(), fields)
-        })
-        .collect()
 }
 
 /// `--to-revision`, `--snapshot` and `--to-time` land exactly on the chosen point; the
