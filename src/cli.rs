@@ -539,6 +539,92 @@ impl JobArgs {
 pub enum SnapshotAction {
     /// Take one full snapshot into the store, print the object's name and exit.
     Save(SaveCmd),
+    /// Hash, revision, total keys and size of a snapshot, as `etcdctl snapshot status` prints
+    /// them (without etcd, and without hanging on a running etcd's db); the effective revision
+    /// and the sha256 trailer on stderr.
+    Status(StatusCmd),
+    /// Check a snapshot: its sha256 trailer and the structure of every page (bbolt's
+    /// `tx.Check`). Exits non-zero, naming each problem and its page, if it is damaged.
+    Verify(InspectArgs),
+    /// List the keys of a snapshot at its revision (or an older one still in its history).
+    Ls(LsCmd),
+    /// Print one key of a snapshot.
+    Get(GetCmd),
+}
+
+/// A snapshot to look into, and the store to find it in when it is not a local file.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A local file (a db, a snapshot with its sha256 trailer, or a compressed snapshot) or the
+    /// name of a snapshot in the store given by the store flags.
+    pub source: String,
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+}
+
+impl InspectArgs {
+    fn store(&self) -> Result<Option<StoreConfig>> {
+        if self.store.storage_provider.is_empty() && self.store.store_container.is_empty() {
+            return Ok(None);
+        }
+        self.store.to_config().map(Some)
+    }
+
+    async fn open(&self) -> Result<crate::inspect::Opened> {
+        crate::inspect::open(
+            &self.source,
+            self.store()?,
+            &self.store.snapstore_temp_directory,
+        )
+        .await
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// Output format, as etcdctl's `-w`.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    pub write_out: crate::inspect::Format,
+}
+
+/// What `ls` and `get` print.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Read at this revision instead of the snapshot's (it must be in the kept history).
+    #[arg(long = "revision")]
+    pub revision: Option<i64>,
+    /// Output: a table, or JSON lines.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    pub write_out: crate::inspect::ListFormat,
+    /// Show `/registry/` keys as resource/namespace/name with the objects' apiVersion and kind.
+    #[arg(long = "kubernetes")]
+    pub kubernetes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// Only keys starting with this prefix.
+    #[arg(long = "prefix", default_value = "")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// The key.
+    pub key: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Write the value (with --kubernetes and a protobuf object: the raw object) to this file.
+    #[arg(long = "out")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -950,6 +1036,37 @@ async fn run_command(cmd: Command) -> Result<()> {
                 let report = snapshotter::save_once(&etcd, store, codec, save.is_final).await?;
                 println!("{}", report.key);
                 Ok(())
+            }
+            Some(SnapshotAction::Status(c)) => {
+                let o = c.src.open().await?;
+                crate::inspect::print_status(o, c.write_out).await
+            }
+            Some(SnapshotAction::Verify(c)) => {
+                let o = c.open().await?;
+                crate::inspect::print_verify(o).await
+            }
+            Some(SnapshotAction::Ls(c)) => {
+                let o = c.src.open().await?;
+                crate::inspect::print_ls(
+                    o,
+                    c.prefix.into_bytes(),
+                    c.read.revision,
+                    c.read.write_out,
+                    c.read.kubernetes,
+                )
+                .await
+            }
+            Some(SnapshotAction::Get(c)) => {
+                let o = c.src.open().await?;
+                crate::inspect::print_get(
+                    o,
+                    c.key.into_bytes(),
+                    c.read.revision,
+                    c.read.write_out,
+                    c.read.kubernetes,
+                    c.out,
+                )
+                .await
             }
             None => {
                 let (job, defrag_schedule) = s.job.to_job()?;

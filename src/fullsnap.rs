@@ -70,6 +70,12 @@ impl TrailerHasher {
         self.total
     }
 
+    /// The SHA-256 of everything but the last 32 bytes, and those last bytes (the candidate
+    /// trailer).
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        (self.h.finalize().to_vec(), self.tail)
+    }
+
     /// Checks etcd's rules: length % 512 == 32 and the trailer equals the SHA-256 of the rest.
     pub fn verify(self, object: &str) -> Result<()> {
         if self.total % 512 != TRAILER as u64 {

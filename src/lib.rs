@@ -12,6 +12,7 @@
 //! * [`snapshotter`]: the scheduled snapshot loop with exponential backoff;
 //! * [`cli`]: the `etcdbrctl` command line.
 
+pub mod bbolt;
 pub mod cli;
 pub mod codec;
 pub mod compact;
@@ -25,6 +26,8 @@ pub mod etcd;
 pub mod fullsnap;
 pub mod gc;
 pub mod health;
+pub mod inspect;
+pub mod k8s;
 pub mod layout;
 pub mod leader;
 pub mod lzw;
@@ -32,6 +35,7 @@ pub mod metrics;
 pub mod replay;
 pub mod restore;
 pub mod schedule;
+pub mod schema;
 pub mod server;
 pub mod snaprev;
 pub mod snapshotter;
