@@ -14,6 +14,7 @@
 //! neither.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -229,6 +230,12 @@ impl<'a> Page<'a> {
 
     /// Leaf element `i`: (flags, key, value).
     fn leaf(&self, i: usize) -> std::result::Result<(u32, &'a [u8], &'a [u8]), Problem> {
+        let (flags, k, v) = self.leaf_at(i)?;
+        Ok((flags, &self.data[k], &self.data[v]))
+    }
+
+    /// Leaf element `i`: flags and where its key and value lie in the page's bytes.
+    fn leaf_at(&self, i: usize) -> std::result::Result<(u32, Range<usize>, Range<usize>), Problem> {
         let e = PAGE_HEADER + i * ELEMENT;
         let d = self.data;
         let (flags, pos, ksize, vsize) = (
@@ -237,9 +244,13 @@ impl<'a> Page<'a> {
             u32_at(d, e + 8).unwrap_or(0) as usize,
             u32_at(d, e + 12).unwrap_or(0) as usize,
         );
-        let key = self.slice(e + pos, ksize, &format!("key of element {i}"))?;
-        let value = self.slice(e + pos + ksize, vsize, &format!("value of element {i}"))?;
-        Ok((flags, key, value))
+        self.slice(e + pos, ksize, &format!("key of element {i}"))?;
+        self.slice(e + pos + ksize, vsize, &format!("value of element {i}"))?;
+        Ok((
+            flags,
+            e + pos..e + pos + ksize,
+            e + pos + ksize..e + pos + ksize + vsize,
+        ))
     }
 
     /// Branch element `i`: (first key of the child, child page id).
@@ -461,13 +472,86 @@ impl Db {
 
     /// Calls `f(flags, key, value)` for every entry of `bucket`, in key order; stops at the first
     /// structural problem or error of `f`.
-    pub fn for_each(
-        &self,
-        bucket: &Bucket,
-        f: &mut Visit<'_>,
-    ) -> Result<()> {
+    pub fn for_each(&self, bucket: &Bucket, f: &mut Visit<'_>) -> Result<()> {
         let mut walker = Walker::new(self, true);
         walker.tree(&bucket.root, f).map_err(|p| self.corrupt(p))
+    }
+
+    /// Where `key`'s value lies in the file: (byte offset, length), in the tree rooted at page
+    /// `root` or, with `inline_at` = the file offset of an inline bucket's page, in that page.
+    fn find(
+        &self,
+        root: BucketRoot,
+        inline_at: u64,
+        key: &[u8],
+    ) -> Result<Option<(u32, u64, usize)>> {
+        let ps = u64::from(self.meta.page_size);
+        let (mut data, mut base, mut id) = match root {
+            BucketRoot::Inline(d) => (d, inline_at, None),
+            BucketRoot::Page(id) => {
+                let mut buf = Vec::new();
+                self.read_page(id, &mut buf).map_err(|p| self.corrupt(p))?;
+                (buf, id * ps, Some(id))
+            }
+        };
+        for _ in 0..MAX_DEPTH {
+            let page = Page::parse(id, &data).map_err(|p| self.corrupt(p))?;
+            match page.flags {
+                FLAG_LEAF => {
+                    for i in 0..page.count {
+                        let (flags, k, v) = page.leaf_at(i).map_err(|p| self.corrupt(p))?;
+                        if &data[k] == key {
+                            return Ok(Some((flags, base + v.start as u64, v.len())));
+                        }
+                    }
+                    return Ok(None);
+                }
+                FLAG_BRANCH => {
+                    let mut child = None;
+                    for i in 0..page.count {
+                        let (k, c) = page.branch(i).map_err(|p| self.corrupt(p))?;
+                        if i == 0 || k <= key {
+                            child = Some(c);
+                        } else {
+                            break;
+                        }
+                    }
+                    let Some(c) = child else { return Ok(None) };
+                    let mut buf = Vec::new();
+                    self.read_page(c, &mut buf).map_err(|p| self.corrupt(p))?;
+                    (data, base, id) = (buf, c * ps, Some(c));
+                }
+                f => {
+                    return Err(
+                        self.corrupt(problem(id, format!("invalid page flags {f:#x} in a tree")))
+                    )
+                }
+            }
+        }
+        Err(self.corrupt(problem(id, "tree deeper than 64 levels")))
+    }
+
+    /// Where the value of `key` in the top-level bucket `bucket` lies in the file: (byte
+    /// offset, length). For patching values in place (same length, no tree change).
+    pub fn locate(&self, bucket: &[u8], key: &[u8]) -> Result<Option<(u64, usize)>> {
+        let Some((flags, at, len)) = self.find(BucketRoot::Page(self.meta.root), 0, bucket)? else {
+            return Ok(None);
+        };
+        if flags & BUCKET_LEAF == 0 {
+            return Ok(None);
+        }
+        let mut value = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut value, at)
+            .map_err(|e| BoltError::Io {
+                path: self.path.clone(),
+                what: "read a bucket header".into(),
+                source: e,
+            })?;
+        let root = bucket_root(&value).map_err(|m| self.corrupt(problem(None, m)))?;
+        Ok(self
+            .find(root, at + BUCKET_HEADER as u64, key)?
+            .map(|(_, off, len)| (off, len)))
     }
 
     /// The structural check of the whole file (bbolt's `tx.Check`); empty when sound.

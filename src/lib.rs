@@ -34,6 +34,7 @@ pub mod lzw;
 pub mod metrics;
 pub mod replay;
 pub mod restore;
+pub mod revbump;
 pub mod schedule;
 pub mod schema;
 pub mod server;

@@ -197,8 +197,46 @@ impl TempEtcd {
             Ok(Err(e)) => Err(Error::io(&self.log, "wait for the temporary etcd", e)),
             Err(_) => {
                 let _ = self.child.kill().await;
-                Ok(())
+                Err(Error::Other(format!(
+                    "the temporary etcd did not stop within 30 s of SIGTERM and was killed; see {}",
+                    self.log.display()
+                )))
             }
+        }
+    }
+
+    /// Compacts at the current revision, physically (both compaction marks written); returns
+    /// the revision.
+    pub async fn compact_to_current(&self) -> Result<i64> {
+        let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
+        let mut c = Client::connect([self.endpoint.as_str()], Some(opts))
+            .await
+            .map_err(|e| self.err("connect", e))?;
+        let r = c
+            .get(
+                vec![0u8],
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await
+            .map_err(|e| self.err("read the revision", e))?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        match c
+            .compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        {
+            Ok(_) => Ok(rev),
+            // compacted at this very revision already (a base that was just compacted)
+            Err(etcd_client::Error::GRpcStatus(st)) if st.message().contains("compacted") => {
+                Ok(rev)
+            }
+            Err(e) => Err(self.err(&format!("compact at revision {rev}"), e)),
         }
     }
 }

@@ -45,6 +45,53 @@ pub struct RestoreConfig {
     pub default_lease_ttl: i64,
     /// What to restore.
     pub target: Target,
+    /// `--bump-revision` (0: none) and `--mark-compacted`.
+    pub bump_revision: i64,
+    pub mark_compacted: bool,
+}
+
+/// How `--bump-revision` is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BumpPlan {
+    None,
+    /// By etcd's restore tool (it supports the flags and no delta follows the base).
+    Tool,
+    /// By moving the compaction marks after the replay ([`crate::revbump`]).
+    Patch,
+}
+
+/// Whether etcd's restore tool knows `--bump-revision` (etcdutl 3.5.10+, etcdctl 3.4.27+).
+fn tool_supports_bump(tool: &Path) -> bool {
+    std::process::Command::new(tool)
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore", "--help"])
+        .output()
+        .map(|o| {
+            let text = [o.stdout, o.stderr].concat();
+            String::from_utf8_lossy(&text).contains("bump-revision")
+        })
+        .unwrap_or(false)
+}
+
+fn bump_plan(cfg: &RestoreConfig, tool: &Path, replay_needed: bool) -> Result<BumpPlan> {
+    if cfg.bump_revision == 0 {
+        return Ok(BumpPlan::None);
+    }
+    if !replay_needed && tool_supports_bump(tool) {
+        return Ok(BumpPlan::Tool);
+    }
+    if cfg.mark_compacted {
+        return Ok(BumpPlan::Patch);
+    }
+    Err(Error::config(format!(
+        "--bump-revision without --mark-compacted needs a restore tool that supports it (etcdutl >= 3.5.10, etcdctl >= 3.4.27) and no deltas after the full; {} {}. Add --mark-compacted (what Kubernetes needs anyway).",
+        tool.display(),
+        if replay_needed {
+            "would restore only the full, and deltas follow it"
+        } else {
+            "does not support it"
+        }
+    )))
 }
 
 /// The point to restore.
@@ -293,17 +340,27 @@ async fn fetch_delta(store: &SnapStore, d: &Snapshot) -> Result<Vec<delta::Event
     .map_err(|e| Error::Other(format!("delta decoder failed: {e}")))?
 }
 
-fn run_restore_tool(cfg: &RestoreConfig, db: &Path, out: &Path) -> Result<()> {
-    let tool = match &cfg.restore_tool {
-        Some(t) => t.clone(),
+/// etcd's restore tool: the one named, else etcdutl, else etcdctl, from PATH.
+fn restore_tool(cfg: &RestoreConfig) -> Result<PathBuf> {
+    match &cfg.restore_tool {
+        Some(t) => Ok(t.clone()),
         None => find_on_path("etcdutl")
             .or_else(|| find_on_path("etcdctl"))
             .ok_or_else(|| {
                 Error::config(
                     "neither etcdutl nor etcdctl is on PATH: install etcd's tools or name one with --etcd-restore-tool",
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+fn run_restore_tool(
+    cfg: &RestoreConfig,
+    tool: &Path,
+    plan: BumpPlan,
+    db: &Path,
+    out: &Path,
+) -> Result<()> {
     let mut cmd = std::process::Command::new(&tool);
     cmd.env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
@@ -320,9 +377,15 @@ fn run_restore_tool(cfg: &RestoreConfig, db: &Path, out: &Path) -> Result<()> {
     if cfg.skip_hash_check {
         cmd.arg("--skip-hash-check");
     }
+    if plan == BumpPlan::Tool {
+        cmd.args(["--bump-revision", &cfg.bump_revision.to_string()]);
+        if cfg.mark_compacted {
+            cmd.arg("--mark-compacted");
+        }
+    }
     let o = cmd
         .output()
-        .map_err(|e| Error::io(&tool, "run etcd's snapshot restore", e))?;
+        .map_err(|e| Error::io(tool, "run etcd's snapshot restore", e))?;
     if !o.status.success() {
         return Err(Error::Other(format!(
             "{} snapshot restore failed ({}): {}",
@@ -462,6 +525,9 @@ async fn restore_into(
     part: &Path,
     tmp: &Path,
 ) -> Result<(usize, u64, Duration, i64)> {
+    let replay_needed = !(set.deltas.is_empty() || full.last_revision >= target);
+    let tool = restore_tool(cfg)?;
+    let plan = bump_plan(cfg, &tool, replay_needed)?;
     // An uncompressed object in a Local store is etcd's file as is: the tool reads it in place
     // and checks its sha256 trailer itself (the same check, unless --skip-hash-check).
     let in_place = store
@@ -477,23 +543,55 @@ async fn restore_into(
         }
     };
     let (cfg2, db2, part2) = (cfg.clone(), db.clone(), part.to_path_buf());
-    tokio::task::spawn_blocking(move || run_restore_tool(&cfg2, &db2, &part2))
+    tokio::task::spawn_blocking(move || run_restore_tool(&cfg2, &tool, plan, &db2, &part2))
         .await
         .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))??;
     if in_place.is_none() {
         std::fs::remove_file(&db)
             .map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
     }
-    if set.deltas.is_empty() || full.last_revision >= target {
-        return Ok((0, 0, Duration::ZERO, full.last_revision));
+    let base_revision = match plan {
+        BumpPlan::Tool => full.last_revision + cfg.bump_revision,
+        _ => full.last_revision,
+    };
+    if !replay_needed && plan != BumpPlan::Patch {
+        return Ok((0, 0, Duration::ZERO, base_revision));
     }
     let etcd = TempEtcd::start(&temp_etcd_config(cfg, tmp.join("etcd.log"))?, part).await?;
     let replay_started = Instant::now();
-    let result = replay_all(store, set, target, cut_time, cfg, &etcd).await;
+    let result = if replay_needed {
+        replay_all(store, set, target, cut_time, cfg, &etcd).await
+    } else {
+        Ok((0, 0, base_revision))
+    };
+    let replay_elapsed = replay_started.elapsed();
+    let result = match (result, plan) {
+        (Ok(r), BumpPlan::Patch) => etcd.compact_to_current().await.map(|rev| (r, rev)),
+        (r, _) => r.map(|r| (r, r.2)),
+    };
     let stopped = etcd.stop().await;
-    let (n, revs, reached) = result?;
+    let ((n, revs, reached), compacted_at) = result?;
     stopped?;
-    Ok((n, revs, replay_started.elapsed(), reached))
+    if plan != BumpPlan::Patch {
+        return Ok((n, revs, replay_elapsed, reached));
+    }
+    if compacted_at != reached {
+        return Err(Error::Other(format!(
+            "the temporary etcd is at revision {compacted_at} after the replay, not {reached}: not bumping"
+        )));
+    }
+    let (db, bump) = (part.join("member/snap/db"), cfg.bump_revision);
+    let bumped =
+        tokio::task::spawn_blocking(move || crate::revbump::bump_and_mark_compacted(&db, bump));
+    let new = bumped
+        .await
+        .map_err(|e| Error::Other(format!("revision bump worker failed: {e}")))??;
+    tracing::info!(
+        from = reached,
+        to = new,
+        "revision bumped and marked compacted (reads and watches below it answer \"compacted\")"
+    );
+    Ok((n, revs, replay_elapsed, new))
 }
 
 async fn replay_all(
