@@ -361,7 +361,7 @@ fn run_restore_tool(
     db: &Path,
     out: &Path,
 ) -> Result<()> {
-    let mut cmd = std::process::Command::new(&tool);
+    let mut cmd = std::process::Command::new(tool);
     cmd.env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
         .arg(db)
