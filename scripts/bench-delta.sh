@@ -24,7 +24,7 @@ env -u ETCD_NAME etcd --name b --data-dir "$W/etcd" --listen-client-urls "$EP" -
   --initial-cluster "b=http://127.0.0.1:$P" --quota-backend-bytes 8589934592 >"$W/etcd.log" 2>&1 &
 ETCD_PID=$!
 JOB_PID=""
-trap 'kill $JOB_PID $ETCD_PID 2>/dev/null; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $JOB_PID $ETCD_PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 for _ in $(seq 1 100); do etcdctl --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 HTTP_PORT=$(port)
 if [ "$MODE" = server ]; then

@@ -21,7 +21,7 @@ env -u ETCD_NAME etcd --name b --data-dir "$W/etcd" --listen-client-urls "$EP" -
   --listen-peer-urls "http://127.0.0.1:$P" --initial-advertise-peer-urls "http://127.0.0.1:$P" \
   --initial-cluster "b=http://127.0.0.1:$P" --quota-backend-bytes 8589934592 >"$W/etcd.log" 2>&1 &
 ETCD_PID=$!
-trap 'kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $ETCD_PID 2>/dev/null || true; wait $ETCD_PID 2>/dev/null || true; rm -rf "$W"' EXIT
 for _ in $(seq 1 100); do etcdctl --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 target/release/examples/etcd_fill --endpoint "$EP" --mib "$SIZE_MIB"
 DB=$(etcdctl --endpoints "$EP" endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')

@@ -32,7 +32,7 @@ env -u ETCD_NAME "$ETCD" --name b --data-dir "$W/etcd" --listen-client-urls "$EP
   --initial-cluster "b=http://127.0.0.1:$P" --quota-backend-bytes 8589934592 >"$W/etcd.log" 2>&1 &
 ETCD_PID=$!
 JOB_PID=""
-trap 'kill $JOB_PID $ETCD_PID 2>/dev/null; wait 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $JOB_PID $ETCD_PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 export ETCDCTL_API=3
 for _ in $(seq 1 100); do "$CTL" --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 target/release/examples/etcd_fill --endpoint "$EP" --mib "$SIZE_MIB"

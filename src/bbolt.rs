@@ -531,6 +531,30 @@ impl Db {
         Err(self.corrupt(problem(id, "tree deeper than 64 levels")))
     }
 
+    /// The value of `key` in `bucket` (a point lookup: one page per tree level).
+    pub fn get(&self, bucket: &Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match &bucket.root {
+            BucketRoot::Inline(data) => Ok(self
+                .find(bucket.root.clone(), 0, key)?
+                .and_then(|(_, off, len)| data.get(off as usize..off as usize + len))
+                .map(<[u8]>::to_vec)),
+            BucketRoot::Page(_) => {
+                let Some((_, off, len)) = self.find(bucket.root.clone(), 0, key)? else {
+                    return Ok(None);
+                };
+                let mut v = vec![0u8; len];
+                self.file
+                    .read_exact_at(&mut v, off)
+                    .map_err(|e| BoltError::Io {
+                        path: self.path.clone(),
+                        what: format!("read a value at offset {off}"),
+                        source: e,
+                    })?;
+                Ok(Some(v))
+            }
+        }
+    }
+
     /// Where the value of `key` in the top-level bucket `bucket` lies in the file: (byte
     /// offset, length). For patching values in place (same length, no tree change).
     pub fn locate(&self, bucket: &[u8], key: &[u8]) -> Result<Option<(u64, usize)>> {
@@ -556,6 +580,13 @@ impl Db {
 
     /// The structural check of the whole file (bbolt's `tx.Check`); empty when sound.
     pub fn check(&self) -> Vec<Problem> {
+        self.check_with(&mut |_, _, _, _| Ok(()))
+    }
+
+    /// [`Db::check`], calling `visit(bucket name, flags, key, value)` for every entry of every
+    /// top-level bucket, in order, on the same walk (entries of damaged pages are skipped and
+    /// their problems reported; an error of `visit` is reported as a problem of its page).
+    pub fn check_with(&self, visit: &mut TopVisit<'_>) -> Vec<Problem> {
         let mut walker = Walker::new(self, false);
         if let Some(m) = &self.other_meta {
             walker.problems.push(problem(None, m.clone()));
@@ -572,7 +603,7 @@ impl Db {
         walker.mark(0, 0);
         walker.mark(1, 0);
         let freed = walker.freelist();
-        walker.check_bucket(&BucketRoot::Page(self.meta.root), 0);
+        walker.check_bucket(&[], &BucketRoot::Page(self.meta.root), 0, visit);
         if let Some(freed) = freed {
             for id in 2..self.meta.hwm {
                 let reachable = walker.seen(id);
@@ -599,7 +630,16 @@ struct Walker<'a> {
     problems: Vec<Problem>,
     /// Stop at the first problem (reading) or collect them all (checking).
     strict: bool,
+    bufs: Vec<Vec<u8>>,
 }
+
+/// The flags [`Db::check_with`] passes once when a top-level bucket starts (no key, no value).
+pub const BUCKET_START: u32 = u32::MAX;
+
+/// Called with (bucket name, element flags, key, value) for each entry of a top-level bucket,
+/// and with [`BUCKET_START`] before the first.
+pub type TopVisit<'v> =
+    dyn FnMut(&[u8], u32, &[u8], &[u8]) -> std::result::Result<(), Problem> + 'v;
 
 /// Called with (element flags, key, value) for each leaf entry.
 pub type Visit<'v> = dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), Problem> + 'v;
@@ -612,6 +652,7 @@ impl<'a> Walker<'a> {
             reached: if strict { Vec::new() } else { vec![0; words] },
             problems: Vec::new(),
             strict,
+            bufs: Vec::new(),
         }
     }
 
@@ -696,13 +737,22 @@ impl<'a> Walker<'a> {
     }
 
     /// Checks a bucket's tree and, recursively, its nested buckets.
-    fn check_bucket(&mut self, root: &BucketRoot, depth: usize) {
+    fn check_bucket(
+        &mut self,
+        name: &[u8],
+        root: &BucketRoot,
+        depth: usize,
+        visit: &mut TopVisit<'_>,
+    ) {
         if depth > MAX_DEPTH {
             self.problems.push(problem(None, "buckets nested too deep"));
             return;
         }
         let mut nested: Vec<(Vec<u8>, BucketRoot)> = Vec::new();
         let r = self.tree(root, &mut |flags, k, v| {
+            if depth == 1 {
+                visit(name, flags, k, v)?;
+            }
             if flags & BUCKET_LEAF != 0 {
                 let r = bucket_root(v).map_err(|m| {
                     problem(
@@ -717,8 +767,13 @@ impl<'a> Walker<'a> {
         if let Err(p) = r {
             self.problems.push(p);
         }
-        for (_, r) in nested {
-            self.check_bucket(&r, depth + 1);
+        for (n, r) in nested {
+            if depth == 0 {
+                if let Err(p) = visit(&n, BUCKET_START, &[], &[]) {
+                    self.problems.push(p);
+                }
+            }
+            self.check_bucket(&n, &r, depth + 1, visit);
         }
     }
 
@@ -763,6 +818,23 @@ impl<'a> Walker<'a> {
         depth: usize,
         visit: &mut Visit<'_>,
     ) -> std::result::Result<(), Problem> {
+        // one buffer per tree level, reused across the walk
+        let mut buf = self.bufs.pop().unwrap_or_default();
+        let r = self.node_in(&mut buf, id, lo, hi, depth, visit);
+        self.bufs.push(buf);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node_in(
+        &mut self,
+        buf: &mut Vec<u8>,
+        id: u64,
+        lo: Option<&[u8]>,
+        hi: Option<&[u8]>,
+        depth: usize,
+        visit: &mut Visit<'_>,
+    ) -> std::result::Result<(), Problem> {
         if depth > MAX_DEPTH {
             return self.fail(problem(Some(id), "tree deeper than 64 levels (a cycle?)"));
         }
@@ -772,15 +844,14 @@ impl<'a> Walker<'a> {
                 "a meta page is referenced as a tree page",
             ));
         }
-        let mut buf = Vec::new();
-        if let Err(p) = self.db.read_page(id, &mut buf) {
+        if let Err(p) = self.db.read_page(id, buf) {
             return self.fail(p);
         }
-        let overflow = u64::from(u32_at(&buf, 12).unwrap_or(0));
+        let overflow = u64::from(u32_at(buf, 12).unwrap_or(0));
         if !self.mark(id, overflow) {
             return Ok(()); // reached twice: reported, not walked again
         }
-        let page = match Page::parse(Some(id), &buf) {
+        let page = match Page::parse(Some(id), buf) {
             Ok(p) => p,
             Err(p) => return self.fail(p),
         };

@@ -592,11 +592,12 @@ impl InspectArgs {
         self.store.to_config().map(Some)
     }
 
-    async fn open(&self) -> Result<crate::inspect::Opened> {
+    async fn open(&self, check_hash: bool) -> Result<crate::inspect::Opened> {
         crate::inspect::open(
             &self.source,
             self.store()?,
             &self.store.snapstore_temp_directory,
+            check_hash,
         )
         .await
     }
@@ -609,6 +610,10 @@ pub struct StatusCmd {
     /// Output format, as etcdctl's `-w`.
     #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
     pub write_out: crate::inspect::Format,
+    /// Do not hash a local file against its sha256 trailer (etcdctl's amount of work; `verify`
+    /// always hashes).
+    #[arg(long = "skip-hash-check")]
+    pub skip_hash_check: bool,
 }
 
 /// What `ls` and `get` print.
@@ -1060,15 +1065,15 @@ async fn run_command(cmd: Command) -> Result<()> {
                 Ok(())
             }
             Some(SnapshotAction::Status(c)) => {
-                let o = c.src.open().await?;
+                let o = c.src.open(!c.skip_hash_check).await?;
                 crate::inspect::print_status(o, c.write_out).await
             }
             Some(SnapshotAction::Verify(c)) => {
-                let o = c.open().await?;
+                let o = c.open(true).await?;
                 crate::inspect::print_verify(o).await
             }
             Some(SnapshotAction::Ls(c)) => {
-                let o = c.src.open().await?;
+                let o = c.src.open(false).await?;
                 crate::inspect::print_ls(
                     o,
                     c.prefix.into_bytes(),
@@ -1079,7 +1084,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                 .await
             }
             Some(SnapshotAction::Get(c)) => {
-                let o = c.src.open().await?;
+                let o = c.src.open(false).await?;
                 crate::inspect::print_get(
                     o,
                     c.key.into_bytes(),

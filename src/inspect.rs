@@ -30,6 +30,8 @@ pub enum Trailer {
     },
     /// A length that is neither (a truncated or padded file).
     Malformed(u64),
+    /// Present by its length, not hashed (`--skip-hash-check`).
+    Unchecked,
 }
 
 impl std::fmt::Display for Trailer {
@@ -41,6 +43,7 @@ impl std::fmt::Display for Trailer {
                 f,
                 "present, MISMATCH: the data hashes to {computed}, the trailer says {stored}"
             ),
+            Trailer::Unchecked => f.write_str("present, not checked (--skip-hash-check)"),
             Trailer::Malformed(len) => write!(
                 f,
                 "unknown: {len} bytes is neither whole 512-byte blocks nor blocks plus a 32-byte hash (truncated?)"
@@ -79,9 +82,24 @@ pub struct Opened {
     pub db: Db,
     /// What the user named (file path or stored key).
     pub label: String,
-    pub trailer: Trailer,
+    trailer: Option<Trailer>,
+    /// The trailer of a raw file, hashed on another thread while the pages are walked.
+    pending: Option<std::thread::JoinHandle<Result<Trailer>>>,
     /// Keeps the decompressed copy alive while `db` reads it.
     _temp: Option<tempfile::TempPath>,
+}
+
+impl Opened {
+    /// The sha256 trailer's state (waits for the hashing thread of a raw file).
+    pub fn trailer(&mut self) -> Result<&Trailer> {
+        if let Some(h) = self.pending.take() {
+            let t = h
+                .join()
+                .map_err(|_| Error::Other("the sha256 thread panicked".into()))??;
+            self.trailer = Some(t);
+        }
+        Ok(self.trailer.get_or_insert(Trailer::Absent))
+    }
 }
 
 /// The first bytes of a raw bbolt file: the meta magic at offset 16.
@@ -197,11 +215,18 @@ fn open_db(path: &Path, label: &str) -> Result<Db> {
 
 /// Opens a local file, or (when `source` is not an existing file) the stored snapshot of that
 /// name, or key, in the store `store` describes.
-pub async fn open(source: &str, store: Option<StoreConfig>, temp_dir: &Path) -> Result<Opened> {
+/// `check_hash`: hash a raw file against its trailer (a decompressed copy is hashed anyway, on
+/// the way).
+pub async fn open(
+    source: &str,
+    store: Option<StoreConfig>,
+    temp_dir: &Path,
+    check_hash: bool,
+) -> Result<Opened> {
     let path = PathBuf::from(source);
     if path.is_file() {
         let p2 = path.clone();
-        return tokio::task::spawn_blocking(move || open_local(&p2))
+        return tokio::task::spawn_blocking(move || open_local(&p2, check_hash))
             .await
             .map_err(|e| Error::Other(format!("inspect worker failed: {e}")))?;
     }
@@ -248,12 +273,13 @@ pub async fn open(source: &str, store: Option<StoreConfig>, temp_dir: &Path) -> 
     Ok(Opened {
         db,
         label: key,
-        trailer,
+        trailer: Some(trailer),
+        pending: None,
         _temp: Some(tmp),
     })
 }
 
-fn open_local(path: &Path) -> Result<Opened> {
+fn open_local(path: &Path, check_hash: bool) -> Result<Opened> {
     let label = path.display().to_string();
     let mut head = [0u8; 64];
     let n = {
@@ -262,12 +288,23 @@ fn open_local(path: &Path) -> Result<Opened> {
     };
     let codec = sniff_codec(path, &head[..n])?;
     if codec == Codec::None {
-        let trailer = trailer_of_file(path)?;
         let db = open_db(path, &label)?;
+        let p = path.to_path_buf();
+        let (trailer, pending) = if check_hash {
+            (None, Some(std::thread::spawn(move || trailer_of_file(&p))))
+        } else {
+            let unchecked = match db.file_len() % 512 {
+                0 => Trailer::Absent,
+                32 => Trailer::Unchecked,
+                _ => Trailer::Malformed(db.file_len()),
+            };
+            (Some(unchecked), None)
+        };
         return Ok(Opened {
             db,
             label,
             trailer,
+            pending,
             _temp: None,
         });
     }
@@ -287,7 +324,8 @@ fn open_local(path: &Path) -> Result<Opened> {
     Ok(Opened {
         db,
         label,
-        trailer,
+        trailer: Some(trailer),
+        pending: None,
         _temp: Some(tmp),
     })
 }
@@ -405,12 +443,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// `snapshot status`: etcdctl's output on stdout; fails like etcdctl when the structure is
 /// damaged. What etcdctl leaves out goes to stderr.
-pub async fn print_status(o: Opened, format: Format) -> Result<()> {
-    blocking(move || status_blocking(&o, format)).await
+pub async fn print_status(mut o: Opened, format: Format) -> Result<()> {
+    blocking(move || status_blocking(&mut o, format)).await
 }
 
-fn status_blocking(o: &Opened, format: Format) -> Result<()> {
-    let problems = o.db.check();
+fn status_blocking(o: &mut Opened, format: Format) -> Result<()> {
+    let (st, problems) = schema::status_checked(&o.db);
     if let Some(first) = problems.first() {
         return Err(Error::integrity(
             &o.label,
@@ -420,7 +458,6 @@ fn status_blocking(o: &Opened, format: Format) -> Result<()> {
             ),
         ));
     }
-    let st = status(o)?;
     print!("{}", render_status(&st, format));
     let compacted = match (st.finished_compact, st.scheduled_compact) {
         (Some(f), Some(s)) if s > f => format!("compacted at {f}, compaction to {s} unfinished"),
@@ -428,25 +465,26 @@ fn status_blocking(o: &Opened, format: Format) -> Result<()> {
         (Some(f), _) => format!("compacted at {f}"),
         (None, None) => "never compacted".to_string(),
     };
+    let label = o.label.clone();
+    let trailer = o.trailer()?;
     eprintln!(
-        "effective revision: {} ({compacted}); live keys: {}; sha256 trailer: {}",
+        "effective revision: {} ({compacted}); live keys: {}; sha256 trailer: {trailer}",
         st.effective_revision(),
         st.live_keys,
-        o.trailer
     );
-    if o.trailer.is_bad() {
+    if trailer.is_bad() {
         return Err(Error::integrity(
-            &o.label,
-            format!("sha256 trailer: {}", o.trailer),
+            &label,
+            format!("sha256 trailer: {trailer}"),
         ));
     }
     Ok(())
 }
 
 /// `snapshot verify`: every problem on its own line; an error if there is any.
-pub async fn print_verify(o: Opened) -> Result<()> {
+pub async fn print_verify(mut o: Opened) -> Result<()> {
     blocking(move || {
-        let v = verify(&o);
+        let v = verify(&mut o)?;
         println!("sha256 trailer: {}", v.trailer);
         for p in &v.problems {
             println!("problem: {p}");
@@ -458,7 +496,7 @@ pub async fn print_verify(o: Opened) -> Result<()> {
                 format!("{bad} problem(s) found; do not restore from this snapshot"),
             ));
         }
-        let st = status(&o)?;
+        let st = v.status;
         println!(
             "OK: {} pages of {} bytes checked, revision {} (effective {}), {} live keys",
             o.db.meta().hwm,
@@ -535,17 +573,21 @@ fn kv_json(kv: &KeyValue, kubernetes: bool) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn print_kvs(kvs: &[&KeyValue], format: ListFormat, kubernetes: bool) {
+fn print_kvs(
+    kvs: &mut dyn Iterator<Item = Result<KeyValue>>,
+    format: ListFormat,
+    kubernetes: bool,
+) -> Result<()> {
     match format {
         ListFormat::Json => {
             for kv in kvs {
-                println!("{}", kv_json(kv, kubernetes));
+                println!("{}", kv_json(&kv?, kubernetes));
             }
         }
         ListFormat::Table if kubernetes => {
             let rows: Vec<Vec<String>> = kvs
-                .iter()
                 .map(|kv| {
+                    let kv = kv?;
                     let (res, ns, name) = match crate::k8s::parse_registry_key(&kv.key) {
                         Some(r) => (r.resource, r.namespace, r.name),
                         None => (String::new(), String::new(), printable(&kv.key)),
@@ -559,7 +601,7 @@ fn print_kvs(kvs: &[&KeyValue], format: ListFormat, kubernetes: bool) {
                         }
                         crate::k8s::Encoding::Other => (String::new(), String::new(), "other"),
                     };
-                    vec![
+                    Ok(vec![
                         res,
                         ns,
                         name,
@@ -568,9 +610,9 @@ fn print_kvs(kvs: &[&KeyValue], format: ListFormat, kubernetes: bool) {
                         enc.to_string(),
                         kv.mod_revision.to_string(),
                         kv.value.len().to_string(),
-                    ]
+                    ])
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             print!(
                 "{}",
                 table(
@@ -590,22 +632,22 @@ fn print_kvs(kvs: &[&KeyValue], format: ListFormat, kubernetes: bool) {
         }
         ListFormat::Table => {
             let rows: Vec<Vec<String>> = kvs
-                .iter()
                 .map(|kv| {
+                    let kv = kv?;
                     let mut v = printable(&kv.value);
                     if v.chars().count() > 60 {
                         v = format!("{}...", v.chars().take(57).collect::<String>());
                     }
-                    vec![
+                    Ok(vec![
                         printable(&kv.key),
                         kv.create_revision.to_string(),
                         kv.mod_revision.to_string(),
                         kv.version.to_string(),
                         format!("{:x}", kv.lease),
                         v,
-                    ]
+                    ])
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             print!(
                 "{}",
                 table(
@@ -622,6 +664,7 @@ fn print_kvs(kvs: &[&KeyValue], format: ListFormat, kubernetes: bool) {
             );
         }
     }
+    Ok(())
 }
 
 /// `snapshot ls`.
@@ -633,10 +676,14 @@ pub async fn print_ls(
     kubernetes: bool,
 ) -> Result<()> {
     blocking(move || {
-        let (at, kvs) = keys_at(&o, &prefix, revision)?;
-        let list: Vec<&KeyValue> = kvs.values().collect();
-        print_kvs(&list, format, kubernetes);
-        eprintln!("{} keys at revision {at}", list.len());
+        let listing = keys_at(&o, &prefix, revision)?;
+        let mut kvs = listing.keys.values().map(|l| listing.load(&o, l));
+        print_kvs(&mut kvs, format, kubernetes)?;
+        eprintln!(
+            "{} keys at revision {}",
+            listing.keys.len(),
+            listing.revision
+        );
         Ok(())
     })
     .await
@@ -652,14 +699,16 @@ pub async fn print_get(
     out: Option<PathBuf>,
 ) -> Result<()> {
     blocking(move || {
-        let (at, kvs) = keys_at(&o, &key, revision)?;
-        let Some(kv) = kvs.get(&key) else {
+        let listing = keys_at(&o, &key, revision)?;
+        let Some(live) = listing.keys.get(&key) else {
             return Err(Error::config(format!(
-                "key {:?} does not exist at revision {at} of {}",
+                "key {:?} does not exist at revision {} of {}",
                 printable(&key),
+                listing.revision,
                 o.label
             )));
         };
+        let kv = listing.load(&o, live)?;
         if let Some(path) = out {
             let bytes = match crate::k8s::decode_value(&kv.value) {
                 crate::k8s::Encoding::Protobuf { raw, .. } if kubernetes => raw,
@@ -672,8 +721,7 @@ pub async fn print_get(
                 path.display()
             );
         }
-        print_kvs(&[kv], format, kubernetes);
-        Ok(())
+        print_kvs(&mut std::iter::once(Ok(kv)), format, kubernetes)
     })
     .await
 }
@@ -682,13 +730,17 @@ pub async fn print_get(
 pub struct Verdict {
     pub problems: Vec<Problem>,
     pub trailer: Trailer,
+    /// Meaningful only without problems.
+    pub status: Status,
 }
 
-pub fn verify(o: &Opened) -> Verdict {
-    Verdict {
-        problems: o.db.check(),
-        trailer: o.trailer.clone(),
-    }
+pub fn verify(o: &mut Opened) -> Result<Verdict> {
+    let (status, problems) = schema::status_checked(&o.db);
+    Ok(Verdict {
+        problems,
+        trailer: o.trailer()?.clone(),
+        status,
+    })
 }
 
 pub fn status(o: &Opened) -> Result<Status> {
@@ -701,14 +753,40 @@ pub fn status(o: &Opened) -> Result<Status> {
     })
 }
 
-/// The keys live at `revision` (default: the snapshot's own), with their latest KeyValue at or
-/// below it, in key order. Revisions below the compaction point are refused: their history is
+/// A key live at the chosen revision: its KeyValue without the value (loaded on demand, so
+/// that listing a large snapshot holds only keys in memory) and where the value is.
+pub struct Live {
+    pub kv: KeyValue,
+    revision_key: Vec<u8>,
+}
+
+/// The live keys under `prefix` at a revision of a snapshot, in key order.
+pub struct Listing {
+    pub revision: i64,
+    pub keys: BTreeMap<Vec<u8>, Live>,
+    bucket: Option<crate::bbolt::Bucket>,
+}
+
+impl Listing {
+    /// The full KeyValue of a listed key (value read from the snapshot).
+    pub fn load(&self, o: &Opened, live: &Live) -> Result<KeyValue> {
+        let bad = |m: String| Error::integrity(&o.label, m);
+        let bucket = self
+            .bucket
+            .as_ref()
+            .ok_or_else(|| bad("no key bucket".into()))?;
+        let v =
+            o.db.get(bucket, &live.revision_key)
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad(format!("revision key {:02x?} vanished", live.revision_key)))?;
+        schema::decode_kv(&v).map_err(bad)
+    }
+}
+
+/// The keys live at `revision` (default: the snapshot's own) under `prefix`, with their latest
+/// KeyValue at or below it. Revisions below the compaction point are refused: their history is
 /// gone.
-pub fn keys_at(
-    o: &Opened,
-    prefix: &[u8],
-    revision: Option<i64>,
-) -> Result<(i64, BTreeMap<Vec<u8>, KeyValue>)> {
+pub fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listing> {
     let st = status(o)?;
     let at = revision.unwrap_or_else(|| st.effective_revision());
     let compacted = st.finished_compact.unwrap_or(0);
@@ -725,41 +803,51 @@ pub fn keys_at(
             st.effective_revision()
         )));
     }
-    let mut out: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-    let Some(bucket) =
-        schema::key_bucket(&o.db).map_err(|e| Error::integrity(&o.label, e.to_string()))?
-    else {
-        return Ok((at, out));
-    };
-    let mut stop = false;
-    o.db.for_each(&bucket, &mut |_, k, v| {
-        if stop {
-            return Ok(());
-        }
-        let (rev, tomb) = schema::parse_revision_key(k).ok_or_else(|| Problem {
-            page: None,
-            message: format!("cannot parse revision key {k:02x?}"),
-        })?;
-        if rev.main > at {
-            stop = true;
-            return Ok(());
-        }
-        let kv = schema::decode_kv(v).map_err(|m| Problem {
-            page: None,
-            message: format!("revision {}: {m}", rev.main),
-        })?;
-        if !kv.key.starts_with(prefix) {
-            return Ok(());
-        }
-        if tomb {
-            out.remove(&kv.key);
-        } else {
-            out.insert(kv.key.clone(), kv);
-        }
-        Ok(())
+    let mut keys: BTreeMap<Vec<u8>, Live> = BTreeMap::new();
+    let bucket =
+        schema::key_bucket(&o.db).map_err(|e| Error::integrity(&o.label, e.to_string()))?;
+    if let Some(bucket) = &bucket {
+        let mut stop = false;
+        o.db.for_each(bucket, &mut |_, k, v| {
+            if stop {
+                return Ok(());
+            }
+            let (rev, tomb) = schema::parse_revision_key(k).ok_or_else(|| Problem {
+                page: None,
+                message: format!("cannot parse revision key {k:02x?}"),
+            })?;
+            if rev.main > at {
+                stop = true;
+                return Ok(());
+            }
+            let mut kv = schema::decode_kv(v).map_err(|m| Problem {
+                page: None,
+                message: format!("revision {}: {m}", rev.main),
+            })?;
+            if !kv.key.starts_with(prefix) {
+                return Ok(());
+            }
+            if tomb {
+                keys.remove(&kv.key);
+            } else {
+                kv.value = Vec::new();
+                keys.insert(
+                    kv.key.clone(),
+                    Live {
+                        kv,
+                        revision_key: k.to_vec(),
+                    },
+                );
+            }
+            Ok(())
+        })
+        .map_err(|e| Error::integrity(&o.label, e.to_string()))?;
+    }
+    Ok(Listing {
+        revision: at,
+        keys,
+        bucket,
     })
-    .map_err(|e| Error::integrity(&o.label, e.to_string()))?;
-    Ok((at, out))
 }
 
 #[cfg(test)]

@@ -106,63 +106,107 @@ fn meta_revision(v: &[u8]) -> Option<i64> {
     parse_revision_key(v).map(|(r, _)| r.main)
 }
 
-/// Computes the status of an open db in one pass over every bucket (etcdctl 3.4's algorithm,
-/// with 3.6's live-key count on the side).
-pub fn status(db: &Db) -> crate::bbolt::Result<Status> {
-    let mut crc = 0u32;
-    let mut st = Status {
-        hash: 0,
-        revision: 0,
-        total_keys: 0,
-        live_keys: 0,
-        total_size: db.size(),
-        finished_compact: None,
-        scheduled_compact: None,
-        consistent_index: None,
-        storage_version: None,
-    };
-    // live keys: the latest event per user key decides; the key bucket is in revision order
-    let mut live: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
-    for bucket in db.buckets()? {
-        crc = crc32c::crc32c_append(crc, &bucket.name);
-        let name = bucket.name.clone();
-        db.for_each(&bucket, &mut |_, k, v| {
-            crc = crc32c::crc32c_append(crc, k);
-            crc = crc32c::crc32c_append(crc, v);
-            st.total_keys += 1;
-            if name == KEY_BUCKET {
-                if k.len() >= 8 {
-                    st.revision = i64::from_be_bytes(k[0..8].try_into().unwrap_or_default());
-                }
-                let (_, tomb) = parse_revision_key(k).ok_or_else(|| Problem {
-                    page: None,
-                    message: format!("cannot parse revision key {k:02x?}"),
-                })?;
-                let kv = decode_kv(v).map_err(|m| Problem {
-                    page: None,
-                    message: m,
-                })?;
-                live.insert(kv.key, !tomb);
-            } else if name == META_BUCKET {
-                match k {
-                    b"finishedCompactRev" => st.finished_compact = meta_revision(v),
-                    b"scheduledCompactRev" => st.scheduled_compact = meta_revision(v),
-                    b"consistent_index" if v.len() == 8 => {
-                        st.consistent_index =
-                            Some(u64::from_be_bytes(v.try_into().unwrap_or_default()))
-                    }
-                    b"storageVersion" => {
-                        st.storage_version = Some(String::from_utf8_lossy(v).into_owned())
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
-        })?;
+/// The status accumulated entry by entry, in the order of the walk.
+struct StatusBuilder {
+    crc: u32,
+    st: Status,
+    bucket: Vec<u8>,
+    /// The latest event per user key decides (the key bucket is in revision order).
+    live: std::collections::HashMap<Vec<u8>, bool>,
+}
+
+impl StatusBuilder {
+    fn new(total_size: u64) -> Self {
+        StatusBuilder {
+            crc: 0,
+            st: Status {
+                hash: 0,
+                revision: 0,
+                total_keys: 0,
+                live_keys: 0,
+                total_size,
+                finished_compact: None,
+                scheduled_compact: None,
+                consistent_index: None,
+                storage_version: None,
+            },
+            bucket: Vec::new(),
+            live: std::collections::HashMap::new(),
+        }
     }
-    st.hash = crc;
-    st.live_keys = live.values().filter(|l| **l).count() as u64;
-    Ok(st)
+
+    /// A bucket starts: its name is hashed even when it is empty.
+    fn start(&mut self, bucket: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, bucket);
+        self.bucket = bucket.to_vec();
+    }
+
+    fn entry(&mut self, k: &[u8], v: &[u8]) -> Result<(), Problem> {
+        let bucket = self.bucket.as_slice();
+        self.crc = crc32c::crc32c_append(self.crc, k);
+        self.crc = crc32c::crc32c_append(self.crc, v);
+        let st = &mut self.st;
+        st.total_keys += 1;
+        if bucket == KEY_BUCKET {
+            if let Some(b) = k.get(0..8) {
+                st.revision = i64::from_be_bytes(b.try_into().unwrap_or_default());
+            }
+            let (_, tomb) = parse_revision_key(k).ok_or_else(|| Problem {
+                page: None,
+                message: format!("cannot parse revision key {k:02x?}"),
+            })?;
+            let kv = decode_kv(v).map_err(|m| Problem {
+                page: None,
+                message: m,
+            })?;
+            self.live.insert(kv.key, !tomb);
+        } else if bucket == META_BUCKET {
+            match k {
+                b"finishedCompactRev" => st.finished_compact = meta_revision(v),
+                b"scheduledCompactRev" => st.scheduled_compact = meta_revision(v),
+                b"consistent_index" => {
+                    st.consistent_index = v.try_into().ok().map(u64::from_be_bytes)
+                }
+                b"storageVersion" => {
+                    st.storage_version = Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Status {
+        self.st.hash = self.crc;
+        self.st.live_keys = self.live.values().filter(|l| **l).count() as u64;
+        self.st
+    }
+}
+
+/// Computes the status of an open db in one pass over every bucket (etcdctl 3.4's algorithm,
+/// with 3.6's live-key count on the side); stops at the first structural problem.
+pub fn status(db: &Db) -> crate::bbolt::Result<Status> {
+    let mut b = StatusBuilder::new(db.size());
+    for bucket in db.buckets()? {
+        b.start(&bucket.name);
+        db.for_each(&bucket, &mut |_, k, v| b.entry(k, v))?;
+    }
+    Ok(b.finish())
+}
+
+/// The status and bbolt's structural check in one walk (what `snapshot status` runs): the
+/// status is only meaningful when the problem list is empty.
+pub fn status_checked(db: &Db) -> (Status, Vec<Problem>) {
+    let mut b = StatusBuilder::new(db.size());
+    let problems = db.check_with(&mut |bucket, flags, k, v| {
+        if flags == crate::bbolt::BUCKET_START {
+            b.start(bucket);
+            Ok(())
+        } else {
+            b.entry(k, v)
+        }
+    });
+    (b.finish(), problems)
 }
 
 /// The `key` bucket of a db, if it has one.
