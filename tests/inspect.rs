@@ -378,6 +378,93 @@ fn stored_and_compressed_snapshots() {
         |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json")["revision"].clone();
     assert_eq!(rev(&by_name), rev(&want));
     assert_eq!(by_name, by_file);
+    // the same from S3 (moto), zstd-compressed: streamed and decompressed on the way
+    let moto = Moto::start("inspect");
+    let s3 = |cmd: &mut std::process::Command| {
+        cmd.env("AWS_APPLICATION_CREDENTIALS_JSON", moto.credentials_file())
+            .args(["--storage-provider", "S3", "--store-container", "inspect"])
+            .args([
+                "--store-endpoint-override",
+                &moto.endpoint,
+                "--store-prefix",
+                "p",
+            ]);
+    };
+    let mut save_s3 = etcdbrctl();
+    save_s3.args(["snapshot", "save", "--endpoints", &etcd.endpoint]);
+    save_s3.args(["--compress-snapshots", "--compression-policy", "zstd"]);
+    s3(&mut save_s3);
+    let s3_key = run_ok(&mut save_s3);
+    let mut status_s3 = etcdbrctl();
+    status_s3.args(["snapshot", "status", s3_key.trim(), "-w", "json"]);
+    s3(&mut status_s3);
+    assert_eq!(rev(&run_ok(&mut status_s3)), rev(&want));
+
+    // --kubernetes: registry keys split, JSON and protobuf (k8s\0 envelope) objects decoded
+    etcd.etcdctl(&[
+        "put",
+        "/registry/configmaps/default/cm1",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cm1"}}"#,
+    ]);
+    // runtime.Unknown{typeMeta{apiVersion "v1", kind "Pod"}, raw [0x0a 0x01 0x78]}
+    let mut pb = b"k8s\0".to_vec();
+    pb.extend([
+        0x0a, 0x09, 0x0a, 0x02, b'v', b'1', 0x12, 0x03, b'P', b'o', b'd',
+    ]);
+    pb.extend([0x12, 0x03, 0x0a, 0x01, b'x']);
+    etcd.put("/registry/pods/kube-system/etcd-0", &pb);
+    let k8s = save(&etcd, dir.path(), "k8s.db");
+    let ls = run_ok(etcdbrctl().args([
+        "snapshot",
+        "ls",
+        k8s.to_str().expect("p"),
+        "--prefix",
+        "/registry/",
+        "--kubernetes",
+        "-w",
+        "json",
+    ]));
+    let objs: Vec<serde_json::Value> = ls
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(objs.len(), 2, "{ls}");
+    assert_eq!(
+        (
+            objs[0]["resource"].as_str(),
+            objs[0]["kind"].as_str(),
+            objs[0]["encoding"].as_str()
+        ),
+        (Some("configmaps"), Some("ConfigMap"), Some("json"))
+    );
+    assert_eq!(
+        (
+            objs[1]["resource"].as_str(),
+            objs[1]["namespace"].as_str(),
+            objs[1]["name"].as_str(),
+            objs[1]["apiVersion"].as_str(),
+            objs[1]["kind"].as_str()
+        ),
+        (
+            Some("pods"),
+            Some("kube-system"),
+            Some("etcd-0"),
+            Some("v1"),
+            Some("Pod")
+        )
+    );
+    let raw = dir.path().join("pod.pb");
+    run_ok(etcdbrctl().args([
+        "snapshot",
+        "get",
+        k8s.to_str().expect("p"),
+        "/registry/pods/kube-system/etcd-0",
+        "--kubernetes",
+        "--out",
+        raw.to_str().expect("p"),
+    ]));
+    assert_eq!(std::fs::read(&raw).expect("raw"), vec![0x0a, 0x01, b'x']);
+
     // an unknown name is a clear error
     let o = ours(&[
         "snapshot",
