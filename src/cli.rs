@@ -67,6 +67,9 @@ pub enum Command {
     Restore(Box<RestoreCmd>),
     /// Restore the latest snapshot set, compact and defragment it, and store it as one new full.
     Compact(Box<CompactCmd>),
+    /// Validate the etcd data directory and, if it is missing or bad, restore the latest
+    /// snapshot set in its place (what the sidecar's /initialization/start does).
+    Initialize(Box<InitializeCmd>),
     /// Copy backups from a source store to the destination store.
     Copy(Box<CopyCmd>),
 }
@@ -214,6 +217,64 @@ pub struct CompactCmd {
     pub metrics_scrape_wait: Duration,
     #[command(flatten)]
     pub k8s: K8sLeaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitializeCmd {
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+    #[command(flatten)]
+    pub restoration: RestorationArgs,
+    /// validation mode: full (after a crash) or sanity (after a clean shutdown)
+    #[arg(
+        long = "validation-mode",
+        default_value = "full",
+        env = "ETCDBR_VALIDATION_MODE"
+    )]
+    pub validation_mode: String,
+}
+
+impl InitializeCmd {
+    pub fn to_config(&self, mode: crate::validate::Mode) -> Result<crate::initialize::InitConfig> {
+        self.restoration.init_config(&self.store, mode)
+    }
+}
+
+impl RestorationArgs {
+    /// The initializer's configuration: the store is optional (no provider and no container:
+    /// validation only).
+    pub fn init_config(
+        &self,
+        store: &SnapstoreArgs,
+        mode: crate::validate::Mode,
+    ) -> Result<crate::initialize::InitConfig> {
+        let has_store = !(store.storage_provider.is_empty() && store.store_container.is_empty());
+        let store_cfg = if has_store {
+            store.to_config()?
+        } else {
+            StoreConfig {
+                provider: Provider::Local,
+                container: String::new(),
+                endpoint_override: String::new(),
+                prefix: String::new(),
+                max_parallel_chunk_uploads: 1,
+                min_chunk_size: store.min_chunk_size,
+                temp_dir: store.snapstore_temp_directory.clone(),
+                env_prefix: String::new(),
+            }
+        };
+        Ok(crate::initialize::InitConfig {
+            restore: self.to_config(store_cfg)?,
+            mode,
+            has_store,
+            cluster_size: self
+                .initial_cluster
+                .split(',')
+                .filter(|m| !m.trim().is_empty())
+                .count(),
+            pod_namespace: std::env::var("POD_NAMESPACE").ok(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -418,6 +479,7 @@ impl RestorationArgs {
             target,
             bump_revision: self.bump_revision,
             mark_compacted: self.mark_compacted,
+            replace_existing: false,
         })
     }
 }
@@ -1117,6 +1179,16 @@ async fn run_command(cmd: Command) -> Result<()> {
             }
         },
         Command::Server(s) => run_server(*s).await,
+        Command::Initialize(c) => {
+            let mode = c
+                .validation_mode
+                .parse()
+                .map_err(|e: String| Error::config(format!("--validation-mode: {e}")))?;
+            let cfg = c.to_config(mode)?;
+            let (outcome, action) = crate::initialize::initialize(&cfg).await?;
+            println!("validation: {outcome}; action: {action:?}");
+            Ok(())
+        }
         Command::Compact(c) => {
             let cfg = crate::compact::CompactConfig {
                 restore: c.restoration.to_config(c.store.to_config()?)?,

@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod fullsnap;
 pub mod gc;
 pub mod health;
+pub mod initialize;
 pub mod inspect;
 pub mod k8s;
 pub mod layout;
@@ -42,5 +43,7 @@ pub mod snaprev;
 pub mod snapshotter;
 pub mod store;
 pub mod streamio;
+pub mod validate;
+pub mod wal;
 
 pub use error::{Error, Result};

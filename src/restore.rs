@@ -48,6 +48,9 @@ pub struct RestoreConfig {
     /// `--bump-revision` (0: none) and `--mark-compacted`.
     pub bump_revision: i64,
     pub mark_compacted: bool,
+    /// Replace a data dir that holds data (the initializer, after validation condemned it):
+    /// still built aside and swapped in only once complete.
+    pub replace_existing: bool,
 }
 
 /// How `--bump-revision` is carried out.
@@ -405,15 +408,20 @@ fn holds_data(dir: &Path) -> bool {
 }
 
 fn part_dir(data_dir: &Path) -> PathBuf {
-    let mut s = data_dir.as_os_str().to_owned();
-    s.push(".part");
+    sibling(data_dir, ".part")
+}
+
+/// `<dir><suffix>`, next to `dir`.
+pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(suffix);
     PathBuf::from(s)
 }
 
 /// Restores into `cfg.data_dir` (module doc).
 pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     let started = Instant::now();
-    if holds_data(&cfg.data_dir) {
+    if holds_data(&cfg.data_dir) && !cfg.replace_existing {
         return Err(Error::config(format!(
             "{} is not empty: restore never overwrites a data directory; move it away first",
             cfg.data_dir.display()
@@ -463,13 +471,29 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     .await;
     match result {
         Ok((deltas_applied, revisions_replayed, replay_elapsed, reached)) => {
-            if cfg.data_dir.exists() {
-                // empty (checked above): replaced by the complete restore
+            let mut replaced = None;
+            if holds_data(&cfg.data_dir) {
+                // the initializer's condemned dir: moved aside, deleted once the new one is in
+                let aside = sibling(&cfg.data_dir, ".replaced");
+                if aside.exists() {
+                    std::fs::remove_dir_all(&aside)
+                        .map_err(|e| Error::io(&aside, "remove an old replaced data dir", e))?;
+                }
+                std::fs::rename(&cfg.data_dir, &aside)
+                    .map_err(|e| Error::io(&cfg.data_dir, "move the old data dir aside", e))?;
+                replaced = Some(aside);
+            } else if cfg.data_dir.exists() {
+                // empty: replaced by the complete restore
                 std::fs::remove_dir(&cfg.data_dir)
                     .map_err(|e| Error::io(&cfg.data_dir, "replace the empty data dir", e))?;
             }
             std::fs::rename(&part, &cfg.data_dir)
                 .map_err(|e| Error::io(&part, "move the restored data dir into place", e))?;
+            if let Some(aside) = replaced {
+                if let Err(e) = std::fs::remove_dir_all(&aside) {
+                    tracing::warn!(dir = %aside.display(), error = %e, "cannot remove the replaced data dir; remove it by hand");
+                }
+            }
             let report = RestoreReport {
                 full,
                 deltas_applied,

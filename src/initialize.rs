@@ -1,0 +1,109 @@
+//! The initializer: validate the data directory, and when validation condemns it, restore the
+//! latest snapshot set in its place (built in `<data-dir>.part`, swapped in once complete).
+//!
+//! Differences from etcdbrctl, on purpose: with an empty store and a condemned data directory,
+//! the directory is moved aside to `<data-dir>.invalid-<unix time>` instead of deleted (nothing
+//! to restore it from, so its bytes are kept for the operator); a locked db (etcd still running)
+//! or a wrong volume fails without touching anything.
+
+use crate::error::{Error, Result};
+use crate::restore::{self, RestoreConfig};
+use crate::store::SnapStore;
+use crate::validate::{self, Mode, Outcome, ValidateConfig};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct InitConfig {
+    pub restore: RestoreConfig,
+    pub mode: Mode,
+    /// No store configured: validation only, nothing to restore from.
+    pub has_store: bool,
+    pub cluster_size: usize,
+    pub pod_namespace: Option<String>,
+}
+
+/// What initialization did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The data directory was valid and is left as it is.
+    Kept,
+    /// Fresh cluster: no data directory and nothing in the store.
+    Fresh,
+    /// Restored from the store to this revision.
+    Restored { revision: i64 },
+    /// Condemned, with nothing to restore from: moved aside so etcd starts fresh.
+    MovedAside { to: std::path::PathBuf },
+}
+
+pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
+    let started = Instant::now();
+    let data_dir = &cfg.restore.data_dir;
+    let temp_etcd = restore::temp_etcd_config(
+        &cfg.restore,
+        std::env::temp_dir().join(format!("etcdbr-validate-{}.log", std::process::id())),
+    )
+    .ok();
+    let vcfg = ValidateConfig {
+        data_dir: data_dir.clone(),
+        mode: cfg.mode,
+        store: cfg.has_store.then(|| cfg.restore.store.clone()),
+        cluster_size: cfg.cluster_size,
+        pod_namespace: cfg.pod_namespace.clone(),
+        temp_etcd,
+    };
+    let outcome = validate::validate(&vcfg).await?;
+    if outcome == Outcome::Valid {
+        return Ok((outcome, Action::Kept));
+    }
+    if outcome.is_fatal() {
+        return Err(Error::Other(format!(
+            "{}: {outcome}; nothing was changed",
+            data_dir.display()
+        )));
+    }
+    if cfg.cluster_size > 1 {
+        return Err(Error::Other(format!(
+            "{}: {outcome}; this member belongs to a {}-member cluster: remove it (etcdctl member remove), delete its data directory and add it back as a learner (etcdctl member add --learner) so that it syncs from the leader; automatic member re-adding is not implemented yet",
+            data_dir.display(),
+            cfg.cluster_size
+        )));
+    }
+    let empty_store = if cfg.has_store {
+        let store = SnapStore::open(cfg.restore.store.clone()).await?;
+        store.latest_set().await?.full.is_none()
+    } else {
+        true
+    };
+    if empty_store {
+        if !data_dir.exists() {
+            tracing::info!(data_dir = %data_dir.display(), "no data directory and no backup: a fresh cluster");
+            return Ok((outcome, Action::Fresh));
+        }
+        let secs = chrono::Utc::now().timestamp();
+        let to = restore::sibling(data_dir, &format!(".invalid-{secs}"));
+        std::fs::rename(data_dir, &to)
+            .map_err(|e| Error::io(data_dir, "move the invalid data dir aside", e))?;
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            moved_to = %to.display(),
+            outcome = %outcome,
+            "invalid data directory and no backup to restore: moved aside, etcd will start fresh"
+        );
+        return Ok((outcome, Action::MovedAside { to }));
+    }
+    let mut rcfg = cfg.restore.clone();
+    rcfg.replace_existing = true;
+    tracing::info!(data_dir = %data_dir.display(), outcome = %outcome, "restoring the latest backup");
+    let report = restore::restore(&rcfg).await?;
+    tracing::info!(
+        revision = report.revision,
+        secs = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "initialization restored the data directory"
+    );
+    Ok((
+        outcome,
+        Action::Restored {
+            revision: report.revision,
+        },
+    ))
+}

@@ -1,0 +1,259 @@
+//! `etcdbrctl initialize` on etcd 3.5.1 data directories: a valid one after a clean stop is kept
+//! with `sanity`; missing `member/` or `member/wal/`, a damaged db page, a db older than the
+//! store are restored from the latest backup (checked by reading the result's revision and by
+//! booting etcd on one); a wrong volume and a db locked by a running etcd fail without touching
+//! anything; an empty store gives a fresh start (a condemned dir is moved aside, not deleted).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const V: EtcdVersion = EtcdVersion::V35;
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+}
+
+fn stop_clean(etcd: &mut Etcd) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &etcd.child.id().to_string()])
+        .status();
+    let _ = etcd.child.wait();
+}
+
+/// `etcdbrctl initialize` of `data` for the member `t` (peer port `peer`), restoring from `bk`.
+fn initialize(peer: u16, tmp: &Path, data: &Path, mode: &str, bk: &Path) -> Output {
+    etcdbrctl()
+        .args(["initialize", "--validation-mode", mode, "--name", "t"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(tmp.join("rtmp"))
+        .arg("--etcd-binary")
+        .arg(V.etcd())
+        .arg("--etcd-restore-tool")
+        .arg(V.status_tool().0)
+        .arg("--store-container")
+        .arg(bk)
+        .output()
+        .expect("initialize")
+}
+
+fn backup(etcd: &Etcd, bk: &Path) {
+    run_ok(etcdbrctl().args([
+        "snapshot",
+        "save",
+        "--endpoints",
+        &etcd.endpoint,
+        "--store-container",
+        bk.to_str().expect("p"),
+    ]));
+}
+
+fn db_revision(data: &Path) -> i64 {
+    let db = etcdbr::bbolt::Db::open(&data.join("member/snap/db")).expect("db");
+    etcdbr::schema::status(&db)
+        .expect("status")
+        .effective_revision()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn initialization_outcomes() {
+    let mut etcd = Etcd::start(V);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bk = tmp.path().join("bk");
+    etcd.fill(300, 100);
+    let data = etcd.dir.path().join("data");
+    // an old copy (clean stop), then more writes and a backup ahead of it
+    stop_clean(&mut etcd);
+    let old = tmp.path().join("old");
+    copy_dir(&data, &old);
+    etcd.restart();
+    etcd.fill(300, 100);
+    backup(&etcd, &bk);
+    let store_rev = etcd.revision();
+    let peer = etcd.ports.1;
+    let init = |data: &Path, mode: &str, bk: &Path| initialize(peer, tmp.path(), data, mode, bk);
+    // locked: etcd is running on it
+    let o = init(&data, "full", &bk);
+    assert!(
+        !o.status.success() && text(&o).contains("locked"),
+        "{}",
+        text(&o)
+    );
+    stop_clean(&mut etcd);
+    let good = tmp.path().join("good");
+    copy_dir(&data, &good);
+    let db_bytes = std::fs::read(good.join("member/snap/db")).expect("db");
+
+    // valid after a clean stop, sanity: kept byte for byte
+    let o = init(&good, "sanity", &bk);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Kept"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(good.join("member/snap/db")).expect("db"),
+        db_bytes
+    );
+    // and with full
+    let o = init(&good, "full", &bk);
+    assert!(text(&o).contains("Kept"), "{}", text(&o));
+
+    // each invalid case restores the latest backup
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        (
+            "no-member",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d.join("member")).expect("rm")),
+        ),
+        (
+            "no-wal",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d.join("member/wal")).expect("rm")),
+        ),
+        (
+            "flipped-page",
+            Box::new(|d: &Path| {
+                let p = d.join("member/snap/db");
+                let root = etcdbr::bbolt::Db::open(&p).expect("db").meta().root;
+                let mut b = std::fs::read(&p).expect("read");
+                b[root as usize * 4096] ^= 0xff; // the page id in the root page's header
+                std::fs::write(&p, b).expect("write");
+            }),
+        ),
+        (
+            "no-data-dir",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d).expect("rm")),
+        ),
+    ];
+    for (name, damage) in cases {
+        let d = tmp.path().join(name);
+        copy_dir(&good, &d);
+        damage(&d);
+        let o = init(&d, "full", &bk);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        assert!(text(&o).contains("Restored"), "{name}: {}", text(&o));
+        assert_eq!(db_revision(&d), store_rev, "{name}");
+        assert!(!PathBuf::from(format!("{}.part", d.display())).exists());
+        assert!(!PathBuf::from(format!("{}.replaced", d.display())).exists());
+    }
+    // a db older than the store (clean stop, nothing pending in its WAL): restored, even with
+    // sanity; then etcd boots on it with every key of the backup
+    assert!(db_revision(&old) < store_rev);
+    let o = init(&old, "sanity", &bk);
+    assert!(
+        text(&o).contains("behind the latest backup"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("Restored"), "{}", text(&o));
+    assert_eq!(db_revision(&old), store_rev);
+    let (c, peer) = (free_port(), peer);
+    let ep = format!("http://127.0.0.1:{c}");
+    let _booted = Proc(
+        clean_cmd(&V.etcd())
+            .args(["--name", "t", "--data-dir"])
+            .arg(&old)
+            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("boot.log")).expect("log"))
+            .spawn()
+            .expect("boot"),
+    );
+    let t = std::time::Instant::now();
+    let mut last = String::new();
+    let count = loop {
+        let o = clean_cmd(&V.etcdctl())
+            .args([
+                "--endpoints",
+                &ep,
+                "get",
+                "/load/",
+                "--prefix",
+                "--keys-only",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl");
+        if o.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json");
+        }
+        last = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "restored etcd did not answer ({last}): {}",
+            std::fs::read_to_string(tmp.path().join("boot.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(count["kvs"].as_array().map(|a| a.len()), Some(300));
+    assert_eq!(count["header"]["revision"].as_i64(), Some(store_rev));
+
+    // wrong volume: refused, untouched
+    let wrong = tmp.path().join("vol/data");
+    std::fs::create_dir_all(wrong.parent().expect("parent")).expect("mkdir");
+    copy_dir(&good, &wrong);
+    std::fs::write(wrong.parent().expect("p").join("safe_guard"), "other-ns").expect("write");
+    let o = {
+        let mut c = etcdbrctl();
+        c.env("POD_NAMESPACE", "this-ns");
+        let peer = peer;
+        c.args(["initialize", "--validation-mode", "sanity", "--name", "t"])
+            .arg("--data-dir")
+            .arg(&wrong)
+            .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+            .arg("--store-container")
+            .arg(&bk);
+        c.output().expect("run")
+    };
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("wrong volume"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(wrong.join("member/snap/db")).expect("db"),
+        db_bytes
+    );
+
+    // empty store: no data dir is a fresh cluster; a condemned one is moved aside
+    let empty = tmp.path().join("empty-store");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let fresh = tmp.path().join("fresh");
+    let o = init(&fresh, "full", &empty);
+    assert!(text(&o).contains("Fresh"), "{}", text(&o));
+    let bad = tmp.path().join("bad");
+    copy_dir(&good, &bad);
+    std::fs::remove_dir_all(bad.join("member/wal")).expect("rm");
+    let o = init(&bad, "full", &empty);
+    assert!(text(&o).contains("MovedAside"), "{}", text(&o));
+    assert!(!bad.exists());
+    let aside: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bad.invalid-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+}
