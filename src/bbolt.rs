@@ -591,7 +591,9 @@ impl Db {
         if let Some(m) = &self.other_meta {
             walker.problems.push(problem(None, m.clone()));
         }
-        if self.file_len % u64::from(self.meta.page_size) != 0 && self.file_len % 512 != 32 {
+        if !self.file_len.is_multiple_of(u64::from(self.meta.page_size))
+            && self.file_len % 512 != 32
+        {
             walker.problems.push(problem(
                 None,
                 format!(

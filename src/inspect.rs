@@ -55,7 +55,7 @@ impl std::fmt::Display for Trailer {
 impl Trailer {
     fn from_hasher(h: TrailerHasher) -> Trailer {
         let total = h.total();
-        if total % 512 == 0 {
+        if total.is_multiple_of(512) {
             return Trailer::Absent;
         }
         if total % 512 != 32 {
@@ -124,7 +124,7 @@ fn sniff_codec(path: &Path, head: &[u8]) -> Result<Codec> {
     match head {
         [0x1f, 0x8b, ..] => Ok(Codec::Gzip),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Ok(Codec::Zstd),
-        [0x78, b, ..] if (0x7800u16 | u16::from(*b)) % 31 == 0 => Ok(Codec::Zlib),
+        [0x78, b, ..] if (0x7800u16 | u16::from(*b)).is_multiple_of(31) => Ok(Codec::Zlib),
         _ => Err(Error::integrity(
             path.display().to_string(),
             "not a bbolt file nor a gzip, zlib or zstd stream (an lzw snapshot must keep its .Z name)",

@@ -189,7 +189,7 @@ impl RevisionScanner {
             }
             return;
         }
-        if self.ps == 0 || start % self.ps != 0 {
+        if self.ps == 0 || !start.is_multiple_of(self.ps) {
             return self.fail();
         }
         let pgid = start / self.ps;
@@ -205,7 +205,7 @@ impl RevisionScanner {
             return None;
         }
         let ps = u32_at(p, 24)? as u64;
-        if ps < 512 || ps % 512 != 0 || ps > 1 << 20 {
+        if ps < 512 || !ps.is_multiple_of(512) || ps > 1 << 20 {
             return None;
         }
         self.ps = ps;
