@@ -120,7 +120,8 @@ fn initialization_outcomes() {
     assert!(text(&o).contains("Kept"), "{}", text(&o));
 
     // each invalid case restores the latest backup
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage)> = vec![
         (
             "no-member",
             Box::new(|d: &Path| std::fs::remove_dir_all(d.join("member")).expect("rm")),
@@ -185,7 +186,7 @@ fn initialization_outcomes() {
             .expect("boot"),
     );
     let t = std::time::Instant::now();
-    let mut last = String::new();
+    let mut last;
     let count = loop {
         let o = clean_cmd(&V.etcdctl())
             .args([
@@ -222,7 +223,6 @@ fn initialization_outcomes() {
     let o = {
         let mut c = etcdbrctl();
         c.env("POD_NAMESPACE", "this-ns");
-        let peer = peer;
         c.args(["initialize", "--validation-mode", "sanity", "--name", "t"])
             .arg("--data-dir")
             .arg(&wrong)
