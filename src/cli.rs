@@ -535,6 +535,9 @@ pub struct ServerCmd {
     #[arg(long = "use-etcd-wrapper", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_USE_ETCD_WRAPPER")]
     pub use_etcd_wrapper: bool,
+    /// What /initialization/start restores with (etcdbrctl's Restoration group).
+    #[command(flatten)]
+    pub restoration: RestorationArgs,
     #[command(flatten)]
     pub k8s: K8sLeaseArgs,
 }
@@ -1296,6 +1299,9 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         port = s.server_port,
         "starting the server"
     );
+    let init = s
+        .restoration
+        .init_config(&s.job.store, crate::validate::Mode::Full)?;
     let cfg = crate::server::ServerConfig {
         job,
         host: s.server_host,
@@ -1303,6 +1309,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         reelection_period: s.reelection_period,
         leader_election_timeout: s.leader_election_timeout,
         defrag_schedule,
+        init,
     };
     crate::server::run(cfg, shutdown_signal()).await
 }

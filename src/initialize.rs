@@ -107,3 +107,86 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         },
     ))
 }
+
+/// The `/initialization/*` state machine (etcdbrctl's): `New` -start-> `Progress` -> `Successful`
+/// or `Failed`; reading a final state resets it to `New`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    New,
+    Progress,
+    Successful,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::New => "New",
+            State::Progress => "Progress",
+            State::Successful => "Successful",
+            State::Failed => "Failed",
+        }
+    }
+}
+
+/// Runs initializations for the HTTP API, one at a time.
+pub struct Initializer {
+    cfg: InitConfig,
+    state: std::sync::Arc<std::sync::Mutex<State>>,
+}
+
+impl Initializer {
+    pub fn new(cfg: InitConfig) -> Self {
+        Initializer {
+            cfg,
+            state: std::sync::Arc::new(std::sync::Mutex::new(State::New)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn in_progress(&self) -> bool {
+        *self.lock() == State::Progress
+    }
+
+    /// Starts an initialization in `mode` if none ran since the last final state was read;
+    /// returns whether it started (otherwise nothing happens, as etcdbrctl).
+    pub fn start(&self, mode: Mode) -> bool {
+        let mut st = self.lock();
+        if *st != State::New {
+            return false;
+        }
+        *st = State::Progress;
+        drop(st);
+        let mut cfg = self.cfg.clone();
+        cfg.mode = mode;
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let result = initialize(&cfg).await;
+            let next = match &result {
+                Ok((outcome, action)) => {
+                    tracing::info!(outcome = %outcome, action = ?action, "initialization succeeded");
+                    State::Successful
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "initialization failed");
+                    State::Failed
+                }
+            };
+            *state.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        });
+        true
+    }
+
+    /// The state; a final state is reported once, then the machine is `New` again.
+    pub fn read_status(&self) -> State {
+        let mut st = self.lock();
+        let now = *st;
+        if matches!(now, State::Successful | State::Failed) {
+            *st = State::New;
+        }
+        now
+    }
+}

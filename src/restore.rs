@@ -629,14 +629,19 @@ async fn replay_all(
     let mut r = Replayer::new(etcd, cfg.default_lease_ttl).await?;
     let base = r.revision;
     tracing::info!(base_revision = base, target, "replaying deltas");
-    let mut fetched = futures::stream::iter(set.deltas.iter())
-        .map(|d| async move { (d, fetch_delta(store, d).await) })
+    // owned items: a closure over borrowed ones is not `Send` for every lifetime, which
+    // `tokio::spawn` (the HTTP initializer) requires
+    let mut fetched = futures::stream::iter(set.deltas.clone())
+        .map(|d| async move {
+            let events = fetch_delta(store, &d).await;
+            (d, events)
+        })
         .buffered(cfg.max_fetchers);
     let (mut n, mut last_log) = (0, Instant::now());
     let started = Instant::now();
     while let Some((d, events)) = fetched.next().await {
         let events = events?;
-        let key = store.key_of(d);
+        let key = store.key_of(&d);
         // --to-time: stop before the first event received after the time
         let up_to = match cut_time.and_then(|t| events.iter().find(|e| e.time > t)) {
             Some(e) => target.min(e.mod_revision - 1),

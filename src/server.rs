@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub reelection_period: Duration,
     pub leader_election_timeout: Duration,
     pub defrag_schedule: Schedule,
+    /// For `/initialization/*`.
+    pub init: crate::initialize::InitConfig,
 }
 
 struct AppState {
@@ -49,6 +51,7 @@ struct AppState {
     /// For `/snapshot/latest`: opened once, re-opened when the credentials rotate.
     store: tokio::sync::Mutex<RotatingStore>,
     http: reqwest::Client,
+    init: crate::initialize::Initializer,
 }
 
 impl AppState {
@@ -125,13 +128,55 @@ async fn healthz(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Resp
     if let Err(r) = query_params(&q, &[]) {
         return *r;
     }
-    let rep = st.health.report();
+    let mut rep = st.health.report();
+    if st.init.in_progress() {
+        // etcd is (re)built under it: not healthy until the initialization ends
+        rep.health = false;
+    }
     let code = if rep.health {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(code, &rep)
+}
+
+/// `/initialization/start?mode=full|sanity` (default full): starts an initialization when the
+/// state is `New`, else does nothing; 200 with an empty body either way (etcdbrctl's contract).
+/// An unknown mode is a 400, and starts nothing.
+async fn initialization_start(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    let params = match query_params(&q, &["mode"]) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let mode = match params
+        .iter()
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("") => crate::validate::Mode::Full,
+        Some(m) => match m.parse() {
+            Ok(m) => m,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("mode: {e}")),
+        },
+    };
+    if !st.init.start(mode) {
+        tracing::info!("initialization requested while one is in progress or unread: ignored");
+    }
+    StatusCode::OK.into_response()
+}
+
+/// `/initialization/status`: plain text `New`, `Progress`, `Successful` or `Failed`, no newline.
+async fn initialization_status(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    if let Err(r) = query_params(&q, &[]) {
+        return *r;
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        st.init.read_status().as_str(),
+    )
+        .into_response()
 }
 
 async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
@@ -445,6 +490,16 @@ fn router(st: Arc<AppState>) -> Router {
                 .post(snapshot_delta)
                 .fallback(wrong_method(trigger)),
         )
+        .route(
+            "/initialization/start",
+            get(initialization_start)
+                .post(initialization_start)
+                .fallback(wrong_method(trigger)),
+        )
+        .route(
+            "/initialization/status",
+            get(initialization_status).fallback(wrong_method(read)),
+        )
         .fallback(unknown_path)
         .with_state(st)
 }
@@ -477,6 +532,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         job: Mutex::new(None),
         store: tokio::sync::Mutex::new(store),
         http,
+        init: crate::initialize::Initializer::new(cfg.init.clone()),
     });
     let host = if cfg.host.is_empty() {
         "0.0.0.0"

@@ -257,3 +257,137 @@ fn initialization_outcomes() {
         .collect();
     assert_eq!(aside.len(), 1);
 }
+
+/// `/initialization/start` and `/initialization/status` on `etcdbrctl server`: the state
+/// machine (New -> Progress -> Successful/Failed -> New once read), bad input refused without
+/// side effects, a failed initialization retried until it succeeds.
+#[test]
+fn initialization_over_http() {
+    let mut etcd = Etcd::start(V);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bk = tmp.path().join("bk");
+    etcd.fill(200, 100);
+    backup(&etcd, &bk);
+    let rev = etcd.revision();
+    let peer = etcd.ports.1;
+    etcd.kill();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let log = std::fs::File::create(tmp.path().join("server.log")).expect("log");
+    let _server = Proc(
+        etcdbrctl()
+            .args([
+                "server",
+                "--endpoints",
+                &format!("http://127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--server-host",
+                "127.0.0.1",
+                "--server-port",
+                &port.to_string(),
+            ])
+            .args(["--schedule", "0 0 1 1 *", "--name", "t"])
+            .arg("--store-container")
+            .arg(&bk)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .arg("--restoration-temp-snapshots-dir")
+            .arg(tmp.path().join("rtmp"))
+            .arg("--etcd-binary")
+            .arg(V.etcd())
+            .arg("--etcd-restore-tool")
+            .arg(V.status_tool().0)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("server"),
+    );
+    let get = |path: &str| http_body(port, "GET", path);
+    let t = std::time::Instant::now();
+    while get("/initialization/status").is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = || get("/initialization/status").expect("status");
+    assert_eq!(status(), (200, "New".to_string()));
+    // bad input: clear 4xx, nothing started
+    assert_eq!(get("/initialization/start?mode=bogus").expect("r").0, 400);
+    assert_eq!(get("/initialization/start?mod=full").expect("r").0, 400);
+    assert_eq!(
+        http_body(port, "DELETE", "/initialization/start")
+            .expect("r")
+            .0,
+        405
+    );
+    assert_eq!(
+        http_body(port, "POST", "/initialization/status")
+            .expect("r")
+            .0,
+        405
+    );
+    assert_eq!(status(), (200, "New".to_string()));
+
+    let run = |expect: &str| {
+        assert_eq!(
+            get("/initialization/start?mode=full").expect("start"),
+            (200, String::new())
+        );
+        // a second start while in progress changes nothing
+        let _ = get("/initialization/start?mode=sanity");
+        let t = std::time::Instant::now();
+        loop {
+            let (code, s) = status();
+            assert_eq!(code, 200);
+            if s == "Progress" {
+                let (h, _) = get("/healthz").expect("healthz");
+                assert_eq!(h, 503, "unhealthy while initializing");
+            } else {
+                assert_eq!(s, expect);
+                break;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "stuck in Progress"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            status(),
+            (200, "New".to_string()),
+            "a final state is read once"
+        );
+    };
+    run("Successful");
+    assert_eq!(db_revision(&data), rev);
+    // valid now: kept
+    run("Successful");
+    assert_eq!(db_revision(&data), rev);
+    // the backup damaged and the data dir gone: Failed (named in the log), the target not
+    // created; repaired: the next start succeeds
+    std::fs::remove_dir_all(&data).expect("rm");
+    let full = std::fs::read_dir(bk.join("v2"))
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("Full-"))
+        .expect("full");
+    let good = std::fs::read(&full).expect("read");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&full, &bad).expect("write");
+    run("Failed");
+    assert!(!data.exists());
+    std::fs::write(&full, &good).expect("write");
+    run("Successful");
+    assert_eq!(db_revision(&data), rev);
+}
