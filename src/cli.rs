@@ -535,6 +535,13 @@ pub struct ServerCmd {
     #[arg(long = "use-etcd-wrapper", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_USE_ETCD_WRAPPER")]
     pub use_etcd_wrapper: bool,
+    /// the etcd configuration file that /config rewrites for this member
+    #[arg(
+        long = "etcd-config",
+        default_value = "/var/etcd/config/etcd.conf.yaml",
+        env = "ETCD_CONF"
+    )]
+    pub etcd_config: PathBuf,
     /// What /initialization/start restores with (etcdbrctl's Restoration group).
     #[command(flatten)]
     pub restoration: RestorationArgs,
@@ -1310,6 +1317,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         leader_election_timeout: s.leader_election_timeout,
         defrag_schedule,
         init,
+        etcd_config: s.etcd_config,
     };
     crate::server::run(cfg, shutdown_signal()).await
 }

@@ -23,6 +23,7 @@ pub mod deltasnap;
 pub mod duration;
 pub mod error;
 pub mod etcd;
+pub mod etcdconf;
 pub mod fullsnap;
 pub mod gc;
 pub mod health;

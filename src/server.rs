@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub defrag_schedule: Schedule,
     /// For `/initialization/*`.
     pub init: crate::initialize::InitConfig,
+    /// The etcd configuration file `/config` rewrites.
+    pub etcd_config: std::path::PathBuf,
 }
 
 struct AppState {
@@ -175,6 +177,92 @@ async fn initialization_status(State(st): State<Arc<AppState>>, RawQuery(q): Raw
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         st.init.read_status().as_str(),
+    )
+        .into_response()
+}
+
+/// The members etcd lists (2 tries, 5 s each, as etcdbrctl), `None` when it does not answer.
+async fn listed_members(
+    cfg: &crate::etcd::EtcdConfig,
+) -> Option<Vec<crate::etcdconf::ListedMember>> {
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let ep = cfg.primary().to_string();
+        let Ok(mut c) = crate::etcd::connect_one(cfg, &ep).await else {
+            continue;
+        };
+        let r =
+            crate::etcd::call(&ep, "member list", Duration::from_secs(5), c.member_list()).await;
+        if let Ok(r) = r {
+            return Some(
+                r.members()
+                    .iter()
+                    .map(|m| crate::etcdconf::ListedMember {
+                        name: m.name().to_string(),
+                        is_learner: m.is_learner(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    None
+}
+
+/// `/config`: the etcd configuration rewritten for this member (module `etcdconf`), as YAML;
+/// also written to `$HOME/etcd.conf.yaml` (0600) as etcdbrctl does.
+async fn config_handler(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
+    if let Err(r) = query_params(&q, &[]) {
+        return *r;
+    }
+    let fail = |e: Error| {
+        tracing::warn!(error = %e, "/config failed");
+        text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    };
+    let conf = match crate::etcdconf::read(&st.cfg.etcd_config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let member = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            conf.get("name")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| st.cfg.init.restore.name.clone());
+    let listed = if crate::etcdconf::initial_cluster(&conf).len() > 1 {
+        listed_members(&st.cfg.job.etcd).await
+    } else {
+        None
+    };
+    let body = match crate::etcdconf::rewrite(conf, &member, listed.as_deref())
+        .and_then(|m| crate::etcdconf::to_yaml(&m))
+    {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    if let Some(home) = std::env::var_os("HOME") {
+        let out = std::path::Path::new(&home).join("etcd.conf.yaml");
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&out)
+            .and_then(|mut f| f.write_all(body.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(file = %out.display(), error = %e, "cannot write the rewritten etcd configuration");
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/yaml")],
+        body,
     )
         .into_response()
 }
@@ -496,6 +584,7 @@ fn router(st: Arc<AppState>) -> Router {
                 .post(initialization_start)
                 .fallback(wrong_method(trigger)),
         )
+        .route("/config", get(config_handler).fallback(wrong_method(read)))
         .route(
             "/initialization/status",
             get(initialization_status).fallback(wrong_method(read)),

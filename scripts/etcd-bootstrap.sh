@@ -1,0 +1,112 @@
+#!/bin/sh
+# etcd's entrypoint next to the etcdbrctl sidecar (StatefulSet etcd container).
+#
+# 1. Picks the validation mode from the marker written when etcd last exited: "sanity" after a
+#    clean stop (exit 0, SIGINT 130, SIGTERM 143), "full" otherwise (crash, kill, first start).
+# 2. Drives the sidecar's initialization: polls /initialization/status; on "New" starts it with
+#    that mode; waits for "Successful"; on "Failed" logs it, waits (backoff 1 s doubling to
+#    MAX_BACKOFF) and starts again (the failed state resets to "New" once read).
+# 3. Fetches the member's etcd configuration from /config and runs etcd with it.
+# 4. When etcd exits, writes its exit code to the marker and exits with it (the container
+#    restarts and the next run validates accordingly). etcd runs as a child, not exec'd, so
+#    that its exit code can be recorded; SIGTERM/SIGINT are forwarded to it.
+#
+# Settings (environment):
+#   BACKUP_URL    the sidecar            (default http://127.0.0.1:8080; https:// for TLS)
+#   CURL_OPTS     extra curl options     (TLS: "--cacert /var/etcd/ssl/ca/ca.crt", client certs)
+#   ETCD_BIN      the etcd binary        (default: etcd on PATH)
+#   CONFIG_FILE   where /config is saved (default /tmp/etcd.conf.yaml)
+#   MARKER        the exit-code marker   (default /var/etcd/data/validation_marker)
+#   MAX_BACKOFF   seconds                (default 30)
+#   MAX_WAIT      give up after this many seconds without success (default 0: never)
+set -u
+
+BACKUP_URL=${BACKUP_URL:-http://127.0.0.1:8080}
+CURL_OPTS=${CURL_OPTS:-}
+ETCD_BIN=${ETCD_BIN:-etcd}
+CONFIG_FILE=${CONFIG_FILE:-/tmp/etcd.conf.yaml}
+MARKER=${MARKER:-/var/etcd/data/validation_marker}
+MAX_BACKOFF=${MAX_BACKOFF:-30}
+MAX_WAIT=${MAX_WAIT:-0}
+
+log() { echo "etcd-bootstrap: $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >&2; }
+
+# curl_get PATH [OUT]: body on stdout (or to OUT); non-zero on connection failure or non-2xx
+curl_get() {
+  # shellcheck disable=SC2086 # CURL_OPTS is a list of options
+  if [ -n "${2:-}" ]; then
+    curl -fsS --max-time 10 $CURL_OPTS -o "$2" "$BACKUP_URL$1"
+  else
+    curl -fsS --max-time 10 $CURL_OPTS "$BACKUP_URL$1"
+  fi
+}
+
+mode=full
+if [ -f "$MARKER" ]; then
+  case "$(cat "$MARKER" 2>/dev/null)" in
+    0 | 130 | 143) mode=sanity ;;
+  esac
+fi
+log "validation mode: $mode (marker $MARKER: $(cat "$MARKER" 2>/dev/null || echo absent))"
+
+started_at=$(date +%s)
+backoff=1
+while :; do
+  if [ "$MAX_WAIT" -gt 0 ] && [ $(($(date +%s) - started_at)) -ge "$MAX_WAIT" ]; then
+    log "no successful initialization within ${MAX_WAIT}s; giving up"
+    exit 1
+  fi
+  status=$(curl_get /initialization/status 2>/dev/null) || status=unreachable
+  case "$status" in
+    New)
+      log "starting initialization (mode $mode)"
+      curl_get "/initialization/start?mode=$mode" >/dev/null || log "start request failed; retrying"
+      sleep 1
+      ;;
+    Progress)
+      sleep 1
+      ;;
+    Successful)
+      log "initialization successful"
+      break
+      ;;
+    Failed)
+      log "initialization FAILED: see the backup sidecar's log; retrying in ${backoff}s"
+      sleep "$backoff"
+      backoff=$((backoff * 2))
+      [ "$backoff" -gt "$MAX_BACKOFF" ] && backoff=$MAX_BACKOFF
+      ;;
+    *)
+      log "backup sidecar not answering at $BACKUP_URL ($status); retrying"
+      sleep 1
+      ;;
+  esac
+done
+
+tries=0
+until curl_get /config "$CONFIG_FILE.tmp"; do
+  tries=$((tries + 1))
+  if [ "$tries" -ge 5 ]; then
+    log "cannot fetch /config from $BACKUP_URL after 5 tries"
+    exit 1
+  fi
+  sleep 2
+done
+mv "$CONFIG_FILE.tmp" "$CONFIG_FILE"
+
+rm -f "$MARKER"
+log "starting $ETCD_BIN --config-file $CONFIG_FILE"
+"$ETCD_BIN" --config-file "$CONFIG_FILE" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+# wait returns early when a trapped signal arrives: wait again until etcd is gone
+wait "$child"
+code=$?
+while kill -0 "$child" 2>/dev/null; do
+  wait "$child"
+  code=$?
+done
+echo "$code" >"$MARKER"
+log "etcd exited with $code"
+exit "$code"
