@@ -531,6 +531,42 @@ impl Db {
         Err(self.corrupt(problem(id, "tree deeper than 64 levels")))
     }
 
+    /// The last entry (key, value) of `bucket`, reading only the rightmost path of its tree.
+    pub fn last(&self, bucket: &Bucket) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let (mut data, mut id) = match &bucket.root {
+            BucketRoot::Inline(d) => (d.clone(), None),
+            BucketRoot::Page(id) => {
+                let mut buf = Vec::new();
+                self.read_page(*id, &mut buf).map_err(|p| self.corrupt(p))?;
+                (buf, Some(*id))
+            }
+        };
+        for _ in 0..MAX_DEPTH {
+            let page = Page::parse(id, &data).map_err(|p| self.corrupt(p))?;
+            if page.count == 0 {
+                return Ok(None);
+            }
+            match page.flags {
+                FLAG_LEAF => {
+                    let (_, k, v) = page.leaf(page.count - 1).map_err(|p| self.corrupt(p))?;
+                    return Ok(Some((k.to_vec(), v.to_vec())));
+                }
+                FLAG_BRANCH => {
+                    let (_, c) = page.branch(page.count - 1).map_err(|p| self.corrupt(p))?;
+                    let mut buf = Vec::new();
+                    self.read_page(c, &mut buf).map_err(|p| self.corrupt(p))?;
+                    (data, id) = (buf, Some(c));
+                }
+                f => {
+                    return Err(
+                        self.corrupt(problem(id, format!("invalid page flags {f:#x} in a tree")))
+                    )
+                }
+            }
+        }
+        Err(self.corrupt(problem(id, "tree deeper than 64 levels")))
+    }
+
     /// The value of `key` in `bucket` (a point lookup: one page per tree level).
     pub fn get(&self, bucket: &Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match &bucket.root {

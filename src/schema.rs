@@ -106,6 +106,65 @@ fn meta_revision(v: &[u8]) -> Option<i64> {
     parse_revision_key(v).map(|(r, _)| r.main)
 }
 
+/// The revision marks of a db, read cheaply (the `meta` bucket and the last key only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Revisions {
+    /// Main revision of the last `key` bucket key (0: no key).
+    pub last: i64,
+    pub finished_compact: Option<i64>,
+    pub scheduled_compact: Option<i64>,
+    pub consistent_index: Option<u64>,
+}
+
+impl Revisions {
+    /// The store revision etcd restores (see [`Status::effective_revision`]).
+    pub fn effective(&self) -> i64 {
+        self.last
+            .max(self.finished_compact.unwrap_or(0))
+            .max(self.scheduled_compact.unwrap_or(0))
+            .max(1)
+    }
+}
+
+impl From<&Status> for Revisions {
+    fn from(s: &Status) -> Self {
+        Revisions {
+            last: s.revision,
+            finished_compact: s.finished_compact,
+            scheduled_compact: s.scheduled_compact,
+            consistent_index: s.consistent_index,
+        }
+    }
+}
+
+/// [`Revisions`] from the rightmost path of the `key` bucket and the `meta` bucket: a few pages
+/// whatever the size of the db (the sanity check of a data directory).
+pub fn revisions(db: &Db) -> crate::bbolt::Result<Revisions> {
+    let mut r = Revisions::default();
+    for bucket in db.buckets()? {
+        if bucket.name == KEY_BUCKET {
+            if let Some((k, _)) = db.last(&bucket)? {
+                if let Some(b) = k.get(0..8) {
+                    r.last = i64::from_be_bytes(b.try_into().unwrap_or_default());
+                }
+            }
+        } else if bucket.name == META_BUCKET {
+            db.for_each(&bucket, &mut |_, k, v| {
+                match k {
+                    b"finishedCompactRev" => r.finished_compact = meta_revision(v),
+                    b"scheduledCompactRev" => r.scheduled_compact = meta_revision(v),
+                    b"consistent_index" => {
+                        r.consistent_index = v.try_into().ok().map(u64::from_be_bytes)
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(r)
+}
+
 /// The status accumulated entry by entry, in the order of the walk.
 struct StatusBuilder {
     crc: u32,

@@ -163,7 +163,7 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
     let db = tokio::task::spawn_blocking(move || read_db(&path2, mode))
         .await
         .map_err(|e| Error::Other(format!("validation worker failed: {e}")))?;
-    let (status, problems) = match db {
+    let (revs, problems) = match db {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };
@@ -174,9 +174,8 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
             problems.len()
         )));
     }
-    let wal = crate::wal::read_wal(&member.join("wal"));
     if mode == Mode::Full {
-        let wal = match &wal {
+        let wal = match crate::wal::read_wal(&member.join("wal")) {
             Ok(w) => w,
             Err(e) => return Ok(Outcome::DataDirectoryCorrupt(format!("WAL: {e}"))),
         };
@@ -188,7 +187,7 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
                         "the newest .snap (index {index}, term {term}) has no snapshot record in the WAL"
                     )));
                 }
-                let ci = status.consistent_index.unwrap_or(0);
+                let ci = revs.consistent_index.unwrap_or(0);
                 if ci != 0 && ci < index {
                     return Ok(Outcome::DataDirectoryCorrupt(format!(
                         "the db's consistent index {ci} is behind the .snap index {index}"
@@ -210,13 +209,13 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
         return Ok(Outcome::Valid);
     }
     let store_rev = set.last_revision();
-    let db_rev = status.effective_revision();
+    let db_rev = revs.effective();
     if db_rev >= store_rev {
         return Ok(Outcome::Valid);
     }
     // behind the store: only committed WAL entries not yet in the db could close the gap
-    let pending = match &wal {
-        Ok(w) => w.commit > status.consistent_index.unwrap_or(0),
+    let pending = match crate::wal::read_wal(&member.join("wal")) {
+        Ok(w) => w.commit > revs.consistent_index.unwrap_or(0),
         Err(_) => false,
     };
     if !pending {
@@ -243,16 +242,20 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
     }
 }
 
-/// Opens the db (any error: corrupt) and reads its status; with `Full`, the structural check.
+/// Opens the db (any error: corrupt) and reads its revisions: with `Full` on a walk of every
+/// page (the structural check), with `Sanity` from a few pages.
 fn read_db(
     path: &Path,
     mode: Mode,
-) -> std::result::Result<(schema::Status, Vec<crate::bbolt::Problem>), Outcome> {
+) -> std::result::Result<(schema::Revisions, Vec<crate::bbolt::Problem>), Outcome> {
     let db = Db::open(path).map_err(|e| Outcome::BoltDbCorrupt(e.to_string()))?;
     match mode {
-        Mode::Full => Ok(schema::status_checked(&db)),
-        Mode::Sanity => schema::status(&db)
-            .map(|s| (s, Vec::new()))
+        Mode::Full => {
+            let (st, problems) = schema::status_checked(&db);
+            Ok(((&st).into(), problems))
+        }
+        Mode::Sanity => schema::revisions(&db)
+            .map(|r| (r, Vec::new()))
             .map_err(|e| Outcome::BoltDbCorrupt(e.to_string())),
     }
 }

@@ -3,6 +3,7 @@
 //! every record, the entries and commit index the WAL holds, and whether the newest `.snap`
 //! matches a snapshot record of the WAL (what etcd needs to boot).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const METADATA: i64 = 1;
@@ -135,20 +136,27 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
     };
     let mut crc: Option<u32> = None;
     for (fi, file) in files.iter().enumerate() {
-        let bytes = std::fs::read(file).map_err(|e| WalError {
+        // streamed record by record: a segment is 64 MB, mostly preallocated zeros
+        let f = std::fs::File::open(file).map_err(|e| WalError {
             file: file.clone(),
             offset: 0,
-            message: format!("cannot read: {e}"),
+            message: format!("cannot open: {e}"),
         })?;
+        let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
         let last_file = fi + 1 == files.len();
-        let mut off = 0usize;
-        while off + 8 <= bytes.len() {
+        let mut off = 0u64;
+        let mut body = Vec::new();
+        while off + 8 <= file_len {
             let err = |message: String| WalError {
                 file: file.clone(),
-                offset: off as u64,
+                offset: off,
                 message,
             };
-            let len_field = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap_or_default());
+            let mut head = [0u8; 8];
+            r.read_exact(&mut head)
+                .map_err(|e| err(format!("read failed: {e}")))?;
+            let len_field = u64::from_le_bytes(head);
             if len_field == 0 {
                 break; // preallocated zeros: end of this file
             }
@@ -158,13 +166,16 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
             } else {
                 0
             };
-            if len > MAX_RECORD || off as u64 + 8 + len + pad > bytes.len() as u64 {
+            if len > MAX_RECORD || off + 8 + len + pad > file_len {
                 return Err(err(format!(
                     "record of {len} bytes runs past the end of the file{}",
                     if last_file { " (torn write?)" } else { "" }
                 )));
             }
-            let body = &bytes[off + 8..off + 8 + len as usize];
+            body.resize((len + pad) as usize, 0);
+            r.read_exact(&mut body)
+                .map_err(|e| err(format!("read failed: {e}")))?;
+            let body = &body[..len as usize];
             let rec = <Record as prost::Message>::decode(body)
                 .map_err(|e| err(format!("undecodable record: {e}")))?;
             let data = rec.data.unwrap_or_default();
@@ -211,7 +222,7 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
                 }
             }
             s.records += 1;
-            off += 8 + len as usize + pad as usize;
+            off += 8 + len + pad;
         }
     }
     Ok(s)
