@@ -221,6 +221,10 @@ pub struct CompactCmd {
 
 #[derive(Debug, Args)]
 pub struct InitializeCmd {
+    /// In a multi-member cluster: how to reach the other members (--service-endpoints, else
+    /// --endpoints).
+    #[command(flatten)]
+    pub etcd: EtcdConnectionArgs,
     #[command(flatten)]
     pub store: SnapstoreArgs,
     #[command(flatten)]
@@ -236,7 +240,12 @@ pub struct InitializeCmd {
 
 impl InitializeCmd {
     pub fn to_config(&self, mode: crate::validate::Mode) -> Result<crate::initialize::InitConfig> {
-        self.restoration.init_config(&self.store, mode)
+        let mut cluster = self.etcd.to_config()?;
+        if !cluster.service_endpoints.is_empty() {
+            cluster.endpoints = cluster.service_endpoints.clone();
+        }
+        self.restoration
+            .init_config(&self.store, mode, Some(cluster))
     }
 }
 
@@ -247,6 +256,7 @@ impl RestorationArgs {
         &self,
         store: &SnapstoreArgs,
         mode: crate::validate::Mode,
+        cluster: Option<EtcdConfig>,
     ) -> Result<crate::initialize::InitConfig> {
         let has_store = !(store.storage_provider.is_empty() && store.store_container.is_empty());
         let store_cfg = if has_store {
@@ -273,6 +283,7 @@ impl RestorationArgs {
                 .filter(|m| !m.trim().is_empty())
                 .count(),
             pod_namespace: std::env::var("POD_NAMESPACE").ok(),
+            cluster,
         })
     }
 }
@@ -750,6 +761,14 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_ENDPOINTS"
     )]
     pub endpoints: Vec<String>,
+    /// the cluster's client endpoints, for member operations (re-adding a member as a learner);
+    /// empty: every member's advertise-client-urls from the etcd configuration
+    #[arg(
+        long = "service-endpoints",
+        value_delimiter = ',',
+        env = "ETCDBR_SERVICE_ENDPOINTS"
+    )]
+    pub service_endpoints: Vec<String>,
     /// etcd server username, if one is required
     #[arg(
         long = "etcd-username",
@@ -829,6 +848,12 @@ impl EtcdConnectionArgs {
             cert: self.cert.clone(),
             key: self.key.clone(),
             cacert: self.cacert.clone(),
+            service_endpoints: self
+                .service_endpoints
+                .iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
         };
         c.validate()?;
         Ok(c)
@@ -1306,9 +1331,20 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         port = s.server_port,
         "starting the server"
     );
-    let init = s
-        .restoration
-        .init_config(&s.job.store, crate::validate::Mode::Full)?;
+    // the other members, for re-adding this one: --service-endpoints, else every member's
+    // client URLs from the etcd configuration, else --endpoints
+    let mut cluster = job.etcd.clone();
+    if !cluster.service_endpoints.is_empty() {
+        cluster.endpoints = cluster.service_endpoints.clone();
+    } else if let Ok(conf) = crate::etcdconf::read(&s.etcd_config) {
+        let all = crate::etcdconf::all_client_urls(&conf);
+        if !all.is_empty() {
+            cluster.endpoints = all;
+        }
+    }
+    let init =
+        s.restoration
+            .init_config(&s.job.store, crate::validate::Mode::Full, Some(cluster))?;
     let cfg = crate::server::ServerConfig {
         job,
         host: s.server_host,

@@ -78,6 +78,7 @@ async fn compact_and_save(
         cert: String::new(),
         key: String::new(),
         cacert: String::new(),
+        service_endpoints: Vec::new(),
     };
     let ep = etcd.endpoint.clone();
     let mut c = crate::etcd::connect_one(&ecfg, &ep).await?;

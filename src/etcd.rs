@@ -18,6 +18,9 @@ pub struct EtcdConfig {
     pub cert: String,
     pub key: String,
     pub cacert: String,
+    /// The cluster's client endpoints for member operations (`--service-endpoints`); empty:
+    /// taken from the etcd configuration's `advertise-client-urls`, else `endpoints`.
+    pub service_endpoints: Vec<String>,
 }
 
 impl EtcdConfig {
@@ -62,6 +65,29 @@ impl EtcdConfig {
 
 fn read_file(path: &str, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, format!("read the {what}"), e))
+}
+
+/// A client for member operations: the first of `endpoints` that answers a member list, with
+/// that list.
+pub async fn connect_cluster(
+    cfg: &EtcdConfig,
+    endpoints: &[String],
+) -> Result<(Client, String, etcd_client::MemberListResponse)> {
+    let mut last = None;
+    for ep in endpoints {
+        match connect_one(cfg, ep).await {
+            Ok(mut c) => {
+                match call(ep, "member list", cfg.connection_timeout, c.member_list()).await {
+                    Ok(list) => return Ok((c, ep.clone(), list)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::config("no etcd endpoint to reach the cluster (give --service-endpoints)")
+    }))
 }
 
 /// A client bound to one endpoint (see [`EtcdConfig::primary`]).

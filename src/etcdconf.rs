@@ -53,6 +53,25 @@ pub fn initial_cluster(m: &Mapping) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every member's client URLs from `advertise-client-urls` (a map member -> URLs, or a list).
+pub fn all_client_urls(m: &Mapping) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |v: &Value| match v {
+        Value::String(s) => out.extend(s.split(',').map(|u| u.trim().to_string())),
+        Value::Sequence(seq) => {
+            out.extend(seq.iter().filter_map(Value::as_str).map(str::to_string))
+        }
+        _ => {}
+    };
+    match m.get("advertise-client-urls") {
+        Some(Value::Mapping(map)) => map.values().for_each(&mut push),
+        Some(v) => push(v),
+        None => {}
+    }
+    out.retain(|u| !u.is_empty());
+    out
+}
+
 /// A member's URLs from a value that is either a string or a map member -> [urls] / "urls".
 fn member_urls(v: &Value, member: &str) -> Option<String> {
     match v {

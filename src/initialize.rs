@@ -20,6 +20,9 @@ pub struct InitConfig {
     pub has_store: bool,
     pub cluster_size: usize,
     pub pod_namespace: Option<String>,
+    /// To reach the other members of a multi-member cluster (endpoints resolved: the service
+    /// endpoints or every member's client URLs).
+    pub cluster: Option<crate::etcd::EtcdConfig>,
 }
 
 /// What initialization did.
@@ -33,6 +36,10 @@ pub enum Action {
     Restored { revision: i64 },
     /// Condemned, with nothing to restore from: moved aside so etcd starts fresh.
     MovedAside { to: std::path::PathBuf },
+    /// A member of a multi-member cluster with bad data: removed from the cluster, its data
+    /// directory deleted, added back as a learner that syncs from the leader (the sidecar
+    /// promotes it once it caught up).
+    ReAddedAsLearner { old_id: Option<u64>, new_id: u64 },
 }
 
 pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
@@ -62,11 +69,8 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         )));
     }
     if cfg.cluster_size > 1 {
-        return Err(Error::Other(format!(
-            "{}: {outcome}; this member belongs to a {}-member cluster: remove it (etcdctl member remove), delete its data directory and add it back as a learner (etcdctl member add --learner) so that it syncs from the leader; automatic member re-adding is not implemented yet",
-            data_dir.display(),
-            cfg.cluster_size
-        )));
+        let action = readd_as_learner(cfg, &outcome).await?;
+        return Ok((outcome, action));
     }
     let empty_store = if cfg.has_store {
         let store = SnapStore::open(cfg.restore.store.clone()).await?;
@@ -106,6 +110,92 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
             revision: report.revision,
         },
     ))
+}
+
+/// The multi-member path (etcdbrctl's): the data comes from the leader, not from the store.
+async fn readd_as_learner(cfg: &InitConfig, outcome: &Outcome) -> Result<Action> {
+    let data_dir = &cfg.restore.data_dir;
+    let Some(ecfg) = &cfg.cluster else {
+        return Err(Error::config(format!(
+            "{}: {outcome}; this member belongs to a {}-member cluster and is re-added from the others, but no endpoint of theirs is known (give --service-endpoints)",
+            data_dir.display(),
+            cfg.cluster_size
+        )));
+    };
+    let (mut c, ep, list) = crate::etcd::connect_cluster(ecfg, &ecfg.endpoints)
+        .await
+        .map_err(|e| {
+            Error::Other(format!(
+                "{}: {outcome}; cannot reach the rest of the cluster to re-add this member: {e}",
+                data_dir.display()
+            ))
+        })?;
+    let peers = &cfg.restore.initial_advertise_peer_urls;
+    let me = list
+        .members()
+        .iter()
+        .find(|m| m.name() == cfg.restore.name || m.peer_urls().iter().any(|u| peers.contains(u)));
+    // bounded attempts: right after this member died (it may have led) a proposal can be lost
+    // in the leader change; the member list says whether a timed-out removal applied anyway
+    let t = ecfg
+        .connection_timeout
+        .min(std::time::Duration::from_secs(10));
+    let old_id = me.map(|m| m.id());
+    if let Some(id) = old_id {
+        let mut tries = 0;
+        loop {
+            let r = crate::etcd::call(
+                &ep,
+                &format!("remove member {id:x}"),
+                t,
+                c.member_remove(id),
+            )
+            .await;
+            let listed = crate::etcd::call(&ep, "member list", t, c.member_list())
+                .await
+                .map(|l| l.members().iter().any(|m| m.id() == id));
+            match (r, listed) {
+                (_, Ok(false)) => break,
+                (Err(e), _) | (Ok(_), Err(e)) if tries >= 6 => return Err(e),
+                (r, _) => {
+                    tries += 1;
+                    tracing::warn!(error = ?r.err().map(|e| e.to_string()), "removing this member did not complete; retrying in 2 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        }
+        tracing::warn!(member = format!("{id:x}"), name = %cfg.restore.name, outcome = %outcome, "removed this member from the cluster: its data is bad");
+    }
+    if data_dir.exists() {
+        std::fs::remove_dir_all(data_dir)
+            .map_err(|e| Error::io(data_dir, "delete the bad data directory", e))?;
+    }
+    let opts = etcd_client::MemberAddOptions::new().with_is_learner();
+    let mut tries = 0;
+    let added = loop {
+        match crate::etcd::call(
+            &ep,
+            "add this member as a learner",
+            t,
+            c.member_add(peers.clone(), Some(opts.clone())),
+        )
+        .await
+        {
+            Ok(r) => break r,
+            Err(e) if tries < 6 => {
+                tries += 1;
+                tracing::warn!(error = %e, "adding this member as a learner failed; retrying in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let new_id = added.member().map(|m| m.id()).unwrap_or(0);
+    tracing::info!(
+        member = format!("{new_id:x}"),
+        "this member was added back as a learner: etcd will sync from the leader"
+    );
+    Ok(Action::ReAddedAsLearner { old_id, new_id })
 }
 
 /// The `/initialization/*` state machine (etcdbrctl's): `New` -start-> `Progress` -> `Successful`

@@ -662,6 +662,31 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     result
 }
 
+/// Asks the cluster (the member-operation endpoints) to promote learner `id`.
+async fn promote(cfg: &ServerConfig, id: u64) {
+    let Some(ecfg) = &cfg.init.cluster else {
+        return;
+    };
+    let result = match etcd::connect_cluster(ecfg, &ecfg.endpoints).await {
+        Ok((mut c, ep, _)) => etcd::call(
+            &ep,
+            "promote this learner",
+            cfg.leader_election_timeout,
+            c.member_promote(id),
+        )
+        .await
+        .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::info!(
+            member = format!("{id:x}"),
+            "learner promoted to a voting member"
+        ),
+        Err(e) => tracing::info!(error = %e, "learner not promoted yet (still catching up?)"),
+    }
+}
+
 async fn leadership_loop(
     cfg: &ServerConfig,
     st: &Arc<AppState>,
@@ -701,6 +726,14 @@ async fn leadership_loop(
                 }
             }
             last_role = Some(now_role);
+        }
+        // a re-added member joins as a learner: promote it once it has caught up (etcd refuses
+        // until then; retried every period), as etcdbrctl. A learner does not serve the call
+        // itself: it goes to the other members.
+        if let Ok(r) = &role {
+            if r.is_learner && !r.is_leader() {
+                promote(cfg, r.member_id).await;
+            }
         }
         // a job that ended by itself (configuration error) is fatal; otherwise restarted
         if let Some(j) = running.as_ref() {

@@ -391,3 +391,135 @@ fn initialization_over_http() {
     run("Successful");
     assert_eq!(db_revision(&data), rev);
 }
+
+/// A member of a 3-member cluster loses its data: `initialize` removes it from the cluster and
+/// adds it back as a learner (no restore from the store); etcd started on the empty dir joins
+/// the existing cluster and syncs from the leader; its sidecar promotes it once it caught up.
+#[test]
+fn a_member_with_bad_data_is_readded_as_a_learner() {
+    let mut cluster = EtcdCluster::start(V);
+    for i in 0..50 {
+        cluster.etcdctl_raw(&cluster.endpoints, &["put", &format!("/k/{i:02}"), "v"]);
+    }
+    let rev = cluster.revision();
+    cluster.kill(2);
+    let data = cluster.dir.path().join("m2");
+    std::fs::remove_dir_all(data.join("member")).expect("rm member");
+    let peer = format!("http://127.0.0.1:{}", cluster.peers[2]);
+    let others = cluster.endpoints[..2].join(",");
+    let o = etcdbrctl()
+        .args(["initialize", "--validation-mode", "full", "--name", "m2"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--initial-cluster", &cluster.initial_cluster])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--service-endpoints", &others])
+        .output()
+        .expect("initialize");
+    let logs = || {
+        (0..2)
+            .map(|i| {
+                let l = std::fs::read_to_string(cluster.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = l.lines().rev().take(15).collect();
+                format!(
+                    "m{i}:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(o.status.success(), "{}\n{}", text(&o), logs());
+    assert!(text(&o).contains("ReAddedAsLearner"), "{}", text(&o));
+    let members = || -> serde_json::Value {
+        let out = cluster.etcdctl_raw(&cluster.endpoints[..2], &["member", "list", "-w", "json"]);
+        serde_json::from_slice(&out.stdout).expect("member list")
+    };
+    let m = members();
+    let list = m["members"].as_array().expect("members");
+    assert_eq!(list.len(), 3);
+    let learner: Vec<_> = list.iter().filter(|m| m["isLearner"] == true).collect();
+    assert_eq!(learner.len(), 1, "{m}");
+    assert_eq!(learner[0]["peerURLs"][0].as_str(), Some(peer.as_str()));
+
+    // etcd on the emptied dir joins as the learner; its sidecar promotes it
+    let ep = cluster.endpoints[2].clone();
+    let log = std::fs::File::create(cluster.dir.path().join("m2-rejoin.log")).expect("log");
+    let _m2 = Proc(
+        clean_cmd(&V.etcd())
+            .args(["--name", "m2", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &cluster.initial_cluster])
+            .args(["--initial-cluster-state", "existing"])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("m2"),
+    );
+    let store = tempfile::tempdir().expect("store");
+    let port = free_port();
+    let slog = std::fs::File::create(cluster.dir.path().join("m2-sidecar.log")).expect("log");
+    let _sidecar = Proc(
+        etcdbrctl()
+            .args(["server", "--endpoints", &ep, "--server-host", "127.0.0.1"])
+            .args([
+                "--server-port",
+                &port.to_string(),
+                "--reelection-period",
+                "2s",
+            ])
+            .args([
+                "--schedule",
+                "0 0 1 1 *",
+                "--service-endpoints",
+                &cluster.endpoints.join(","),
+            ])
+            .arg("--store-container")
+            .arg(store.path())
+            .stdout(slog.try_clone().expect("log"))
+            .stderr(slog)
+            .spawn()
+            .expect("sidecar"),
+    );
+    let t = std::time::Instant::now();
+    loop {
+        let m = members();
+        let learners = m["members"]
+            .as_array()
+            .map(|l| l.iter().filter(|m| m["isLearner"] == true).count())
+            .unwrap_or(1);
+        if learners == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "the learner was not promoted: {m}; sidecar log:\n{}",
+            std::fs::read_to_string(cluster.dir.path().join("m2-sidecar.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // the re-added member serves the data it synced from the leader
+    let out = cluster.etcdctl_raw(
+        std::slice::from_ref(&ep),
+        &[
+            "get",
+            "/k/",
+            "--prefix",
+            "--keys-only",
+            "--consistency=s",
+            "-w",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["kvs"].as_array().map(|a| a.len()), Some(50));
+    assert!(v["header"]["revision"].as_i64().unwrap_or(0) >= rev);
+}

@@ -668,6 +668,9 @@ pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     pub endpoints: Vec<String>,
     pub version: EtcdVersion,
+    /// Peer ports, and the `--initial-cluster` value.
+    pub peers: Vec<u16>,
+    pub initial_cluster: String,
 }
 
 impl EtcdCluster {
@@ -713,6 +716,8 @@ impl EtcdCluster {
             dir,
             endpoints,
             version,
+            peers: ports.iter().map(|p| p.1).collect(),
+            initial_cluster: initial,
         };
         let t = Instant::now();
         loop {
