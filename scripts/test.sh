@@ -7,4 +7,9 @@ scripts/install-test-deps.sh
 export ETCDBR_TOOLS_DIR=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# the image and the chart: hadolint, and every manifest of three value sets against the
+# Kubernetes schemas (no helm binary needed)
+"$ETCDBR_TOOLS_DIR/venv/bin/hadolint" Dockerfile
+cargo build --locked --bin etcdbrctl
+"$ETCDBR_TOOLS_DIR/venv/bin/python" scripts/test-chart.py "$ETCDBR_TOOLS_DIR/bin/chart-render" target/debug/etcdbrctl
 cargo test --locked -- --test-threads 2
