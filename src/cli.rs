@@ -1309,11 +1309,12 @@ async fn run_server(s: ServerCmd) -> Result<()> {
             "--etcd-connection-timeout-leader-election must be longer than 1s",
         ));
     }
-    if !s.server_cert.is_empty() || !s.server_key.is_empty() {
+    if s.server_cert.is_empty() != s.server_key.is_empty() {
         return Err(Error::config(
-            "--server-cert/--server-key: HTTPS is not available in this build; terminate TLS in front of the sidecar or omit these flags",
+            "--server-cert and --server-key must be given together (HTTPS for the sidecar's API)",
         ));
     }
+    let tls = (!s.server_cert.is_empty()).then(|| (s.server_cert.clone(), s.server_key.clone()));
     if s.enable_profiling {
         tracing::warn!("--enable-profiling: /debug/pprof is Go-specific and not served");
     }
@@ -1354,6 +1355,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         defrag_schedule,
         init,
         etcd_config: s.etcd_config,
+        tls,
     };
     crate::server::run(cfg, shutdown_signal()).await
 }

@@ -27,6 +27,7 @@ pub mod etcdconf;
 pub mod fullsnap;
 pub mod gc;
 pub mod health;
+pub mod https;
 pub mod initialize;
 pub mod inspect;
 pub mod k8s;

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub init: crate::initialize::InitConfig,
     /// The etcd configuration file `/config` rewrites.
     pub etcd_config: std::path::PathBuf,
+    /// HTTPS: certificate chain and key (PEM files).
+    pub tls: Option<(String, String)>,
 }
 
 struct AppState {
@@ -526,6 +528,13 @@ async fn leader_sidecar_url(cfg: &ServerConfig) -> Result<String> {
     } else {
         host.to_string()
     };
+    if cfg.tls.is_some() {
+        // reqwest is built without TLS here: say so instead of failing obscurely
+        return Err(Error::Other(format!(
+            "forwarding to the leader's sidecar over HTTPS is not supported: call https://{host}:{} directly",
+            cfg.port
+        )));
+    }
     Ok(format!("http://{host}:{}", cfg.port))
 }
 
@@ -593,6 +602,21 @@ fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
+async fn tls_headers(uri: axum::http::Uri, mut r: Response) -> Response {
+    if !matches!(uri.path(), "/config" | "/metrics") {
+        let h = r.headers_mut();
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static("default-src 'self'"),
+        );
+    }
+    r
+}
+
 /// A running snapshot job (this sidecar leads).
 struct RunningJob {
     abandon: watch::Sender<bool>,
@@ -629,19 +653,43 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg.host.as_str()
     };
     let addr = format!("{host}:{}", cfg.port);
+    // certificates first: a bad file is a configuration error before anything listens
+    let acceptor = match &cfg.tls {
+        Some((cert, key)) => Some(crate::https::acceptor(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| Error::io(&addr, "listen (is another process using --server-port?)", e))?;
-    tracing::info!(address = addr, "HTTP server listening");
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
-    let app = router(st.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                crate::deltasnap::flag_set(&mut http_stop_rx).await;
+    let stopped = async move {
+        crate::deltasnap::flag_set(&mut http_stop_rx).await;
+    };
+    let server = match acceptor {
+        Some(acceptor) => {
+            tracing::info!(address = addr, "HTTPS server listening");
+            // etcdbrctl's headers on TLS, except for /config and /metrics
+            let app = router(st.clone()).layer(axum::middleware::map_response(tls_headers));
+            let listener = crate::https::TlsListener {
+                tcp: listener,
+                acceptor,
+            };
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+        None => {
+            tracing::info!(address = addr, "HTTP server listening");
+            let app = router(st.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+    };
 
     let h2 = health.clone();
     let defrag_task = tokio::spawn(defrag::run_scheduled(

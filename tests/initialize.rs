@@ -523,3 +523,101 @@ fn a_member_with_bad_data_is_readded_as_a_learner() {
     assert_eq!(v["kvs"].as_array().map(|a| a.len()), Some(50));
     assert!(v["header"]["revision"].as_i64().unwrap_or(0) >= rev);
 }
+
+/// `--server-cert/--server-key`: the API over HTTPS (verified with the CA by curl, as the
+/// bootstrap script does), with etcdbrctl's HSTS/CSP headers except on /metrics; plain HTTP on
+/// the port fails.
+#[test]
+fn the_api_over_https() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (tmp.path().join("tls.crt"), tmp.path().join("tls.key"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let port = free_port();
+    let log = std::fs::File::create(tmp.path().join("server.log")).expect("log");
+    let _server = Proc(
+        etcdbrctl()
+            .args([
+                "server",
+                "--endpoints",
+                &format!("http://127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--server-host",
+                "127.0.0.1",
+                "--server-port",
+                &port.to_string(),
+            ])
+            .arg("--store-container")
+            .arg(tmp.path().join("bk"))
+            .arg("--server-cert")
+            .arg(&cert)
+            .arg("--server-key")
+            .arg(&key)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("server"),
+    );
+    let curl = |path: &str| {
+        std::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl")
+    };
+    let t = std::time::Instant::now();
+    let out = loop {
+        let o = curl("/initialization/status");
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).to_string();
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "no HTTPS: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("\r\n\r\nNew"), "{out}");
+    let lower = out.to_lowercase();
+    assert!(
+        lower.contains("strict-transport-security: max-age=31536000"),
+        "{out}"
+    );
+    assert!(
+        lower.contains("content-security-policy: default-src 'self'"),
+        "{out}"
+    );
+    let metrics = String::from_utf8_lossy(&curl("/metrics").stdout).to_lowercase();
+    assert!(metrics.contains("etcdbr_") && !metrics.contains("strict-transport-security"));
+    assert!(
+        http_body(port, "GET", "/initialization/status").is_err(),
+        "plain HTTP must not be served on the HTTPS port"
+    );
+}
