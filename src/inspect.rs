@@ -225,8 +225,8 @@ pub async fn open(
 ) -> Result<Opened> {
     let path = PathBuf::from(source);
     if path.is_file() {
-        let p2 = path.clone();
-        return tokio::task::spawn_blocking(move || open_local(&p2, check_hash))
+        let (p2, t2) = (path.clone(), temp_dir.to_path_buf());
+        return tokio::task::spawn_blocking(move || open_local(&p2, check_hash, &t2))
             .await
             .map_err(|e| Error::Other(format!("inspect worker failed: {e}")))?;
     }
@@ -279,7 +279,8 @@ pub async fn open(
     })
 }
 
-fn open_local(path: &Path, check_hash: bool) -> Result<Opened> {
+/// `temp_dir` (`--snapstore-temp-directory`) receives the decompressed copy of a compressed file.
+fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> {
     let label = path.display().to_string();
     let mut head = [0u8; 64];
     let n = {
@@ -309,17 +310,9 @@ fn open_local(path: &Path, check_hash: bool) -> Result<Opened> {
         });
     }
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let temp_dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let temp_dir = temp_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir);
-    // prefer the system temp dir: the snapshot's own directory may be read-only
-    let dir = if tempfile::tempfile_in(std::env::temp_dir()).is_ok() {
-        std::env::temp_dir()
-    } else {
-        temp_dir
-    };
-    let (tmp, trailer) = decompress_into(&label, codec, f, &dir)?;
+    std::fs::create_dir_all(temp_dir)
+        .map_err(|e| Error::io(temp_dir, "create the temporary directory", e))?;
+    let (tmp, trailer) = decompress_into(&label, codec, f, temp_dir)?;
     let db = open_db(&tmp, &label)?;
     Ok(Opened {
         db,

@@ -1,15 +1,25 @@
 //! etcdbr: a backup-restore sidecar for etcd, compatible with gardener's etcdbrctl.
 //!
-//! Data flows one way: etcd -> [`fullsnap`] -> [`codec`] -> [`store`], each module named after
-//! the domain concept it implements:
+//! Data flows one way: etcd -> [`fullsnap`] / [`deltasnap`] -> [`codec`] -> [`store`], and
+//! [`store`] -> [`codec`] -> [`restore`] -> data dir. Each module is named after the domain
+//! concept it implements:
 //!
 //! * [`layout`]: snapshot object names, parsing, ordering and the "latest snapshot set";
-//! * [`codec`]: the compression policies (gzip, zlib, lzw, zstd) and their suffixes;
+//! * [`codec`], [`lzw`]: the compression policies (gzip, zlib, lzw, zstd) and their suffixes;
 //! * [`store`]: the object stores (Local directory, S3, GCS, ABS) and their credentials;
-//! * [`etcd`]: connecting to etcd from the command-line flags;
-//! * [`fullsnap`]: streaming a verified full snapshot from etcd into a store;
-//! * [`schedule`]: cron schedules with Go/robfig semantics;
-//! * [`snapshotter`]: the scheduled snapshot loop with exponential backoff;
+//! * [`etcd`], [`leader`]: connecting to etcd; which member leads (and fencing writes);
+//! * [`fullsnap`], [`snaprev`]: streaming a verified full snapshot into a store, named by the
+//!   revision of its data;
+//! * [`delta`], [`deltasnap`]: delta snapshot files and taking them from etcd's watch;
+//! * [`schedule`], [`snapshotter`], [`gc`], [`defrag`]: the scheduled job, garbage collection,
+//!   defragmentation;
+//! * [`server`], [`https`], [`health`], [`metrics`]: the sidecar's HTTP API;
+//! * [`replay`], [`restore`], [`revbump`], [`compact`], [`copy`]: restoring a data dir (deltas
+//!   replayed through a temporary etcd, revision bump), compacting and copying backups;
+//! * [`bbolt`], [`schema`], [`wal`]: reading etcd's files natively (db, WAL, `.snap`);
+//! * [`inspect`], [`k8s`]: `snapshot status|verify|ls|get`;
+//! * [`validate`], [`initialize`], [`etcdconf`]: start-up validation, initialization and the
+//!   `/config` rewrite;
 //! * [`cli`]: the `etcdbrctl` command line.
 
 pub mod bbolt;
