@@ -228,14 +228,10 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
     Ok(s)
 }
 
-/// The (index, term) of the newest valid `.snap` file of `snap_dir`, `None` if there is none.
-pub fn newest_snap(snap_dir: &Path) -> Result<Option<(u64, u64)>, WalError> {
-    let files = files_with(snap_dir, "snap")?;
-    let Some(file) = files.last() else {
-        return Ok(None);
-    };
+/// Reads one `.snap` file: its (index, term), after checking its CRC.
+fn read_snap(file: &Path) -> Result<(u64, u64), WalError> {
     let err = |message: String| WalError {
-        file: file.clone(),
+        file: file.to_path_buf(),
         offset: 0,
         message,
     };
@@ -256,5 +252,31 @@ pub fn newest_snap(snap_dir: &Path) -> Result<Option<(u64, u64)>, WalError> {
     let raft = <RaftSnapshot as prost::Message>::decode(data.as_slice())
         .map_err(|e| err(format!("undecodable raft snapshot: {e}")))?;
     let m = raft.metadata.unwrap_or_default();
-    Ok(Some((m.index.unwrap_or(0), m.term.unwrap_or(0))))
+    Ok((m.index.unwrap_or(0), m.term.unwrap_or(0)))
+}
+
+/// The `.snap` etcd would boot from (as etcd 3.5's `LoadNewestAvailable`): the newest valid one
+/// whose (index, term) the WAL records. `Ok(None)`: no `.snap` file at all. An error names the
+/// files when there are some and none qualifies (etcd cannot boot: "snapshot not found").
+pub fn usable_snap(snap_dir: &Path, wal: &WalSummary) -> Result<Option<(u64, u64)>, WalError> {
+    let files = files_with(snap_dir, "snap")?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut problems = Vec::new();
+    for file in files.iter().rev() {
+        match read_snap(file) {
+            Ok(it) if wal.snapshots.contains(&it) => return Ok(Some(it)),
+            Ok((i, t)) => problems.push(format!(
+                "{}: index {i}, term {t} has no snapshot record in the WAL",
+                file.display()
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Err(WalError {
+        file: snap_dir.to_path_buf(),
+        offset: 0,
+        message: format!("no usable .snap file: {}", problems.join("; ")),
+    })
 }
