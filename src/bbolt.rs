@@ -18,14 +18,14 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: u32 = 0xED0C_DAED;
+pub(crate) const MAGIC: u32 = 0xED0C_DAED;
 const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
+pub(crate) const PAGE_HEADER: usize = 16;
+pub(crate) const ELEMENT: usize = 16;
 const BUCKET_HEADER: usize = 16;
 const META_SIZE: usize = 64;
-const FLAG_BRANCH: u16 = 0x01;
-const FLAG_LEAF: u16 = 0x02;
+pub(crate) const FLAG_BRANCH: u16 = 0x01;
+pub(crate) const FLAG_LEAF: u16 = 0x02;
 const FLAG_META: u16 = 0x04;
 const FLAG_FREELIST: u16 = 0x10;
 /// Leaf element flag: the value is a nested bucket.
@@ -92,13 +92,15 @@ pub struct Meta {
     pub txid: u64,
 }
 
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+/// Little-endian integers at byte offset `o` (bbolt writes native-endian structs; amd64/arm64),
+/// `None` when out of bounds.
+pub(crate) fn u16_at(b: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
 }
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], o: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
 }
 
@@ -567,6 +569,19 @@ impl Db {
         Err(self.corrupt(problem(id, "tree deeper than 64 levels")))
     }
 
+    /// `len` bytes at file offset `off`.
+    fn read_bytes(&self, off: u64, len: usize, what: &str) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut v, off)
+            .map_err(|e| BoltError::Io {
+                path: self.path.clone(),
+                what: format!("{what} at offset {off}"),
+                source: e,
+            })?;
+        Ok(v)
+    }
+
     /// The value of `key` in `bucket` (a point lookup: one page per tree level).
     pub fn get(&self, bucket: &Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match &bucket.root {
@@ -578,15 +593,7 @@ impl Db {
                 let Some((_, off, len)) = self.find(bucket.root.clone(), 0, key)? else {
                     return Ok(None);
                 };
-                let mut v = vec![0u8; len];
-                self.file
-                    .read_exact_at(&mut v, off)
-                    .map_err(|e| BoltError::Io {
-                        path: self.path.clone(),
-                        what: format!("read a value at offset {off}"),
-                        source: e,
-                    })?;
-                Ok(Some(v))
+                Ok(Some(self.read_bytes(off, len, "read a value")?))
             }
         }
     }
@@ -600,14 +607,7 @@ impl Db {
         if flags & BUCKET_LEAF == 0 {
             return Ok(None);
         }
-        let mut value = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut value, at)
-            .map_err(|e| BoltError::Io {
-                path: self.path.clone(),
-                what: "read a bucket header".into(),
-                source: e,
-            })?;
+        let value = self.read_bytes(at, len, "read a bucket header")?;
         let root = bucket_root(&value).map_err(|m| self.corrupt(problem(None, m)))?;
         Ok(self
             .find(root, at + BUCKET_HEADER as u64, key)?

@@ -55,37 +55,23 @@ pub fn initial_cluster(m: &Mapping) -> Vec<(String, String)> {
 
 /// Every member's client URLs from `advertise-client-urls` (a map member -> URLs, or a list).
 pub fn all_client_urls(m: &Mapping) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut push = |v: &Value| match v {
-        Value::String(s) => out.extend(s.split(',').map(|u| u.trim().to_string())),
-        Value::Sequence(seq) => {
-            out.extend(seq.iter().filter_map(Value::as_str).map(str::to_string))
-        }
-        _ => {}
+    let joined: Vec<String> = match m.get("advertise-client-urls") {
+        Some(Value::Mapping(map)) => map.values().filter_map(urls).collect(),
+        Some(v) => urls(v).into_iter().collect(),
+        None => Vec::new(),
     };
-    match m.get("advertise-client-urls") {
-        Some(Value::Mapping(map)) => map.values().for_each(&mut push),
-        Some(v) => push(v),
-        None => {}
-    }
-    out.retain(|u| !u.is_empty());
-    out
+    joined
+        .iter()
+        .flat_map(|j| j.split(','))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
-/// A member's URLs from a value that is either a string or a map member -> [urls] / "urls".
-fn member_urls(v: &Value, member: &str) -> Option<String> {
+/// URLs as one comma-separated string, from a string or a list.
+fn urls(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Mapping(map) => match map.get(member)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Sequence(seq) => Some(
-                seq.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            _ => None,
-        },
         Value::Sequence(seq) => Some(
             seq.iter()
                 .filter_map(Value::as_str)
@@ -93,6 +79,14 @@ fn member_urls(v: &Value, member: &str) -> Option<String> {
                 .join(","),
         ),
         _ => None,
+    }
+}
+
+/// A member's URLs from a value that is either URLs or a map member -> URLs.
+fn member_urls(v: &Value, member: &str) -> Option<String> {
+    match v {
+        Value::Mapping(map) => urls(map.get(member)?),
+        other => urls(other),
     }
 }
 

@@ -99,6 +99,41 @@ impl TrailerHasher {
     }
 }
 
+/// Decompresses `r` (a snapshot object named `object`) into `file` (at `path`), hashing the
+/// decompressed bytes on the way; the caller decides what to do with the trailer.
+pub fn decompress_to_file(
+    object: &str,
+    codec: crate::codec::Codec,
+    r: impl std::io::Read,
+    file: std::fs::File,
+    path: &std::path::Path,
+) -> Result<TrailerHasher> {
+    use std::io::Read;
+    let mut dec = codec
+        .decoder(std::io::BufReader::with_capacity(256 << 10, r))
+        .map_err(|e| Error::integrity(object, format!("decompress: {e}")))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = TrailerHasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = dec.read(&mut buf).map_err(|e| {
+            Error::integrity(
+                object,
+                format!("download/decompress failed (truncated or corrupted object?): {e}"),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io(path, "write the decompressed snapshot", e))?;
+    }
+    out.flush()
+        .map_err(|e| Error::io(path, "write the decompressed snapshot", e))?;
+    Ok(hasher)
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

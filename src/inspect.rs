@@ -13,9 +13,8 @@ use crate::schema::{self, KeyValue, Status};
 use crate::store::{SnapStore, StoreConfig};
 use crate::streamio::ChannelReader;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// The sha256 trailer etcd appends to a snapshot it streams.
@@ -137,13 +136,10 @@ fn trailer_of_file(path: &Path) -> Result<Trailer> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let len = f.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
     if len % 512 == 0 {
-        return Ok(Trailer::Absent);
+        return Ok(Trailer::Absent); // a db file: nothing to hash
     }
-    if len % 512 != 32 {
-        return Ok(Trailer::Malformed(len));
-    }
-    let mut r = BufReader::with_capacity(1 << 20, f).take(len - 32);
-    let mut h = Sha256::new();
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut h = TrailerHasher::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = r.read(&mut buf).map_err(|e| Error::io(path, "read", e))?;
@@ -152,19 +148,7 @@ fn trailer_of_file(path: &Path) -> Result<Trailer> {
         }
         h.update(&buf[..n]);
     }
-    let mut stored = [0u8; 32];
-    r.into_inner()
-        .read_exact(&mut stored)
-        .map_err(|e| Error::io(path, "read the sha256 trailer", e))?;
-    let computed = h.finalize();
-    Ok(if computed.as_slice() == stored {
-        Trailer::Matches
-    } else {
-        Trailer::Mismatch {
-            computed: crate::fullsnap::hex(&computed),
-            stored: crate::fullsnap::hex(&stored),
-        }
-    })
+    Ok(Trailer::from_hasher(h))
 }
 
 /// Decompresses `r` into a new temporary file in `temp_dir`, hashing it on the way.
@@ -179,28 +163,7 @@ fn decompress_into(
         .tempfile_in(temp_dir)
         .map_err(|e| Error::io(temp_dir, "create a temporary file", e))?;
     let (file, path) = tmp.into_parts();
-    let mut dec = codec
-        .decoder(BufReader::with_capacity(256 << 10, r))
-        .map_err(|e| Error::integrity(label, format!("decompress: {e}")))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut h = TrailerHasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = dec.read(&mut buf).map_err(|e| {
-            Error::integrity(
-                label,
-                format!("read/decompress failed (truncated or corrupted?): {e}"),
-            )
-        })?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io(&path, "write the decompressed copy", e))?;
-    }
-    out.flush()
-        .map_err(|e| Error::io(&path, "write the decompressed copy", e))?;
+    let h = crate::fullsnap::decompress_to_file(label, codec, r, file, &path)?;
     Ok((path, Trailer::from_hasher(h)))
 }
 
@@ -780,20 +743,21 @@ impl Listing {
 /// KeyValue at or below it. Revisions below the compaction point are refused: their history is
 /// gone.
 pub fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listing> {
-    let st = status(o)?;
-    let at = revision.unwrap_or_else(|| st.effective_revision());
-    let compacted = st.finished_compact.unwrap_or(0);
+    // the revision marks only (a few pages): the key bucket is walked once, below
+    let revs = schema::revisions(&o.db).map_err(|e| Error::integrity(&o.label, e.to_string()))?;
+    let newest = revs.effective();
+    let at = revision.unwrap_or(newest);
+    let compacted = revs.finished_compact.unwrap_or(0);
     if at < compacted {
         return Err(Error::config(format!(
             "revision {at} of {} has been compacted (history kept from {compacted} on)",
             o.label
         )));
     }
-    if at > st.effective_revision() {
+    if at > newest {
         return Err(Error::config(format!(
-            "revision {at} is newer than the snapshot {} (revision {})",
-            o.label,
-            st.effective_revision()
+            "revision {at} is newer than the snapshot {} (revision {newest})",
+            o.label
         )));
     }
     let mut keys: BTreeMap<Vec<u8>, Live> = BTreeMap::new();

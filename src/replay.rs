@@ -205,25 +205,26 @@ impl TempEtcd {
         }
     }
 
-    /// Compacts at the current revision, physically (both compaction marks written); returns
-    /// the revision.
-    pub async fn compact_to_current(&self) -> Result<i64> {
+    /// A client of this etcd, and its current revision.
+    async fn client_and_revision(&self) -> Result<(Client, i64)> {
         let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
         let mut c = Client::connect([self.endpoint.as_str()], Some(opts))
             .await
             .map_err(|e| self.err("connect", e))?;
+        let only_one = etcd_client::GetOptions::new()
+            .with_keys_only()
+            .with_limit(1);
         let r = c
-            .get(
-                vec![0u8],
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_keys_only()
-                        .with_limit(1),
-                ),
-            )
+            .get(vec![0u8], Some(only_one))
             .await
             .map_err(|e| self.err("read the revision", e))?;
-        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((c, r.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Compacts at the current revision, physically (both compaction marks written); returns
+    /// the revision.
+    pub async fn compact_to_current(&self) -> Result<i64> {
+        let (mut c, rev) = self.client_and_revision().await?;
         match c
             .compact(
                 rev,
@@ -321,22 +322,7 @@ pub struct Replayer {
 
 impl Replayer {
     pub async fn new(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
-        let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(10));
-        let mut client = Client::connect([etcd.endpoint.as_str()], Some(opts))
-            .await
-            .map_err(|e| etcd.err("connect", e))?;
-        let r = client
-            .get(
-                vec![0u8],
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_keys_only()
-                        .with_limit(1),
-                ),
-            )
-            .await
-            .map_err(|e| etcd.err("read the restored revision", e))?;
-        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        let (client, revision) = etcd.client_and_revision().await?;
         Ok(Replayer {
             client,
             endpoint: etcd.endpoint.clone(),

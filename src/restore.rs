@@ -11,14 +11,13 @@
 use crate::codec::Codec;
 use crate::delta;
 use crate::error::{Error, Result};
-use crate::fullsnap::TrailerHasher;
 use crate::layout::{Kind, Snapshot, SnapshotSet};
 use crate::replay::{Replayer, TempEtcd, TempEtcdConfig};
 use crate::store::{SnapStore, StoreConfig};
 use crate::streamio::ChannelReader;
 use bytes::Bytes;
 use futures::StreamExt;
-use std::io::{BufReader, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -248,31 +247,10 @@ async fn download_full(
     let dest2 = dest.to_path_buf();
     let key2 = key.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let reader = BufReader::with_capacity(256 << 10, ChannelReader::new(rx));
-        let mut dec = codec
-            .decoder(reader)
-            .map_err(|e| Error::integrity(&key2, format!("decompress: {e}")))?;
         let f = std::fs::File::create(&dest2)
             .map_err(|e| Error::io(&dest2, "create the temporary snapshot file", e))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        let mut hasher = TrailerHasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = dec.read(&mut buf).map_err(|e| {
-                Error::integrity(
-                    &key2,
-                    format!("download/decompress failed (truncated or corrupted object?): {e}"),
-                )
-            })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io(&dest2, "write the temporary snapshot file", e))?;
-        }
-        out.flush()
-            .map_err(|e| Error::io(&dest2, "write the temporary snapshot file", e))?;
+        let hasher =
+            crate::fullsnap::decompress_to_file(&key2, codec, ChannelReader::new(rx), f, &dest2)?;
         let total = hasher.total();
         if check_hash {
             hasher.verify(&key2)?;

@@ -19,12 +19,10 @@
 
 use std::collections::HashMap;
 
-const HDR: usize = 16;
-const ELEM: usize = 16;
-const FLAG_BRANCH: u16 = 0x01;
-const FLAG_LEAF: u16 = 0x02;
-const BUCKET_LEAF_FLAG: u32 = 0x01;
-const MAGIC: u32 = 0xED0C_DAED;
+use crate::bbolt::{
+    u16_at, u32_at, u64_at, BUCKET_LEAF as BUCKET_LEAF_FLAG, ELEMENT as ELEM, FLAG_BRANCH,
+    FLAG_LEAF, MAGIC, PAGE_HEADER as HDR,
+};
 /// Spans (pages with overflow) up to this size are buffered whole; larger leaves (huge values)
 /// only have their last key picked out.
 const MAX_SPAN_BUFFER: u64 = 256 * 1024;
@@ -79,23 +77,9 @@ pub struct RevisionScanner {
     failed: bool,
 }
 
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
-/// `main` of an etcd revision key (8 bytes big-endian, '_', 8 bytes, optional 't').
+/// `main` of an etcd revision key.
 fn revision_of_key(k: &[u8]) -> Option<i64> {
-    if (k.len() == 17 || k.len() == 18) && k[8] == b'_' {
-        Some(i64::from_be_bytes(k[..8].try_into().ok()?))
-    } else {
-        None
-    }
+    crate::schema::parse_revision_key(k).map(|(r, _)| r.main)
 }
 
 /// (flags, key, value) of a leaf element.
