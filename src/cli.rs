@@ -405,6 +405,15 @@ pub struct RestorationArgs {
         env = "ETCDBR_DEFAULT_LEASE_TTL"
     )]
     pub default_lease_ttl: i64,
+    /// etcdbr: how the deltas reach the temporary etcd: `wal` (appended to the restored WAL as
+    /// committed entries, applied by etcd as it starts; fast) or `api` (Txn requests)
+    #[arg(
+        long = "replay-method",
+        value_enum,
+        default_value = "wal",
+        env = "ETCDBR_REPLAY_METHOD"
+    )]
+    pub replay_method: crate::replay::Method,
     /// etcdbr: restore the state at this revision instead of the latest
     #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION", conflicts_with_all = ["to_time", "snapshot"])]
     pub to_revision: Option<i64>,
@@ -490,6 +499,7 @@ impl RestorationArgs {
             target,
             bump_revision: self.bump_revision,
             mark_compacted: self.mark_compacted,
+            replay_method: self.replay_method,
             replace_existing: false,
         })
     }

@@ -1,24 +1,37 @@
-//! Faithful replay of delta snapshots into a restored data directory, through a temporary etcd
-//! that this module starts on free loopback ports (fsync off where the version supports it) and
-//! stops afterwards.
+//! Faithful replay of delta snapshots into a restored data directory, and the temporary etcd
+//! that applies it (started on free loopback ports, fsync off where the version supports it,
+//! stopped afterwards).
 //!
 //! Every source revision becomes exactly one transaction, in order, with no compares: `Put{key,
 //! value, lease}` / `DeleteRange{key}` in event order. Because the base is the same data at the
-//! same revision, every key's create/mod revision and version come out equal to the source's;
-//! the response header revision is checked against the source revision after each transaction,
-//! so any drift stops the restore with the revision named. Leases first seen in the events are
-//! granted with their original IDs and the recorded TTL (`leaseTTL`, or `default_lease_ttl` for
-//! etcdbrctl deltas that do not carry it) before the events that use them.
+//! same revision, every key's create/mod revision and version come out equal to the source's.
+//! Leases first seen in the events are granted with their original IDs and the recorded TTL
+//! (`leaseTTL`, or `default_lease_ttl` for etcdbrctl deltas that do not carry it) before the
+//! events that use them.
+//!
+//! Two ways to etcd ([`Method`]):
+//! - **WAL** (default): the transactions are appended to the stopped member's WAL as committed
+//!   raft entries ([`crate::wal::WalAppender`], etcd's `InternalRaftRequest` encoding), which
+//!   etcd applies in order as it starts, without a raft round trip, an fsync or a client
+//!   request per revision. Each transaction moves the revision by one, or by nothing if it
+//!   failed; whatever etcd proposes itself is appended after them; so the revision etcd answers
+//!   at ([`TempEtcd::expect_revision`]) must be exactly the last replayed one, which proves
+//!   every transaction applied, in order, and nothing else.
+//! - **API**: Txn requests to the running etcd, pipelined with guards (`ApiSink`); the
+//!   revision of each response is checked.
 //!
 //! Lease expiry during the replay (etcdbrctl bugs #1045/#1046: the embedded etcd revokes expired
-//! leases, which deletes their keys at new revisions and shifts every later one): every lease the
-//! temporary etcd holds is kept alive from the moment it starts until it stops (a keep-alive per
-//! lease every second), so no lease can expire while revisions are replayed; and should etcd
-//! still revoke one, the per-transaction revision check fails loudly rather than restoring drifted
-//! data.
+//! leases, which deletes their keys at new revisions and shifts every later one). Through the
+//! WAL it cannot happen: etcd's lessor becomes primary only when the member is leader and has
+//! applied the empty entry of its new term (`applyEntryNormal`), which raft appends after the
+//! replayed entries; until then leases never expire. Through the API, every lease the temporary
+//! etcd holds is kept alive from the moment it answers until it stops (a keep-alive per lease
+//! every second), and the per-transaction revision check fails loudly should one still be revoked.
+//! Both methods end with the keep-alives running until etcd is stopped.
 
 use crate::delta::{Event, EventType};
 use crate::error::{Error, Result};
+use crate::wal::WalAppender;
 use etcd_client::{Client, Compare, CompareOp, LeaseGrantOptions, Txn, TxnOp};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,6 +50,8 @@ pub struct TempEtcdConfig {
     pub max_request_bytes: u64,
     /// Where the temporary etcd's log goes.
     pub log: PathBuf,
+    /// How long it may take to answer (it applies pending WAL entries first).
+    pub ready_within: Duration,
 }
 
 fn free_port() -> Result<u16> {
@@ -84,7 +99,7 @@ fn supports_no_fsync(binary: &Path) -> bool {
 }
 
 impl TempEtcd {
-    /// Starts etcd on `data_dir` and waits until it answers (at most 60 s).
+    /// Starts etcd on `data_dir` and waits until it answers (at most `ready_within`).
     pub async fn start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<TempEtcd> {
         let (c, p) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{c}");
@@ -154,9 +169,10 @@ impl TempEtcd {
                     break c;
                 }
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            if started.elapsed() > cfg.ready_within {
                 return Err(Error::Other(format!(
-                    "the temporary etcd did not become ready within 60s; its log ({}):\n{}",
+                    "the temporary etcd did not become ready within {:?}; its log ({}):\n{}",
+                    cfg.ready_within,
                     t.log.display(),
                     log_tail(&t.log)
                 )));
@@ -203,6 +219,26 @@ impl TempEtcd {
                 )))
             }
         }
+    }
+
+    /// Checks that etcd is at `expected` after applying `entries` replayed WAL entries: each
+    /// transaction advances the revision by exactly one or not at all (it failed), and etcd
+    /// appends anything of its own (a lease revoked) after them, so reaching exactly
+    /// `expected` proves that every one applied, in order, and nothing else did.
+    pub async fn expect_revision(&self, expected: i64, entries: u64) -> Result<()> {
+        let (_, rev) = self.client_and_revision().await?;
+        if rev == expected {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "after applying the {entries} replayed WAL entries the temporary etcd is at revision {rev}, not {expected}: {}; the restore would not be faithful (its log: {})",
+            if rev < expected {
+                format!("{} transaction(s) did not apply", expected - rev)
+            } else {
+                "it wrote revisions of its own".to_string()
+            },
+            self.log.display()
+        )))
     }
 
     /// A client of this etcd, and its current revision.
@@ -305,45 +341,122 @@ fn drift(object: &str, rev: i64, got: i64) -> Error {
     )
 }
 
-/// Applies delta events to the temporary etcd, one transaction per source revision.
+/// How replayed transactions reach etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// Appended to the stopped member's WAL as committed raft entries, which the temporary
+    /// etcd applies when it starts (module doc).
+    Wal,
+    /// Sent to the running temporary etcd as Txn requests, pipelined.
+    Api,
+}
+
+/// Applies delta events, one transaction per source revision, through the WAL or the API.
 pub struct Replayer {
-    client: Client,
-    endpoint: String,
-    leases: Arc<Mutex<HashSet<i64>>>,
-    /// The temporary etcd's current revision.
+    sink: Sink,
+    /// The revision reached (through the WAL: once etcd applies what was appended).
     pub revision: i64,
     default_lease_ttl: i64,
     /// Revisions applied, for progress.
     pub applied: u64,
+}
+
+enum Sink {
+    Api(Box<ApiSink>),
+    Wal(Box<WalSink>),
+}
+
+struct ApiSink {
+    client: Client,
+    endpoint: String,
+    leases: Arc<Mutex<HashSet<i64>>>,
     /// Transactions sent again because they overtook their predecessor.
-    pub resent: u64,
+    resent: u64,
     window: usize,
 }
 
+struct WalSink {
+    dir: PathBuf,
+    /// Open while entries are being appended; closed (committed) before etcd starts.
+    wal: Option<WalAppender>,
+    /// Leases a grant entry was written for.
+    granted: HashSet<i64>,
+    /// Request IDs of the entries (no client waits for them).
+    next_id: u64,
+    /// Entries appended and not yet applied by etcd.
+    pending: u64,
+}
+
 impl Replayer {
-    pub async fn new(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
+    /// Replays through the API of a running temporary etcd.
+    pub async fn through_api(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
         let (client, revision) = etcd.client_and_revision().await?;
         Ok(Replayer {
-            client,
-            endpoint: etcd.endpoint.clone(),
-            leases: etcd.leases.clone(),
+            sink: Sink::Api(Box::new(ApiSink {
+                client,
+                endpoint: etcd.endpoint.clone(),
+                leases: etcd.leases.clone(),
+                resent: 0,
+                window: std::env::var("ETCDBR_REPLAY_WINDOW")
+                    .ok()
+                    .and_then(|w| w.parse().ok())
+                    .filter(|w| *w > 0)
+                    .unwrap_or(WINDOW),
+            })),
             revision,
             default_lease_ttl,
             applied: 0,
-            resent: 0,
-            window: std::env::var("ETCDBR_REPLAY_WINDOW")
-                .ok()
-                .and_then(|w| w.parse().ok())
-                .filter(|w| *w > 0)
-                .unwrap_or(WINDOW),
         })
     }
 
-    fn err(&self, what: String, source: etcd_client::Error) -> Error {
-        Error::Etcd {
-            endpoint: format!("{} (temporary etcd)", self.endpoint),
-            what,
-            source,
+    /// Replays into the WAL of the stopped member whose WAL is `wal_dir` and whose backend is
+    /// at `revision`.
+    pub fn through_wal(wal_dir: &Path, revision: i64, default_lease_ttl: i64) -> Replayer {
+        Replayer {
+            sink: Sink::Wal(Box::new(WalSink {
+                dir: wal_dir.to_path_buf(),
+                wal: None,
+                granted: HashSet::new(),
+                next_id: 1,
+                pending: 0,
+            })),
+            revision,
+            default_lease_ttl,
+            applied: 0,
+        }
+    }
+
+    /// Transactions sent again (API) because they overtook their predecessor.
+    pub fn resent(&self) -> u64 {
+        match &self.sink {
+            Sink::Api(a) => a.resent,
+            Sink::Wal(_) => 0,
+        }
+    }
+
+    /// Entries appended to the WAL that etcd has not applied yet, and their bytes.
+    pub fn pending(&self) -> (u64, u64) {
+        match &self.sink {
+            Sink::Wal(w) => (w.pending, w.wal.as_ref().map(|a| a.bytes).unwrap_or(0)),
+            Sink::Api(_) => (0, 0),
+        }
+    }
+
+    /// Commits what was appended to the WAL (etcd applies it when it next starts); the next
+    /// event opens the WAL again, after whatever etcd wrote in between.
+    pub fn commit_wal(&mut self) -> Result<()> {
+        if let Sink::Wal(w) = &mut self.sink {
+            if let Some(a) = w.wal.take() {
+                a.finish().map_err(wal_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd applied every pending entry (checked by the caller against [`Replayer::revision`]).
+    pub fn applied_by_etcd(&mut self) {
+        if let Sink::Wal(w) = &mut self.sink {
+            w.pending = 0;
         }
     }
 
@@ -389,6 +502,33 @@ impl Replayer {
         Ok(!reached && self.revision < up_to)
     }
 
+    async fn apply_groups(&mut self, groups: &[&[Event]], object: &str) -> Result<()> {
+        let ttl = self.default_lease_ttl;
+        let done = match &mut self.sink {
+            Sink::Api(a) => {
+                a.apply_groups(groups, object, ttl, &mut self.revision)
+                    .await?
+            }
+            Sink::Wal(w) => w.apply_groups(groups, object, ttl, &mut self.revision)?,
+        };
+        self.applied += done;
+        Ok(())
+    }
+}
+
+fn lease_ttl(ev: &Event, default: i64) -> i64 {
+    ev.lease_ttl.filter(|t| *t > 0).unwrap_or(default)
+}
+
+impl ApiSink {
+    fn err(&self, what: String, source: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoint: format!("{} (temporary etcd)", self.endpoint),
+            what,
+            source,
+        }
+    }
+
     /// Sends the transactions of consecutive revisions pipelined, up to [`WINDOW`] in flight.
     ///
     /// etcd may start concurrent requests in any order, so each transaction sent while its
@@ -398,8 +538,15 @@ impl Replayer {
     /// nothing to compare against, so its successor waits for it. A guard that failed (the
     /// request overtook its predecessor) changed nothing: it is sent again once the predecessor
     /// is confirmed. Every applied transaction's revision is still checked.
-    async fn apply_groups(&mut self, groups: &[&[Event]], object: &str) -> Result<()> {
+    async fn apply_groups(
+        &mut self,
+        groups: &[&[Event]],
+        object: &str,
+        default_ttl: i64,
+        revision: &mut i64,
+    ) -> Result<u64> {
         use futures::StreamExt;
+        let mut applied = 0;
         // polled here, in order (not spawned): requests leave in the order they were made
         let mut inflight = futures::stream::FuturesOrdered::new();
         let mut next = 0;
@@ -421,7 +568,8 @@ impl Replayer {
                 let group = groups[next];
                 for ev in group {
                     if ev.lease != 0 && ev.kind == EventType::Put {
-                        self.ensure_lease(ev.lease, ev.lease_ttl).await?;
+                        self.ensure_lease(ev.lease, lease_ttl(ev, default_ttl))
+                            .await?;
                     }
                 }
                 let mut txn = Txn::new();
@@ -444,8 +592,8 @@ impl Replayer {
                 if got != rev {
                     return Err(drift(object, rev, got));
                 }
-                self.revision = rev;
-                self.applied += 1;
+                *revision = rev;
+                applied += 1;
             } else {
                 // overtook its predecessor: the ones behind it failed too; send again from it
                 while let Some((j, r)) = inflight.next().await {
@@ -461,10 +609,10 @@ impl Replayer {
                 next = i;
             }
         }
-        Ok(())
+        Ok(applied)
     }
 
-    async fn ensure_lease(&mut self, id: i64, ttl: Option<i64>) -> Result<()> {
+    async fn ensure_lease(&mut self, id: i64, ttl: i64) -> Result<()> {
         let known = self
             .leases
             .lock()
@@ -473,7 +621,6 @@ impl Replayer {
         if known {
             return Ok(());
         }
-        let ttl = ttl.filter(|t| *t > 0).unwrap_or(self.default_lease_ttl);
         match self
             .client
             .lease_grant(ttl, Some(LeaseGrantOptions::new().with_id(id)))
@@ -490,5 +637,151 @@ impl Replayer {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
         Ok(())
+    }
+}
+
+fn wal_err(e: crate::wal::WalError) -> Error {
+    Error::Other(format!("replay into the restored WAL: {e}"))
+}
+
+impl WalSink {
+    /// Appends one entry per source revision, after a lease grant entry for each lease first
+    /// used. Grants of leases the base already holds fail harmlessly when etcd applies them
+    /// ("lease already exists"), as through the API.
+    fn apply_groups(
+        &mut self,
+        groups: &[&[Event]],
+        object: &str,
+        default_ttl: i64,
+        revision: &mut i64,
+    ) -> Result<u64> {
+        if groups.is_empty() {
+            return Ok(0);
+        }
+        let wal = match &mut self.wal {
+            Some(w) => w,
+            None => self
+                .wal
+                .insert(WalAppender::open(&self.dir).map_err(wal_err)?),
+        };
+        let mut buf = Vec::new();
+        for group in groups {
+            for ev in group.iter() {
+                if ev.lease != 0 && ev.kind == EventType::Put && self.granted.insert(ev.lease) {
+                    let grant = raftpb::InternalRaftRequest {
+                        header: Some(raftpb::RequestHeader { id: self.next_id }),
+                        lease_grant: Some(raftpb::LeaseGrantRequest {
+                            ttl: lease_ttl(ev, default_ttl),
+                            id: ev.lease,
+                        }),
+                        ..Default::default()
+                    };
+                    self.next_id += 1;
+                    buf.clear();
+                    prost::Message::encode(&grant, &mut buf)
+                        .map_err(|e| Error::Other(format!("encode a lease grant: {e}")))?;
+                    wal.append(&buf).map_err(wal_err)?;
+                }
+            }
+            let txn = raftpb::InternalRaftRequest {
+                header: Some(raftpb::RequestHeader { id: self.next_id }),
+                txn: Some(raftpb::TxnRequest {
+                    success: group.iter().map(raftpb::RequestOp::of).collect(),
+                }),
+                ..Default::default()
+            };
+            self.next_id += 1;
+            buf.clear();
+            prost::Message::encode(&txn, &mut buf)
+                .map_err(|e| Error::Other(format!("encode a transaction: {e}")))?;
+            let rev = group[0].mod_revision;
+            wal.append(&buf).map_err(|e| {
+                Error::integrity(object, format!("cannot replay revision {rev}: {e}"))
+            })?;
+            *revision = rev;
+            self.pending += 1;
+        }
+        Ok(groups.len() as u64)
+    }
+}
+
+/// The subset of etcd's raft request messages the replay writes (`etcdserverpb`, field numbers
+/// of `raft_internal.proto` and `rpc.proto`, unchanged since 3.0).
+mod raftpb {
+    use crate::delta::{Event, EventType};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestHeader {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InternalRaftRequest {
+        #[prost(message, optional, tag = "100")]
+        pub header: Option<RequestHeader>,
+        #[prost(message, optional, tag = "6")]
+        pub txn: Option<TxnRequest>,
+        #[prost(message, optional, tag = "8")]
+        pub lease_grant: Option<LeaseGrantRequest>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TxnRequest {
+        #[prost(message, repeated, tag = "2")]
+        pub success: Vec<RequestOp>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestOp {
+        #[prost(message, optional, tag = "2")]
+        pub request_put: Option<PutRequest>,
+        #[prost(message, optional, tag = "3")]
+        pub request_delete_range: Option<DeleteRangeRequest>,
+    }
+
+    impl RequestOp {
+        pub fn of(ev: &Event) -> RequestOp {
+            match ev.kind {
+                EventType::Put => RequestOp {
+                    request_put: Some(PutRequest {
+                        key: ev.key.clone(),
+                        value: ev.value.clone(),
+                        lease: ev.lease,
+                    }),
+                    request_delete_range: None,
+                },
+                EventType::Delete => RequestOp {
+                    request_put: None,
+                    request_delete_range: Some(DeleteRangeRequest {
+                        key: ev.key.clone(),
+                    }),
+                },
+            }
+        }
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+        #[prost(int64, tag = "3")]
+        pub lease: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeleteRangeRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseGrantRequest {
+        #[prost(int64, tag = "1")]
+        pub ttl: i64,
+        #[prost(int64, tag = "2")]
+        pub id: i64,
     }
 }

@@ -1,7 +1,10 @@
-//! A read-only reader of etcd's write-ahead log (`member/wal/*.wal`) and raft snapshot files
-//! (`member/snap/*.snap`), to validate a data directory without starting etcd: the CRC chain of
-//! every record, the entries and commit index the WAL holds, and whether the newest `.snap`
-//! matches a snapshot record of the WAL (what etcd needs to boot).
+//! etcd's write-ahead log (`member/wal/*.wal`) and raft snapshot files (`member/snap/*.snap`).
+//!
+//! Reading validates a data directory without starting etcd: the CRC chain of every record, the
+//! entries and commit index the WAL holds, and whether the newest `.snap` matches a snapshot
+//! record of the WAL (what etcd needs to boot). [`WalAppender`] appends committed entries to a
+//! stopped member's WAL, in etcd's own record format, for the replay ([`crate::replay`]): etcd
+//! applies them when it starts, as it does after any restart.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ struct Entry {
     term: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
     index: Option<u64>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    data: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -84,6 +89,13 @@ pub struct WalSummary {
     pub commit: u64,
     /// (index, term) of every snapshot record.
     pub snapshots: Vec<(u64, u64)>,
+    /// What an appender continues from: the CRC chain at the end, the last metadata record, the
+    /// last HardState (term, vote, commit), and the last file's sequence number.
+    pub end_crc: u32,
+    pub metadata: Vec<u8>,
+    pub term: u64,
+    pub vote: u64,
+    pub last_seq: u64,
 }
 
 /// A problem in the WAL or a `.snap` file: the file, the byte offset, what.
@@ -135,6 +147,15 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
         ..Default::default()
     };
     let mut crc: Option<u32> = None;
+    s.last_seq = files
+        .last()
+        .and_then(|f| f.file_name()?.to_str()?.get(..16).map(str::to_owned))
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .ok_or_else(|| WalError {
+            file: files[files.len() - 1].clone(),
+            offset: 0,
+            message: "not named <seq>-<index>.wal".into(),
+        })?;
     for (fi, file) in files.iter().enumerate() {
         // streamed record by record: a segment is 64 MB, mostly preallocated zeros
         let f = std::fs::File::open(file).map_err(|e| WalError {
@@ -210,6 +231,8 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
                         let h = <HardState as prost::Message>::decode(data.as_slice())
                             .map_err(|e| err(format!("undecodable hard state: {e}")))?;
                         s.commit = h.commit.unwrap_or(0);
+                        s.term = h.term.unwrap_or(0);
+                        s.vote = h.vote.unwrap_or(0);
                     }
                     SNAPSHOT => {
                         let w = <WalSnapshot as prost::Message>::decode(data.as_slice())
@@ -217,7 +240,7 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
                         s.snapshots
                             .push((w.index.unwrap_or(0), w.term.unwrap_or(0)));
                     }
-                    METADATA => {}
+                    METADATA => s.metadata = data,
                     other => return Err(err(format!("unknown record type {other}"))),
                 }
             }
@@ -225,7 +248,197 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
             off += 8 + len + pad;
         }
     }
+    s.end_crc = crc.unwrap_or(0);
     Ok(s)
+}
+
+/// etcd's segment size: a new `.wal` file is started past it.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// etcd refuses WAL records larger than this when it reads them (10 MiB in 3.4 and 3.5).
+pub const MAX_ENTRY_BYTES: usize = 10 << 20;
+
+/// Appends normal entries to the WAL of a stopped etcd member, committed: each becomes a raft
+/// entry of the member's current term after its last one, and a final HardState commits them,
+/// so etcd applies them in order when it starts. New segments only (the existing files are not
+/// modified), each opened as etcd opens one: the CRC chain carried over, the metadata and the
+/// HardState repeated.
+pub struct WalAppender {
+    dir: PathBuf,
+    /// The open segment (`None` before the first).
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    path: PathBuf,
+    seq: u64,
+    offset: u64,
+    crc: u32,
+    metadata: Vec<u8>,
+    term: u64,
+    vote: u64,
+    commit: u64,
+    /// Index of the last entry written.
+    pub last_index: u64,
+    /// Entry bytes written since [`WalAppender::open`].
+    pub bytes: u64,
+    /// A new segment is started past this offset.
+    segment_bytes: u64,
+}
+
+fn write_err(file: &Path, offset: u64, e: std::io::Error) -> WalError {
+    WalError {
+        file: file.to_path_buf(),
+        offset,
+        message: format!("cannot write: {e}"),
+    }
+}
+
+impl WalAppender {
+    /// Reads the WAL of `wal_dir` (the whole CRC chain is checked) and starts a new segment
+    /// after it. Refused when the WAL holds uncommitted entries: appending after them would
+    /// commit what the member never committed.
+    pub fn open(wal_dir: &Path) -> Result<WalAppender, WalError> {
+        let s = read_wal(wal_dir)?;
+        if s.commit != s.last_index || s.term == 0 || s.metadata.is_empty() {
+            return Err(WalError {
+                file: wal_dir.to_path_buf(),
+                offset: 0,
+                message: format!(
+                    "not a cleanly stopped member's WAL (last entry {}, commit {}, term {}): nothing appended",
+                    s.last_index, s.commit, s.term
+                ),
+            });
+        }
+        let mut w = WalAppender {
+            dir: wal_dir.to_path_buf(),
+            out: None,
+            path: PathBuf::new(),
+            seq: s.last_seq,
+            offset: 0,
+            crc: s.end_crc,
+            metadata: s.metadata,
+            term: s.term,
+            vote: s.vote,
+            commit: s.commit,
+            last_index: s.last_index,
+            bytes: 0,
+            segment_bytes: SEGMENT_BYTES,
+        };
+        w.cut()?;
+        Ok(w)
+    }
+
+    /// Starts the next segment, named as etcd names it (`<seq>-<first index>.wal`).
+    fn cut(&mut self) -> Result<(), WalError> {
+        self.sync()?;
+        self.seq += 1;
+        self.path = self.dir.join(format!(
+            "{:016x}-{:016x}.wal",
+            self.seq,
+            self.last_index + 1
+        ));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.path)
+            .map_err(|e| write_err(&self.path, 0, e))?;
+        self.out = Some(std::io::BufWriter::with_capacity(1 << 20, f));
+        self.offset = 0;
+        self.record(CRC, None)?;
+        let metadata = self.metadata.clone();
+        self.record(METADATA, Some(&metadata))?;
+        self.state()
+    }
+
+    fn state(&mut self) -> Result<(), WalError> {
+        let h = HardState {
+            term: Some(self.term),
+            vote: Some(self.vote),
+            commit: Some(self.commit),
+        };
+        self.record(STATE, Some(&prost::Message::encode_to_vec(&h)))
+    }
+
+    /// One record, framed as etcd's encoder frames it: a little-endian length word (with the
+    /// padding count in its top byte) and the record padded to 8 bytes.
+    fn record(&mut self, kind: i64, data: Option<&[u8]>) -> Result<(), WalError> {
+        use std::io::Write;
+        if let Some(d) = data {
+            self.crc = crc32c::crc32c_append(self.crc, d);
+        }
+        let rec = Record {
+            r#type: Some(kind),
+            crc: Some(self.crc),
+            data: data.map(<[u8]>::to_vec),
+        };
+        let body = prost::Message::encode_to_vec(&rec);
+        let pad = (8 - body.len() % 8) % 8;
+        let mut len_field = body.len() as u64;
+        if pad != 0 {
+            len_field |= (0x80 | pad as u64) << 56;
+        }
+        let (path, offset) = (self.path.clone(), self.offset);
+        let out = self.out.as_mut().ok_or_else(|| WalError {
+            file: path.clone(),
+            offset,
+            message: "no open segment".into(),
+        })?;
+        out.write_all(&len_field.to_le_bytes())
+            .and_then(|_| out.write_all(&body))
+            .and_then(|_| out.write_all(&[0u8; 8][..pad]))
+            .map_err(|e| write_err(&path, offset, e))?;
+        self.offset += 8 + body.len() as u64 + pad as u64;
+        Ok(())
+    }
+
+    /// Appends one normal entry holding `data` (an encoded `InternalRaftRequest`); returns its
+    /// index.
+    pub fn append(&mut self, data: &[u8]) -> Result<u64, WalError> {
+        if data.len() > MAX_ENTRY_BYTES {
+            return Err(WalError {
+                file: self.path.clone(),
+                offset: self.offset,
+                message: format!(
+                    "an entry of {} bytes is over etcd's WAL record limit of {MAX_ENTRY_BYTES}",
+                    data.len()
+                ),
+            });
+        }
+        if self.offset >= self.segment_bytes {
+            self.cut()?;
+        }
+        self.last_index += 1;
+        let e = Entry {
+            r#type: Some(0),
+            term: Some(self.term),
+            index: Some(self.last_index),
+            data: Some(data.to_vec()),
+        };
+        self.record(ENTRY, Some(&prost::Message::encode_to_vec(&e)))?;
+        self.bytes += data.len() as u64;
+        Ok(self.last_index)
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        use std::io::Write;
+        let (path, offset) = (self.path.clone(), self.offset);
+        match self.out.as_mut() {
+            Some(out) => out
+                .flush()
+                .and_then(|_| out.get_ref().sync_all())
+                .map_err(|e| write_err(&path, offset, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits everything appended (a final HardState) and syncs the files and the directory.
+    /// Returns the last index.
+    pub fn finish(mut self) -> Result<u64, WalError> {
+        self.commit = self.last_index;
+        self.state()?;
+        self.sync()?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| write_err(&self.dir, 0, e))?;
+        Ok(self.last_index)
+    }
 }
 
 /// Reads one `.snap` file: its (index, term), after checking its CRC.
@@ -279,4 +492,108 @@ pub fn usable_snap(snap_dir: &Path, wal: &WalSummary) -> Result<Option<(u64, u64
         offset: 0,
         message: format!("no usable .snap file: {}", problems.join("; ")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first segment as etcd's `wal.Create` + `Save` write it: CRC 0, metadata, an empty
+    /// snapshot record, `n` entries of term 1 and a HardState committing them.
+    fn new_wal(dir: &Path, n: u64) {
+        let mut w = WalAppender {
+            dir: dir.to_path_buf(),
+            out: None,
+            path: PathBuf::new(),
+            seq: 0,
+            offset: 0,
+            crc: 0,
+            metadata: b"meta".to_vec(),
+            term: 1,
+            vote: 7,
+            commit: 0,
+            last_index: 0,
+            bytes: 0,
+            segment_bytes: SEGMENT_BYTES,
+        };
+        w.cut_first().unwrap();
+        let snap = prost::Message::encode_to_vec(&WalSnapshot {
+            index: Some(0),
+            term: Some(0),
+        });
+        w.record(SNAPSHOT, Some(&snap)).unwrap();
+        for i in 0..n {
+            w.append(format!("entry {i}").as_bytes()).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    impl WalAppender {
+        fn cut_first(&mut self) -> Result<(), WalError> {
+            self.seq = 0;
+            self.path = self.dir.join(format!("{:016x}-{:016x}.wal", 0, 0));
+            let f = std::fs::File::create(&self.path).map_err(|e| write_err(&self.path, 0, e))?;
+            self.out = Some(std::io::BufWriter::new(f));
+            self.record(CRC, None)?;
+            let m = self.metadata.clone();
+            self.record(METADATA, Some(&m))?;
+            self.state()
+        }
+    }
+
+    #[test]
+    fn appended_entries_continue_the_chain_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        new_wal(tmp.path(), 3);
+        let s = read_wal(tmp.path()).unwrap();
+        assert_eq!((s.last_index, s.commit, s.term, s.vote), (3, 3, 1, 7));
+        assert_eq!(s.metadata, b"meta");
+
+        let mut w = WalAppender::open(tmp.path()).unwrap();
+        w.segment_bytes = 300; // a new segment every few entries
+        for i in 0..40 {
+            let idx = w.append(&vec![b'x'; 10 + i]).unwrap();
+            assert_eq!(idx, 4 + i as u64);
+        }
+        assert_eq!(w.finish().unwrap(), 43);
+        let s = read_wal(tmp.path()).unwrap();
+        assert_eq!((s.last_index, s.commit, s.term, s.vote), (43, 43, 1, 7));
+        assert!(s.files > 3, "{} files", s.files);
+        // named <seq>-<index of its first entry>, seq without holes
+        let names: Vec<String> = files_with(tmp.path(), "wal")
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names[0], "0000000000000000-0000000000000000.wal");
+        assert_eq!(names[1], "0000000000000001-0000000000000004.wal");
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(u64::from_str_radix(&n[..16], 16).unwrap(), i as u64);
+        }
+
+        // and again after that: the chain goes on
+        let mut w = WalAppender::open(tmp.path()).unwrap();
+        w.append(b"more").unwrap();
+        w.finish().unwrap();
+        assert_eq!(read_wal(tmp.path()).unwrap().commit, 44);
+
+        // a flipped byte in an appended record breaks the chain
+        let last = files_with(tmp.path(), "wal").unwrap().pop().unwrap();
+        let mut b = std::fs::read(&last).unwrap();
+        let n = b.len();
+        b[n - 20] ^= 1;
+        std::fs::write(&last, b).unwrap();
+        assert!(read_wal(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn refuses_a_wal_with_uncommitted_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        new_wal(tmp.path(), 2);
+        let mut w = WalAppender::open(tmp.path()).unwrap();
+        w.append(b"never committed").unwrap();
+        drop(w); // flushed, but no HardState commits it
+        let e = WalAppender::open(tmp.path()).err().unwrap();
+        assert!(e.message.contains("commit 2"), "{e}");
+    }
 }

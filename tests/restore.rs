@@ -9,6 +9,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The whole keyspace: key -> (value, create, mod, version, lease), and the header revision.
@@ -133,6 +135,37 @@ fn workload(endpoint: &str, secs: u64) {
     });
 }
 
+/// TTL of the lease kept alive in the source.
+const HEARTBEAT_TTL: i64 = 5;
+
+/// Grants a lease of [`HEARTBEAT_TTL`], attaches `/heartbeat/{0,1,2}` to it, and keeps it alive
+/// until `stop`.
+fn keep_short_lease(endpoint: &str, stop: &AtomicBool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .unwrap();
+        let l = c.lease_grant(HEARTBEAT_TTL, None).await.unwrap().id();
+        for j in 0..3 {
+            let o = etcd_client::PutOptions::new().with_lease(l);
+            c.put(format!("/heartbeat/{j}"), "alive", Some(o))
+                .await
+                .unwrap();
+        }
+        let (mut keeper, mut answers) = c.lease_keep_alive(l).await.unwrap();
+        let t = Instant::now();
+        while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(120) {
+            keeper.keep_alive().await.unwrap();
+            answers.message().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
 struct Recorded {
     _tmp: tempfile::TempDir,
     bk: PathBuf,
@@ -179,9 +212,21 @@ fn record(version: EtcdVersion) -> Recorded {
         assert!(t.elapsed() < Duration::from_secs(30), "no full snapshot");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // a short lease kept alive in the source until its state is taken: its keys must come back
+    // even from a replay that lasts longer than its TTL (etcdbrctl #1045/#1046)
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (endpoint, stop) = (etcd.endpoint.clone(), stop.clone());
+        std::thread::spawn(move || keep_short_lease(&endpoint, &stop))
+    };
     workload(&etcd.endpoint, 6);
     std::thread::sleep(Duration::from_secs(3)); // the short leases expire in the source
     let (source, revision) = dump(version, &etcd.endpoint);
+    stop.store(true, Ordering::Relaxed);
+    heartbeat.join().unwrap();
+    // base64 of "alive", as etcdctl prints values
+    let alive = source.values().filter(|v| v["value"] == "YWxpdmU=").count();
+    assert_eq!(alive, 3, "the kept-alive lease's keys");
     let t = Instant::now();
     loop {
         let last = files_in(&bk.join("v2"))
@@ -441,6 +486,38 @@ fn bumped(r: &Recorded, tmp: &Path) {
     assert!(!data.exists());
 }
 
+/// The other ways through the replay give the same data: with 3.4 the API (`--replay-method
+/// api`), with 3.5 the WAL applied by etcd in several rounds (small chunks). Both take longer
+/// than the heartbeat lease's TTL here (printed), whose keys must still come back.
+fn other_replay_paths(r: &Recorded, tmp: &Path) {
+    let data = tmp.join("restored-other-path");
+    let peer = free_port();
+    let mut cmd = restore_cmd(r, &r.bk, &data, peer);
+    if r.version == EtcdVersion::V34 {
+        cmd.args(["--replay-method", "api"]);
+    } else {
+        cmd.env("ETCDBR_REPLAY_CHUNK_BYTES", "15000");
+    }
+    let t = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "restore: {err}");
+    let rounds = err.matches("replayed WAL entries applied by etcd").count();
+    eprintln!(
+        "{:?} other path: {rounds} rounds, {took:?}: {}",
+        r.version,
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    if r.version == EtcdVersion::V35 {
+        assert!(rounds >= 2, "the WAL must be applied in rounds: {err}");
+    }
+    let (_etcd, ep) = boot(r.version, &data, peer);
+    let (state, rev) = dump(r.version, &ep);
+    assert_eq!(rev, r.revision);
+    assert_eq!(state, r.source);
+}
+
 fn restores_faithfully(version: EtcdVersion) {
     let r = record(version);
     let tmp = tempfile::tempdir().unwrap();
@@ -486,6 +563,7 @@ fn restores_faithfully(version: EtcdVersion) {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["header"]["revision"].as_i64().unwrap(), r.revision + 1);
+    other_replay_paths(&r, tmp.path());
     bumped(&r, tmp.path());
     if version == EtcdVersion::V35 {
         point_in_time(&r, &ep, tmp.path());
