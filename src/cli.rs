@@ -414,6 +414,10 @@ pub struct RestorationArgs {
         env = "ETCDBR_REPLAY_METHOD"
     )]
     pub replay_method: crate::replay::Method,
+    /// etcdbr: when revisions are missing from the backups, restore up to the last revision
+    /// before the gap (logged as a warning) instead of failing
+    #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
+    pub stop_at_gap: bool,
     /// etcdbr: restore the state at this revision instead of the latest
     #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION", conflicts_with_all = ["to_time", "snapshot"])]
     pub to_revision: Option<i64>,
@@ -500,6 +504,7 @@ impl RestorationArgs {
             bump_revision: self.bump_revision,
             mark_compacted: self.mark_compacted,
             replay_method: self.replay_method,
+            stop_at_gap: self.stop_at_gap,
             replace_existing: false,
         })
     }

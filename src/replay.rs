@@ -359,6 +359,10 @@ pub struct Replayer {
     default_lease_ttl: i64,
     /// Revisions applied, for progress.
     pub applied: u64,
+    /// A gap ends the replay at the revision before it instead of failing.
+    pub stop_at_gap: bool,
+    /// The first and last missing revisions of the gap the replay stopped at.
+    pub gap: Option<(i64, i64)>,
 }
 
 enum Sink {
@@ -406,6 +410,8 @@ impl Replayer {
             revision,
             default_lease_ttl,
             applied: 0,
+            stop_at_gap: false,
+            gap: None,
         })
     }
 
@@ -423,6 +429,8 @@ impl Replayer {
             revision,
             default_lease_ttl,
             applied: 0,
+            stop_at_gap: false,
+            gap: None,
         }
     }
 
@@ -485,8 +493,18 @@ impl Replayer {
                 break;
             }
             if rev != expect {
-                // apply what precedes the gap, then report it
+                // apply what precedes the gap, then stop there or report it
                 self.apply_groups(&groups, object).await?;
+                if self.stop_at_gap {
+                    tracing::warn!(
+                        object,
+                        missing = format!("{expect}..{}", rev - 1),
+                        restored_to = self.revision,
+                        "revisions are missing from the backups: the restore stops before them (--stop-at-gap)"
+                    );
+                    self.gap = Some((expect, rev - 1));
+                    return Ok(false);
+                }
                 return Err(Error::integrity(
                     object,
                     format!(

@@ -49,6 +49,8 @@ pub struct RestoreConfig {
     pub mark_compacted: bool,
     /// How the deltas reach the temporary etcd.
     pub replay_method: Method,
+    /// A gap in the revisions ends the restore at the revision before it instead of failing.
+    pub stop_at_gap: bool,
     /// Replace a data dir that holds data (the initializer, after validation condemned it):
     /// still built aside and swapped in only once complete.
     pub replace_existing: bool,
@@ -570,6 +572,7 @@ async fn restore_into(
             .await
             .map_err(|e| Error::Other(format!("revision reader failed: {e}")))??;
         let mut r = Replayer::through_wal(&part.join("member/wal"), base, cfg.default_lease_ttl);
+        r.stop_at_gap = cfg.stop_at_gap;
         let (n, reached) = replay_all(
             store,
             set,
@@ -591,9 +594,12 @@ async fn restore_into(
         let etcd = TempEtcd::start(&etcd_cfg, part).await?;
         let result = if replay_needed {
             match Replayer::through_api(&etcd, cfg.default_lease_ttl).await {
-                Ok(mut r) => replay_all(store, set, target, cut_time, cfg, &mut r, None)
-                    .await
-                    .map(|(n, reached)| (n, r.applied, reached)),
+                Ok(mut r) => {
+                    r.stop_at_gap = cfg.stop_at_gap;
+                    replay_all(store, set, target, cut_time, cfg, &mut r, None)
+                        .await
+                        .map(|(n, reached)| (n, r.applied, reached))
+                }
                 Err(e) => Err(e),
             }
         } else {
@@ -741,7 +747,7 @@ async fn replay_all(
             break;
         }
     }
-    if r.revision < target && cut_time.is_none() {
+    if r.revision < target && cut_time.is_none() && r.gap.is_none() {
         return Err(Error::Other(format!(
             "the deltas end at revision {}, not at {target}: revisions {}..{target} are missing from the backups",
             r.revision,

@@ -685,6 +685,22 @@ fn restores_faithfully(version: EtcdVersion) {
             "{what}: no leftover"
         );
     }
+
+    // --stop-at-gap: the store with the missing delta restores up to the revision before it
+    let first_missing: i64 = middle.split('-').nth(1).unwrap().parse().unwrap();
+    let data = tmp.path().join("stopped-at-gap");
+    let peer = free_port();
+    let out = restore_cmd(&r, &tmp.path().join("bk-missing-delta"), &data, peer)
+        .arg("--stop-at-gap")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--stop-at-gap: {err}");
+    assert!(err.contains("missing from the backups"), "{err}");
+    let (_e, ep4) = boot(version, &data, peer);
+    let (state, rev) = dump(version, &ep4);
+    assert_eq!(rev, first_missing - 1, "stops right before the gap");
+    assert_eq!(state, dump_at(version, &ep, first_missing - 1));
 }
 
 #[test]
