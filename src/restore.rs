@@ -299,26 +299,35 @@ fn progress(what: &str, done: u64, total: u64, started: Instant) {
     );
 }
 
-/// Fetches, decompresses and checks one delta.
-async fn fetch_delta(store: &SnapStore, d: &Snapshot) -> Result<Vec<delta::Event>> {
-    let key = store.key_of(d);
-    let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+/// Downloads one delta object as stored.
+async fn fetch_delta(store: &SnapStore, d: &Snapshot) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut s = store.fetch(d).await?;
     while let Some(c) = s.next().await {
         raw.extend_from_slice(&c?);
     }
+    Ok(raw)
+}
+
+/// Decompresses and checks one downloaded delta, and parses its events.
+async fn decode_delta(raw: Vec<u8>, d: &Snapshot, key: String) -> Result<Vec<delta::Event>> {
+    let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
     tokio::task::spawn_blocking(move || -> Result<Vec<delta::Event>> {
-        let mut payload = Vec::new();
-        codec
-            .decoder(&raw[..])
-            .and_then(|mut r| r.read_to_end(&mut payload))
-            .map_err(|e| {
-                Error::integrity(
-                    &key,
-                    format!("decompress failed (truncated or corrupted object?): {e}"),
-                )
-            })?;
+        let payload = if codec == Codec::None {
+            raw
+        } else {
+            let mut payload = Vec::new();
+            codec
+                .decoder(&raw[..])
+                .and_then(|mut r| r.read_to_end(&mut payload))
+                .map_err(|e| {
+                    Error::integrity(
+                        &key,
+                        format!("decompress failed (truncated or corrupted object?): {e}"),
+                    )
+                })?;
+            payload
+        };
         delta::parse(&payload, &key)
     })
     .await
@@ -586,6 +595,10 @@ async fn restore_into(
         r.commit_wal()?;
         // etcd applies what is still pending as it starts
         let (entries, _) = r.pending();
+        tracing::info!(
+            entries,
+            "the temporary etcd applies the replayed WAL entries as it starts"
+        );
         etcd_cfg.ready_within = ready_within(entries);
         let etcd = TempEtcd::start(&etcd_cfg, part).await?;
         let checked = etcd.expect_revision(reached, entries).await;
@@ -674,6 +687,10 @@ async fn apply_pending(etcd_cfg: &TempEtcdConfig, part: &Path, r: &mut Replayer)
     let started = Instant::now();
     let mut c = etcd_cfg.clone();
     c.ready_within = ready_within(entries);
+    tracing::info!(
+        entries,
+        "the temporary etcd applies the replayed WAL entries as it starts"
+    );
     let etcd = TempEtcd::start(&c, part).await?;
     let checked = etcd.expect_revision(r.revision, entries).await;
     let stopped = etcd.stop().await;
@@ -705,12 +722,22 @@ async fn replay_all(
     tracing::info!(base_revision = base, target, method = ?cfg.replay_method, "replaying deltas");
     // owned items: a closure over borrowed ones is not `Send` for every lifetime, which
     // `tokio::spawn` (the HTTP initializer) requires
+    // downloads run `--max-fetchers` ahead; only two are decoded at a time (a decoded delta
+    // takes a few times its size), one ahead of the replay
     let mut fetched = futures::stream::iter(set.deltas.clone())
         .map(|d| async move {
-            let events = fetch_delta(store, &d).await;
+            let raw = fetch_delta(store, &d).await;
+            (d, raw)
+        })
+        .buffered(cfg.max_fetchers)
+        .map(|(d, raw)| async move {
+            let events = match raw {
+                Ok(raw) => decode_delta(raw, &d, store.key_of(&d)).await,
+                Err(e) => Err(e),
+            };
             (d, events)
         })
-        .buffered(cfg.max_fetchers);
+        .buffered(2);
     let (mut n, mut last_log) = (0, Instant::now());
     let started = Instant::now();
     let chunk = wal_chunk_bytes();
