@@ -55,15 +55,26 @@ fn dump_rev(
 
 /// A workload with the awkward cases: leases with keys that expire or are revoked mid-way,
 /// multi-op txns, delete-prefix, and a compaction.
-fn workload(endpoint: &str, secs: u64) {
+/// Runs `f` with a client of `endpoint` on a runtime of its own.
+fn with_client<F, Fut>(endpoint: &str, f: F)
+where
+    F: FnOnce(etcd_client::Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = etcd_client::Client::connect([endpoint], None)
+        let c = etcd_client::Client::connect([endpoint], None)
             .await
             .unwrap();
+        f(c).await
+    });
+}
+
+fn workload(endpoint: &str, secs: u64) {
+    with_client(endpoint, |mut c| async move {
         let long = c.lease_grant(600, None).await.unwrap().id();
         let t = Instant::now();
         let mut i = 0u64;
@@ -141,14 +152,7 @@ const HEARTBEAT_TTL: i64 = 5;
 /// Grants a lease of [`HEARTBEAT_TTL`], attaches `/heartbeat/{0,1,2}` to it, and keeps it alive
 /// until `stop`.
 fn keep_short_lease(endpoint: &str, stop: &AtomicBool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect([endpoint], None)
-            .await
-            .unwrap();
+    with_client(endpoint, |mut c| async move {
         let l = c.lease_grant(HEARTBEAT_TTL, None).await.unwrap().id();
         for j in 0..3 {
             let o = etcd_client::PutOptions::new().with_lease(l);
