@@ -247,11 +247,10 @@ impl TempEtcd {
         let mut c = Client::connect([self.endpoint.as_str()], Some(opts))
             .await
             .map_err(|e| self.err("connect", e))?;
-        let only_one = etcd_client::GetOptions::new()
-            .with_keys_only()
-            .with_limit(1);
+        // the Status header carries the revision and needs no credentials (a restored backend
+        // may have authentication enabled)
         let r = c
-            .get(vec![0u8], Some(only_one))
+            .status()
             .await
             .map_err(|e| self.err("read the revision", e))?;
         Ok((c, r.header().map(|h| h.revision()).unwrap_or(0)))
@@ -389,6 +388,8 @@ struct WalSink {
     next_id: u64,
     /// Entries appended and not yet applied by etcd.
     pending: u64,
+    /// The auth revision when authentication is enabled.
+    auth: Option<u64>,
 }
 
 impl Replayer {
@@ -416,8 +417,14 @@ impl Replayer {
     }
 
     /// Replays into the WAL of the stopped member whose WAL is `wal_dir` and whose backend is
-    /// at `revision`.
-    pub fn through_wal(wal_dir: &Path, revision: i64, default_lease_ttl: i64) -> Replayer {
+    /// at `revision`, with authentication enabled at revision `auth` if it is `Some`: the
+    /// entries are then made by `root`, as etcd requires (root holds every permission).
+    pub fn through_wal(
+        wal_dir: &Path,
+        revision: i64,
+        auth: Option<u64>,
+        default_lease_ttl: i64,
+    ) -> Replayer {
         Replayer {
             sink: Sink::Wal(Box::new(WalSink {
                 dir: wal_dir.to_path_buf(),
@@ -425,6 +432,7 @@ impl Replayer {
                 granted: HashSet::new(),
                 next_id: 1,
                 pending: 0,
+                auth,
             })),
             revision,
             default_lease_ttl,
@@ -687,7 +695,7 @@ impl WalSink {
             for ev in group.iter() {
                 if ev.lease != 0 && ev.kind == EventType::Put && self.granted.insert(ev.lease) {
                     let grant = raftpb::InternalRaftRequest {
-                        header: Some(raftpb::RequestHeader { id: self.next_id }),
+                        header: Some(raftpb::RequestHeader::new(self.next_id, self.auth)),
                         lease_grant: Some(raftpb::LeaseGrantRequest {
                             ttl: lease_ttl(ev, default_ttl),
                             id: ev.lease,
@@ -702,7 +710,7 @@ impl WalSink {
                 }
             }
             let txn = raftpb::InternalRaftRequest {
-                header: Some(raftpb::RequestHeader { id: self.next_id }),
+                header: Some(raftpb::RequestHeader::new(self.next_id, self.auth)),
                 txn: Some(raftpb::TxnRequest {
                     success: group.iter().map(raftpb::RequestOp::of).collect(),
                 }),
@@ -732,6 +740,21 @@ mod raftpb {
     pub struct RequestHeader {
         #[prost(uint64, tag = "1")]
         pub id: u64,
+        #[prost(string, tag = "2")]
+        pub username: String,
+        #[prost(uint64, tag = "3")]
+        pub auth_revision: u64,
+    }
+
+    impl RequestHeader {
+        /// A request of `root` at `auth` when authentication is enabled, else of no one.
+        pub fn new(id: u64, auth: Option<u64>) -> RequestHeader {
+            RequestHeader {
+                id,
+                username: auth.map(|_| "root".to_string()).unwrap_or_default(),
+                auth_revision: auth.unwrap_or(0),
+            }
+        }
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -580,7 +580,9 @@ async fn restore_into(
         let base = tokio::task::spawn_blocking(move || base_revision_of(&db))
             .await
             .map_err(|e| Error::Other(format!("revision reader failed: {e}")))??;
-        let mut r = Replayer::through_wal(&part.join("member/wal"), base, cfg.default_lease_ttl);
+        let (base, auth) = base;
+        let mut r =
+            Replayer::through_wal(&part.join("member/wal"), base, auth, cfg.default_lease_ttl);
         r.stop_at_gap = cfg.stop_at_gap;
         let (n, reached) = replay_all(
             store,
@@ -651,8 +653,9 @@ async fn restore_into(
     Ok((n, revs, replay_elapsed, new))
 }
 
-/// The revision of a restored backend, read from the file (etcd is not running).
-fn base_revision_of(db: &Path) -> Result<i64> {
+/// The revision of a restored backend, and its auth revision when authentication is enabled,
+/// read from the file (etcd is not running).
+fn base_revision_of(db: &Path) -> Result<(i64, Option<u64>)> {
     let e = |e: crate::bbolt::BoltError| {
         Error::Other(format!(
             "read the revision of the restored {}: {e}",
@@ -660,7 +663,8 @@ fn base_revision_of(db: &Path) -> Result<i64> {
         ))
     };
     let db = crate::bbolt::Db::open(db).map_err(e)?;
-    Ok(crate::schema::revisions(&db).map_err(e)?.effective())
+    let revision = crate::schema::revisions(&db).map_err(e)?.effective();
+    Ok((revision, crate::schema::auth_enabled_at(&db).map_err(e)?))
 }
 
 /// How long a temporary etcd may take to apply `entries` pending WAL entries and answer:

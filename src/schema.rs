@@ -269,6 +269,22 @@ pub fn status_checked(db: &Db) -> (Status, Vec<Problem>) {
 }
 
 /// The `key` bucket of a db, if it has one.
+/// etcd's auth state: `Some(auth revision)` when authentication is enabled (bucket `auth`, keys
+/// `authEnabled` = 1 and `authRevision`, big-endian), `None` when it is not.
+pub fn auth_enabled_at(db: &Db) -> crate::bbolt::Result<Option<u64>> {
+    let Some(auth) = db.bucket(b"auth")? else {
+        return Ok(None);
+    };
+    if db.get(&auth, b"authEnabled")?.as_deref() != Some(&[1u8][..]) {
+        return Ok(None);
+    }
+    let rev = db
+        .get(&auth, b"authRevision")?
+        .and_then(|v| Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?)))
+        .unwrap_or(0);
+    Ok(Some(rev))
+}
+
 pub fn key_bucket(db: &Db) -> crate::bbolt::Result<Option<Bucket>> {
     db.bucket(KEY_BUCKET)
 }

@@ -15,21 +15,28 @@ use std::time::{Duration, Instant};
 
 /// The whole keyspace: key -> (value, create, mod, version, lease), and the header revision.
 fn dump(version: EtcdVersion, endpoint: &str) -> (BTreeMap<String, serde_json::Value>, i64) {
-    dump_rev(version, endpoint, None)
+    dump_rev(version, endpoint, None, None)
 }
 
 /// The state at `rev` as etcd at `endpoint` remembers it.
 fn dump_at(version: EtcdVersion, endpoint: &str, rev: i64) -> BTreeMap<String, serde_json::Value> {
-    dump_rev(version, endpoint, Some(rev)).0
+    dump_rev(version, endpoint, Some(rev), None).0
 }
+
+/// etcd's `root` user and password in the tests with authentication enabled.
+const ROOT: (&str, &str) = ("root", "r00t-pw");
 
 fn dump_rev(
     version: EtcdVersion,
     endpoint: &str,
     rev: Option<i64>,
+    user: Option<(&str, &str)>,
 ) -> (BTreeMap<String, serde_json::Value>, i64) {
     let mut cmd = clean_cmd(&version.etcdctl());
     cmd.args(["--endpoints", endpoint, "get", "", "--prefix", "-w", "json"]);
+    if let Some((u, p)) = user {
+        cmd.arg(format!("--user={u}:{p}"));
+    }
     if let Some(r) = rev {
         cmd.arg(format!("--rev={r}"));
     }
@@ -55,8 +62,8 @@ fn dump_rev(
 
 /// A workload with the awkward cases: leases with keys that expire or are revoked mid-way,
 /// multi-op txns, delete-prefix, and a compaction.
-/// Runs `f` with a client of `endpoint` on a runtime of its own.
-fn with_client<F, Fut>(endpoint: &str, f: F)
+/// Runs `f` with a client of `endpoint` (as `user` if given) on a runtime of its own.
+fn with_client<F, Fut>(endpoint: &str, user: Option<(&str, &str)>, f: F)
 where
     F: FnOnce(etcd_client::Client) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -66,15 +73,16 @@ where
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = etcd_client::Client::connect([endpoint], None)
+        let opts = user.map(|(u, p)| etcd_client::ConnectOptions::new().with_user(u, p));
+        let c = etcd_client::Client::connect([endpoint], opts)
             .await
             .unwrap();
         f(c).await
     });
 }
 
-fn workload(endpoint: &str, secs: u64) {
-    with_client(endpoint, |mut c| async move {
+fn workload(endpoint: &str, secs: u64, user: Option<(&str, &str)>) {
+    with_client(endpoint, user, |mut c| async move {
         let long = c.lease_grant(600, None).await.unwrap().id();
         let t = Instant::now();
         let mut i = 0u64;
@@ -151,8 +159,8 @@ const HEARTBEAT_TTL: i64 = 5;
 
 /// Grants a lease of [`HEARTBEAT_TTL`], attaches `/heartbeat/{0,1,2}` to it, and keeps it alive
 /// until `stop`.
-fn keep_short_lease(endpoint: &str, stop: &AtomicBool) {
-    with_client(endpoint, |mut c| async move {
+fn keep_short_lease(endpoint: &str, stop: &AtomicBool, user: Option<(&str, &str)>) {
+    with_client(endpoint, user, |mut c| async move {
         let l = c.lease_grant(HEARTBEAT_TTL, None).await.unwrap().id();
         for j in 0..3 {
             let o = etcd_client::PutOptions::new().with_lease(l);
@@ -180,9 +188,24 @@ struct Recorded {
 
 /// Runs the workload against a fresh etcd with the server recording it; returns the store and
 /// the source's final state.
-fn record(version: EtcdVersion) -> Recorded {
+fn record(version: EtcdVersion, auth: bool) -> Recorded {
     let etcd = Etcd::start(version);
     etcd.fill(200, 20);
+    let user = auth.then_some(ROOT);
+    if auth {
+        for args in [
+            vec!["user", "add", &format!("{}:{}", ROOT.0, ROOT.1)],
+            vec!["auth", "enable"],
+        ] {
+            let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+            let out = etcd.etcdctl(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     let tmp = tempfile::tempdir().unwrap();
     let bk = tmp.path().join("bk");
     let port = free_port();
@@ -201,6 +224,10 @@ fn record(version: EtcdVersion) -> Recorded {
             "0 0 1 1 *",
         ])
         .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
+        .args(match user {
+            Some((u, p)) => vec!["--etcd-username", u, "--etcd-password", p],
+            None => vec![],
+        })
         .arg("--store-container")
         .arg(&bk)
         .stdout(Stdio::null())
@@ -221,11 +248,11 @@ fn record(version: EtcdVersion) -> Recorded {
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = {
         let (endpoint, stop) = (etcd.endpoint.clone(), stop.clone());
-        std::thread::spawn(move || keep_short_lease(&endpoint, &stop))
+        std::thread::spawn(move || keep_short_lease(&endpoint, &stop, user))
     };
-    workload(&etcd.endpoint, 6);
+    workload(&etcd.endpoint, 6, user);
     std::thread::sleep(Duration::from_secs(3)); // the short leases expire in the source
-    let (source, revision) = dump(version, &etcd.endpoint);
+    let (source, revision) = dump_rev(version, &etcd.endpoint, None, user);
     stop.store(true, Ordering::Relaxed);
     heartbeat.join().unwrap();
     // base64 of "alive", as etcdctl prints values
@@ -285,6 +312,16 @@ fn restore_cmd(r: &Recorded, bk: &Path, data_dir: &Path, peer: u16) -> std::proc
 
 /// Boots etcd on a restored data dir; returns it (killed on drop) and its endpoint.
 fn boot(version: EtcdVersion, data_dir: &Path, peer: u16) -> (Proc, String) {
+    boot_as(version, data_dir, peer, None)
+}
+
+/// [`boot`], checking health as `user` (authentication enabled).
+fn boot_as(
+    version: EtcdVersion,
+    data_dir: &Path,
+    peer: u16,
+    user: Option<(&str, &str)>,
+) -> (Proc, String) {
     let c = free_port();
     let ep = format!("http://127.0.0.1:{c}");
     let log = data_dir.with_extension("log");
@@ -314,6 +351,7 @@ fn boot(version: EtcdVersion, data_dir: &Path, peer: u16) -> (Proc, String) {
                 "health",
                 "--command-timeout=2s",
             ])
+            .args(user.map(|(u, p)| format!("--user={u}:{p}")))
             .output()
             .unwrap();
         if out.status.success() {
@@ -523,7 +561,7 @@ fn other_replay_paths(r: &Recorded, tmp: &Path) {
 }
 
 fn restores_faithfully(version: EtcdVersion) {
-    let r = record(version);
+    let r = record(version, false);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("restored");
     let peer = free_port();
@@ -705,6 +743,45 @@ fn restores_faithfully(version: EtcdVersion) {
     let (state, rev) = dump(version, &ep4);
     assert_eq!(rev, first_missing - 1, "stops right before the gap");
     assert_eq!(state, dump_at(version, &ep, first_missing - 1));
+}
+
+/// A backup of an etcd with authentication enabled (recorded by a sidecar with credentials):
+/// the replayed entries are made by `root`, and the restore reads etcd's revision without
+/// credentials; every key comes back equal.
+fn restores_with_auth(version: EtcdVersion) {
+    let r = record(version, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("restored");
+    let peer = free_port();
+    let out = restore_cmd(&r, &r.bk, &data, peer).output().unwrap();
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_etcd, ep) = boot_as(version, &data, peer, Some(ROOT));
+    let (state, rev) = dump_rev(version, &ep, None, Some(ROOT));
+    assert_eq!(rev, r.revision);
+    assert_eq!(state, r.source);
+    // authentication is still on: no credentials, no data
+    let out = clean_cmd(&version.etcdctl())
+        .args(["--endpoints", &ep, "get", "", "--prefix"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "reads without credentials must be refused"
+    );
+}
+
+#[test]
+fn restore_with_auth_etcd34() {
+    restores_with_auth(EtcdVersion::V34);
+}
+
+#[test]
+fn restore_with_auth_etcd35() {
+    restores_with_auth(EtcdVersion::V35);
 }
 
 #[test]
