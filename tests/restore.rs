@@ -288,6 +288,17 @@ fn record(version: EtcdVersion, auth: bool) -> Recorded {
     }
 }
 
+/// Runs `cmd` and asserts that it succeeded (`what` names it); returns its output.
+fn succeeded(mut cmd: std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn restore_cmd(r: &Recorded, bk: &Path, data_dir: &Path, peer: u16) -> std::process::Command {
     let (tool, _) = r.version.status_tool();
     let mut c = etcdbrctl();
@@ -565,12 +576,7 @@ fn restores_faithfully(version: EtcdVersion) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("restored");
     let peer = free_port();
-    let out = restore_cmd(&r, &r.bk, &data, peer).output().unwrap();
-    assert!(
-        out.status.success(),
-        "restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(restore_cmd(&r, &r.bk, &data, peer), "restore");
     assert!(!data.with_extension("part").exists());
     eprintln!(
         "{version:?}: {} keys at revision {}; {}",
@@ -614,11 +620,9 @@ fn restores_faithfully(version: EtcdVersion) {
     as_etcdbrctl_store(&r, &go);
     let data = tmp.path().join("from-etcdbrctl-store");
     let peer = free_port();
-    let out = restore_cmd(&r, &go, &data, peer).output().unwrap();
-    assert!(
-        out.status.success(),
-        "restore of an etcdbrctl store: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        restore_cmd(&r, &go, &data, peer),
+        "restore of an etcdbrctl store",
     );
     let (_etcd2, ep2) = boot(version, &data, peer);
     let (state, rev) = dump(version, &ep2);
@@ -647,8 +651,7 @@ fn restores_faithfully(version: EtcdVersion) {
         assert_eq!(snap.last_revision, r.revision, "{key}");
         let data = tmp.path().join("from-compacted");
         let peer = free_port();
-        let out = restore_cmd(&r, &bk, &data, peer).output().unwrap();
-        assert!(out.status.success());
+        let out = succeeded(restore_cmd(&r, &bk, &data, peer), "restore after compact");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("0 deltas"),
             "{}",
@@ -753,12 +756,7 @@ fn restores_with_auth(version: EtcdVersion) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("restored");
     let peer = free_port();
-    let out = restore_cmd(&r, &r.bk, &data, peer).output().unwrap();
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(restore_cmd(&r, &r.bk, &data, peer), "restore");
     let (_etcd, ep) = boot_as(version, &data, peer, Some(ROOT));
     let (state, rev) = dump_rev(version, &ep, None, Some(ROOT));
     assert_eq!(rev, r.revision);
