@@ -573,14 +573,13 @@ async fn restore_into(
     if !replay_needed && plan != BumpPlan::Patch {
         return Ok((0, 0, Duration::ZERO, base_revision));
     }
-    let mut etcd_cfg = temp_etcd_config(cfg, tmp.join("etcd.log"))?;
+    let etcd_cfg = temp_etcd_config(cfg, tmp.join("etcd.log"))?;
     let replay_started = Instant::now();
     let (etcd, result) = if replay_needed && cfg.replay_method == Method::Wal {
         let db = part.join("member/snap/db");
-        let base = tokio::task::spawn_blocking(move || base_revision_of(&db))
+        let (base, auth) = tokio::task::spawn_blocking(move || base_revision_of(&db))
             .await
             .map_err(|e| Error::Other(format!("revision reader failed: {e}")))??;
-        let (base, auth) = base;
         let mut r =
             Replayer::through_wal(&part.join("member/wal"), base, auth, cfg.default_lease_ttl);
         r.stop_at_gap = cfg.stop_at_gap;
@@ -594,16 +593,7 @@ async fn restore_into(
             Some((&etcd_cfg, part)),
         )
         .await?;
-        r.commit_wal()?;
-        // etcd applies what is still pending as it starts
-        let (entries, _) = r.pending();
-        tracing::info!(
-            entries,
-            "the temporary etcd applies the replayed WAL entries as it starts"
-        );
-        etcd_cfg.ready_within = ready_within(entries);
-        let etcd = TempEtcd::start(&etcd_cfg, part).await?;
-        let checked = etcd.expect_revision(reached, entries).await;
+        let (etcd, checked) = start_applying(&etcd_cfg, part, &mut r).await?;
         (etcd, checked.map(|_| (n, r.applied, reached)))
     } else {
         let etcd = TempEtcd::start(&etcd_cfg, part).await?;
@@ -683,12 +673,15 @@ fn wal_chunk_bytes() -> u64 {
         .unwrap_or(128 << 20)
 }
 
-/// Lets a temporary etcd apply what was appended to the WAL so far, checks the revision it
-/// reaches, and stops it.
-async fn apply_pending(etcd_cfg: &TempEtcdConfig, part: &Path, r: &mut Replayer) -> Result<()> {
+/// Commits what was appended to the WAL and starts a temporary etcd, which applies it as it
+/// starts; returns it and whether it reached the replayed revision.
+async fn start_applying(
+    etcd_cfg: &TempEtcdConfig,
+    part: &Path,
+    r: &mut Replayer,
+) -> Result<(TempEtcd, Result<()>)> {
     r.commit_wal()?;
     let (entries, _) = r.pending();
-    let started = Instant::now();
     let mut c = etcd_cfg.clone();
     c.ready_within = ready_within(entries);
     tracing::info!(
@@ -697,6 +690,15 @@ async fn apply_pending(etcd_cfg: &TempEtcdConfig, part: &Path, r: &mut Replayer)
     );
     let etcd = TempEtcd::start(&c, part).await?;
     let checked = etcd.expect_revision(r.revision, entries).await;
+    Ok((etcd, checked))
+}
+
+/// Lets a temporary etcd apply what was appended to the WAL so far, checks the revision it
+/// reaches, and stops it.
+async fn apply_pending(etcd_cfg: &TempEtcdConfig, part: &Path, r: &mut Replayer) -> Result<()> {
+    let started = Instant::now();
+    let entries = r.pending().0;
+    let (etcd, checked) = start_applying(etcd_cfg, part, r).await?;
     let stopped = etcd.stop().await;
     checked?;
     stopped?;

@@ -35,6 +35,17 @@ struct Entry {
     term: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
     index: Option<u64>,
+}
+
+/// [`Entry`] with its data, for writing (reading skips the data: validation needs none of it).
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewEntry {
+    #[prost(int32, optional, tag = "1")]
+    r#type: Option<i32>,
+    #[prost(uint64, optional, tag = "2")]
+    term: Option<u64>,
+    #[prost(uint64, optional, tag = "3")]
+    index: Option<u64>,
     #[prost(bytes = "vec", optional, tag = "4")]
     data: Option<Vec<u8>>,
 }
@@ -90,12 +101,12 @@ pub struct WalSummary {
     /// (index, term) of every snapshot record.
     pub snapshots: Vec<(u64, u64)>,
     /// What an appender continues from: the CRC chain at the end, the last metadata record, the
-    /// last HardState (term, vote, commit), and the last file's sequence number.
+    /// last HardState (term, vote, commit), and the last file.
     pub end_crc: u32,
     pub metadata: Vec<u8>,
     pub term: u64,
     pub vote: u64,
-    pub last_seq: u64,
+    pub last_file: PathBuf,
 }
 
 /// A problem in the WAL or a `.snap` file: the file, the byte offset, what.
@@ -147,15 +158,7 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
         ..Default::default()
     };
     let mut crc: Option<u32> = None;
-    s.last_seq = files
-        .last()
-        .and_then(|f| f.file_name()?.to_str()?.get(..16).map(str::to_owned))
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .ok_or_else(|| WalError {
-            file: files[files.len() - 1].clone(),
-            offset: 0,
-            message: "not named <seq>-<index>.wal".into(),
-        })?;
+    s.last_file = files[files.len() - 1].clone();
     for (fi, file) in files.iter().enumerate() {
         // streamed record by record: a segment is 64 MB, mostly preallocated zeros
         let f = std::fs::File::open(file).map_err(|e| WalError {
@@ -306,11 +309,21 @@ impl WalAppender {
                 ),
             });
         }
+        let seq = s
+            .last_file
+            .file_name()
+            .and_then(|n| n.to_str()?.get(..16))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| WalError {
+                file: s.last_file.clone(),
+                offset: 0,
+                message: "not named <seq>-<index>.wal: nothing appended".into(),
+            })?;
         let mut w = WalAppender {
             dir: wal_dir.to_path_buf(),
             out: None,
             path: PathBuf::new(),
-            seq: s.last_seq,
+            seq,
             offset: 0,
             crc: s.end_crc,
             metadata: s.metadata,
@@ -374,7 +387,7 @@ impl WalAppender {
         if pad != 0 {
             len_field |= (0x80 | pad as u64) << 56;
         }
-        let (path, offset) = (self.path.clone(), self.offset);
+        let (path, offset) = (&self.path, self.offset);
         let out = self.out.as_mut().ok_or_else(|| WalError {
             file: path.clone(),
             offset,
@@ -383,7 +396,7 @@ impl WalAppender {
         out.write_all(&len_field.to_le_bytes())
             .and_then(|_| out.write_all(&body))
             .and_then(|_| out.write_all(&[0u8; 8][..pad]))
-            .map_err(|e| write_err(&path, offset, e))?;
+            .map_err(|e| write_err(path, offset, e))?;
         self.offset += 8 + body.len() as u64 + pad as u64;
         Ok(())
     }
@@ -405,7 +418,7 @@ impl WalAppender {
             self.cut()?;
         }
         self.last_index += 1;
-        let e = Entry {
+        let e = NewEntry {
             r#type: Some(0),
             term: Some(self.term),
             index: Some(self.last_index),
@@ -418,12 +431,12 @@ impl WalAppender {
 
     fn sync(&mut self) -> Result<(), WalError> {
         use std::io::Write;
-        let (path, offset) = (self.path.clone(), self.offset);
+        let (path, offset) = (&self.path, self.offset);
         match self.out.as_mut() {
             Some(out) => out
                 .flush()
                 .and_then(|_| out.get_ref().sync_all())
-                .map_err(|e| write_err(&path, offset, e)),
+                .map_err(|e| write_err(path, offset, e)),
             None => Ok(()),
         }
     }

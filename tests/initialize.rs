@@ -70,6 +70,42 @@ fn db_revision(data: &Path) -> i64 {
         .effective_revision()
 }
 
+/// `etcdbrctl server` for `endpoint` on 127.0.0.1:`port`, storing in `store`, logging to
+/// `log`; each test adds its own flags.
+fn sidecar(endpoint: &str, port: u16, store: &Path, log: &Path) -> std::process::Command {
+    let log = std::fs::File::create(log).expect("log");
+    let mut c = etcdbrctl();
+    c.args([
+        "server",
+        "--endpoints",
+        endpoint,
+        "--server-host",
+        "127.0.0.1",
+    ])
+    .args(["--server-port", &port.to_string()])
+    .arg("--store-container")
+    .arg(store)
+    .stdout(log.try_clone().expect("log"))
+    .stderr(log);
+    c
+}
+
+/// etcd named `name` on `data`, serving clients on `ep` and peers on `peer`; the cluster flags
+/// are the caller's.
+fn etcd_cmd(name: &str, data: &Path, ep: &str, peer: &str) -> std::process::Command {
+    let mut c = clean_cmd(&V.etcd());
+    c.args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", ep, "--advertise-client-urls", ep])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ]);
+    c
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -273,23 +309,10 @@ fn initialization_over_http() {
     etcd.kill();
     let data = tmp.path().join("data");
     let port = free_port();
-    let log = std::fs::File::create(tmp.path().join("server.log")).expect("log");
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
     let _server = Proc(
-        etcdbrctl()
-            .args([
-                "server",
-                "--endpoints",
-                &format!("http://127.0.0.1:{}", free_port()),
-            ])
-            .args([
-                "--server-host",
-                "127.0.0.1",
-                "--server-port",
-                &port.to_string(),
-            ])
+        sidecar(&nowhere, port, &bk, &tmp.path().join("server.log"))
             .args(["--schedule", "0 0 1 1 *", "--name", "t"])
-            .arg("--store-container")
-            .arg(&bk)
             .arg("--data-dir")
             .arg(&data)
             .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
@@ -303,8 +326,6 @@ fn initialization_over_http() {
             .arg(V.etcd())
             .arg("--etcd-restore-tool")
             .arg(V.status_tool().0)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
             .spawn()
             .expect("server"),
     );
@@ -447,16 +468,7 @@ fn a_member_with_bad_data_is_readded_as_a_learner() {
     let ep = cluster.endpoints[2].clone();
     let log = std::fs::File::create(cluster.dir.path().join("m2-rejoin.log")).expect("log");
     let _m2 = Proc(
-        clean_cmd(&V.etcd())
-            .args(["--name", "m2", "--data-dir"])
-            .arg(&data)
-            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+        etcd_cmd("m2", &data, &ep, &peer)
             .args(["--initial-cluster", &cluster.initial_cluster])
             .args(["--initial-cluster-state", "existing"])
             .stdout(log.try_clone().expect("log"))
@@ -466,26 +478,16 @@ fn a_member_with_bad_data_is_readded_as_a_learner() {
     );
     let store = tempfile::tempdir().expect("store");
     let port = free_port();
-    let slog = std::fs::File::create(cluster.dir.path().join("m2-sidecar.log")).expect("log");
+    let slog = cluster.dir.path().join("m2-sidecar.log");
     let _sidecar = Proc(
-        etcdbrctl()
-            .args(["server", "--endpoints", &ep, "--server-host", "127.0.0.1"])
-            .args([
-                "--server-port",
-                &port.to_string(),
-                "--reelection-period",
-                "2s",
-            ])
+        sidecar(&ep, port, store.path(), &slog)
+            .args(["--reelection-period", "2s"])
             .args([
                 "--schedule",
                 "0 0 1 1 *",
                 "--service-endpoints",
                 &cluster.endpoints.join(","),
             ])
-            .arg("--store-container")
-            .arg(store.path())
-            .stdout(slog.try_clone().expect("log"))
-            .stderr(slog)
             .spawn()
             .expect("sidecar"),
     );
@@ -556,30 +558,20 @@ fn the_api_over_https() {
         .expect("openssl");
     assert!(st.success());
     let port = free_port();
-    let log = std::fs::File::create(tmp.path().join("server.log")).expect("log");
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
     let _server = Proc(
-        etcdbrctl()
-            .args([
-                "server",
-                "--endpoints",
-                &format!("http://127.0.0.1:{}", free_port()),
-            ])
-            .args([
-                "--server-host",
-                "127.0.0.1",
-                "--server-port",
-                &port.to_string(),
-            ])
-            .arg("--store-container")
-            .arg(tmp.path().join("bk"))
-            .arg("--server-cert")
-            .arg(&cert)
-            .arg("--server-key")
-            .arg(&key)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("server"),
+        sidecar(
+            &nowhere,
+            port,
+            &tmp.path().join("bk"),
+            &tmp.path().join("server.log"),
+        )
+        .arg("--server-cert")
+        .arg(&cert)
+        .arg("--server-key")
+        .arg(&key)
+        .spawn()
+        .expect("server"),
     );
     let curl = |path: &str| {
         std::process::Command::new("curl")
@@ -634,16 +626,7 @@ fn snap_files_are_read_and_a_damaged_newest_one_is_skipped_like_etcd() {
     let peer = format!("http://127.0.0.1:{p}");
     let start = |log: &str| {
         Proc(
-            clean_cmd(&V.etcd())
-                .args(["--name", "t", "--data-dir"])
-                .arg(&data)
-                .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-                .args([
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ])
+            etcd_cmd("t", &data, &ep, &peer)
                 .args([
                     "--initial-cluster",
                     &format!("t={peer}"),
