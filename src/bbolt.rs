@@ -45,6 +45,10 @@ const MAX_SPAN: u64 = 1 << 31;
 pub struct Problem {
     pub page: Option<u64>,
     pub message: String,
+    /// Not seen by bbolt 1.3.6 (etcd 3.4/3.5) when etcd opens the file: a key out of order, a
+    /// page whose header names another (unused) page id, the persisted freelist, one bad meta
+    /// page. etcd starts on such a file; reads or later writes may go wrong.
+    pub latent: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -56,10 +60,19 @@ impl std::fmt::Display for Problem {
     }
 }
 
-fn problem(page: Option<u64>, message: impl Into<String>) -> Problem {
+/// A problem etcd would also stumble on.
+pub fn problem(page: Option<u64>, message: impl Into<String>) -> Problem {
     Problem {
         page,
         message: message.into(),
+        latent: false,
+    }
+}
+
+fn latent(page: Option<u64>, message: impl Into<String>) -> Problem {
+    Problem {
+        latent: true,
+        ..problem(page, message)
     }
 }
 
@@ -279,8 +292,18 @@ pub struct Db {
 
 impl Db {
     /// Opens a bbolt file read-only, without locking it, and selects its meta page as bbolt does
-    /// (the valid one with the higher txid).
+    /// (the valid one with the higher txid). A file shorter than its high-water mark is refused.
     pub fn open(path: &Path) -> Result<Db> {
+        Db::open_with(path, false)
+    }
+
+    /// [`Db::open`], accepting a file shorter than its high-water mark as bbolt 1.3.6 does: only
+    /// a page that is actually read beyond the end is a problem (etcd dies of SIGBUS on it).
+    pub fn open_short(path: &Path) -> Result<Db> {
+        Db::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, allow_short: bool) -> Result<Db> {
         let io = |what: &str, source| BoltError::Io {
             path: path.to_path_buf(),
             what: what.to_string(),
@@ -348,7 +371,7 @@ impl Db {
             ));
         }
         let need = meta.hwm.saturating_mul(ps);
-        if need > file_len {
+        if need > file_len && !allow_short {
             return Err(corrupt(
                 None,
                 format!(
@@ -401,6 +424,17 @@ impl Db {
 
     /// Reads logical page `id` (with its overflow) into `buf`.
     fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> std::result::Result<(), Problem> {
+        self.read_page_as(id, buf, true)
+    }
+
+    /// [`Db::read_page`]; `check_id`: a header naming another page id is an error (the tree
+    /// walk of a check handles it itself, as bbolt does).
+    fn read_page_as(
+        &self,
+        id: u64,
+        buf: &mut Vec<u8>,
+        check_id: bool,
+    ) -> std::result::Result<(), Problem> {
         let ps = u64::from(self.meta.page_size);
         if id >= self.meta.hwm {
             return Err(problem(
@@ -408,15 +442,30 @@ impl Db {
                 format!("out of bounds (high-water mark {})", self.meta.hwm),
             ));
         }
+        let beyond = || {
+            problem(
+                Some(id),
+                format!(
+                    "lies beyond the end of the file ({} bytes): truncated (etcd dies of SIGBUS reading it)",
+                    self.file_len
+                ),
+            )
+        };
+        if (id + 1) * ps > self.file_len {
+            return Err(beyond());
+        }
         buf.resize(ps as usize, 0);
         self.file
             .read_exact_at(buf, id * ps)
             .map_err(|e| problem(Some(id), format!("read failed: {e}")))?;
         let stored = u64_at(buf, 0).unwrap_or(0);
-        if stored != id {
+        if check_id && stored != id {
             return Err(problem(Some(id), format!("header says page id {stored}")));
         }
         let overflow = u64::from(u32_at(buf, 12).unwrap_or(0));
+        if overflow > 0 && (id + 1 + overflow).saturating_mul(ps) > self.file_len {
+            return Err(beyond());
+        }
         if overflow > 0 {
             let span = (overflow + 1) * ps;
             if id + overflow >= self.meta.hwm || span > MAX_SPAN {
@@ -625,12 +674,12 @@ impl Db {
     pub fn check_with(&self, visit: &mut TopVisit<'_>) -> Vec<Problem> {
         let mut walker = Walker::new(self, false);
         if let Some(m) = &self.other_meta {
-            walker.problems.push(problem(None, m.clone()));
+            walker.problems.push(latent(None, m.clone()));
         }
         if !self.file_len.is_multiple_of(u64::from(self.meta.page_size))
             && self.file_len % 512 != 32
         {
-            walker.problems.push(problem(
+            walker.problems.push(latent(
                 None,
                 format!(
                     "file size {} is not a multiple of the page size {} (and not a snapshot with a 32-byte sha256 trailer)",
@@ -649,11 +698,11 @@ impl Db {
                 if reachable && free {
                     walker
                         .problems
-                        .push(problem(Some(id), "reachable and in the freelist"));
+                        .push(latent(Some(id), "reachable and in the freelist"));
                 } else if !reachable && !free {
                     walker
                         .problems
-                        .push(problem(Some(id), "unreachable unfreed"));
+                        .push(latent(Some(id), "unreachable unfreed"));
                 }
             }
         }
@@ -726,14 +775,14 @@ impl<'a> Walker<'a> {
         }
         let mut buf = Vec::new();
         if let Err(p) = self.db.read_page(id, &mut buf) {
-            self.problems.push(p);
+            self.problems.push(Problem { latent: true, ..p });
             return None;
         }
         let overflow = u64::from(u32_at(&buf, 12).unwrap_or(0));
         self.mark(id, overflow);
         if u16_at(&buf, 8) != Some(FLAG_FREELIST) {
             self.problems
-                .push(problem(Some(id), "freelist page has the wrong type"));
+                .push(latent(Some(id), "freelist page has the wrong type"));
             return None;
         }
         let mut count = usize::from(u16_at(&buf, 10).unwrap_or(0));
@@ -746,7 +795,7 @@ impl<'a> Walker<'a> {
             .checked_mul(8)
             .and_then(|n| buf.get(at..at.checked_add(n)?))
         else {
-            self.problems.push(problem(
+            self.problems.push(latent(
                 Some(id),
                 format!("{count} free ids do not fit the page"),
             ));
@@ -759,13 +808,13 @@ impl<'a> Walker<'a> {
         free.sort_unstable();
         for w in free.windows(2) {
             if w[0] == w[1] {
-                self.problems.push(problem(Some(w[0]), "already freed"));
+                self.problems.push(latent(Some(w[0]), "already freed"));
             }
         }
         free.dedup();
         for f in &free {
             if *f < 2 || *f >= self.db.meta.hwm {
-                self.problems.push(problem(
+                self.problems.push(latent(
                     Some(*f),
                     format!("freed page is outside 2..{}", self.db.meta.hwm),
                 ));
@@ -882,11 +931,27 @@ impl<'a> Walker<'a> {
                 "a meta page is referenced as a tree page",
             ));
         }
-        if let Err(p) = self.db.read_page(id, buf) {
+        if let Err(p) = self.db.read_page_as(id, buf, self.strict) {
             return self.fail(p);
         }
         let overflow = u64::from(u32_at(buf, 12).unwrap_or(0));
-        if !self.mark(id, overflow) {
+        // bbolt tracks pages by the id in their header: a wrong id that is out of bounds or
+        // taken stops etcd when it opens the file; an unused one passes (and bbolt would free
+        // the wrong page when it rewrites this one)
+        let stored = u64_at(buf, 0).unwrap_or(0);
+        if stored != id {
+            if stored > self.db.meta.hwm {
+                return self.fail(problem(
+                    Some(id),
+                    format!(
+                        "header says page id {stored}: out of bounds (high-water mark {})",
+                        self.db.meta.hwm
+                    ),
+                ));
+            }
+            self.fail(latent(Some(id), format!("header says page id {stored}")))?;
+        }
+        if !self.mark(stored, overflow) {
             return Ok(()); // reached twice: reported, not walked again
         }
         let page = match Page::parse(Some(id), buf) {
@@ -907,7 +972,7 @@ impl<'a> Walker<'a> {
                     }
                 }
                 if let Err(p) = order(&page, children.iter().map(|(k, _)| k.as_slice()), lo, hi) {
-                    self.fail(p)?;
+                    self.fail(Problem { latent: true, ..p })?;
                 }
                 for i in 0..children.len() {
                     // the first child may hold keys below its separator (bbolt keeps the
@@ -945,7 +1010,7 @@ impl<'a> Walker<'a> {
             }
         }
         if let Err(p) = order(page, entries.iter().map(|(_, k, _)| *k), lo, hi) {
-            self.fail(p)?;
+            self.fail(Problem { latent: true, ..p })?;
         }
         for (flags, k, v) in entries {
             if let Err(mut p) = visit(flags, k, v) {

@@ -284,6 +284,7 @@ impl RestorationArgs {
                 .count(),
             pod_namespace: std::env::var("POD_NAMESPACE").ok(),
             cluster,
+            keep_invalid_dirs: self.keep_invalid_data_dirs,
         })
     }
 }
@@ -418,6 +419,16 @@ pub struct RestorationArgs {
     /// before the gap (logged as a warning) instead of failing
     #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
     pub stop_at_gap: bool,
+    /// etcdbr: data directories replaced by an initialization are moved aside to
+    /// <data-dir>.invalid-<unix time>, a way back; this many are kept, the oldest removed first
+    /// (0: removed once the restored one is in place; one with no backup replacing it is
+    /// always kept)
+    #[arg(
+        long = "keep-invalid-data-dirs",
+        default_value_t = 1,
+        env = "ETCDBR_KEEP_INVALID_DATA_DIRS"
+    )]
+    pub keep_invalid_data_dirs: usize,
     /// etcdbr: restore the state at this revision instead of the latest
     #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION", conflicts_with_all = ["to_time", "snapshot"])]
     pub to_revision: Option<i64>,

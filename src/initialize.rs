@@ -1,11 +1,18 @@
 //! The initializer: validate the data directory, and when validation condemns it, restore the
-//! latest snapshot set in its place (built in `<data-dir>.part`, swapped in once complete).
+//! latest snapshot set in its place (built in `<data-dir>.part`, swapped in once complete and
+//! durable; see [`crate::datadir`]).
 //!
-//! Differences from etcdbrctl, on purpose: with an empty store and a condemned data directory,
-//! the directory is moved aside to `<data-dir>.invalid-<unix time>` instead of deleted (nothing
-//! to restore it from, so its bytes are kept for the operator); a locked db (etcd still running)
-//! or a wrong volume fails without touching anything.
+//! Safety, beyond etcdbrctl:
+//! * The whole run holds the data directory's work lock, and from validation until the swap
+//!   (or the member removal) bbolt's lock on the db: an etcd started meanwhile waits, and one
+//!   already running makes the initialization fail with nothing changed.
+//! * A condemned directory is never deleted: it is moved aside to
+//!   `<data-dir>.invalid-<unix time>` (at most `--keep-invalid-data-dirs` are kept), whether a
+//!   backup replaces it, nothing does (empty store: etcd starts fresh) or the member is re-added
+//!   as a learner.
+//! * A wrong volume or a locked db fails without touching anything.
 
+use crate::datadir::{self, DbLock, WorkLock};
 use crate::error::{Error, Result};
 use crate::restore::{self, RestoreConfig};
 use crate::store::SnapStore;
@@ -23,6 +30,8 @@ pub struct InitConfig {
     /// To reach the other members of a multi-member cluster (endpoints resolved: the service
     /// endpoints or every member's client URLs).
     pub cluster: Option<crate::etcd::EtcdConfig>,
+    /// Condemned data directories kept aside (`--keep-invalid-data-dirs`).
+    pub keep_invalid_dirs: usize,
 }
 
 /// What initialization did.
@@ -37,7 +46,7 @@ pub enum Action {
     /// Condemned, with nothing to restore from: moved aside so etcd starts fresh.
     MovedAside { to: std::path::PathBuf },
     /// A member of a multi-member cluster with bad data: removed from the cluster, its data
-    /// directory deleted, added back as a learner that syncs from the leader (the sidecar
+    /// directory moved aside, added back as a learner that syncs from the leader (the sidecar
     /// promotes it once it caught up).
     ReAddedAsLearner { old_id: Option<u64>, new_id: u64 },
 }
@@ -45,11 +54,11 @@ pub enum Action {
 pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
     let started = Instant::now();
     let data_dir = &cfg.restore.data_dir;
-    let temp_etcd = restore::temp_etcd_config(
-        &cfg.restore,
-        std::env::temp_dir().join(format!("etcdbr-validate-{}.log", std::process::id())),
-    )
-    .ok();
+    let _work = WorkLock::acquire(data_dir)?;
+    let mut lock = DbLock::acquire(data_dir)?;
+    let tmp = datadir::TempDir::new(&cfg.restore.temp_dir)?;
+    let temp_etcd =
+        restore::temp_etcd_config(&cfg.restore, tmp.path().join("validate-etcd.log")).ok();
     let vcfg = ValidateConfig {
         data_dir: data_dir.clone(),
         mode: cfg.mode,
@@ -58,8 +67,11 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         pod_namespace: cfg.pod_namespace.clone(),
         temp_etcd,
     };
-    let outcome = validate::validate(&vcfg).await?;
+    let outcome = validate::validate(&vcfg, Some(&mut lock)).await?;
+    drop(tmp);
+    datadir::crash_point("initialize:validated");
     if outcome == Outcome::Valid {
+        datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs);
         return Ok((outcome, Action::Kept));
     }
     if outcome.is_fatal() {
@@ -69,36 +81,48 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         )));
     }
     if cfg.cluster_size > 1 {
-        let action = readd_as_learner(cfg, &outcome).await?;
+        let action = readd_as_learner(cfg, &outcome, &mut lock).await?;
         return Ok((outcome, action));
     }
-    let empty_store = if cfg.has_store {
-        let store = SnapStore::open(cfg.restore.store.clone()).await?;
-        store.latest_set().await?.full.is_none()
+    let store = if cfg.has_store {
+        Some(SnapStore::open(cfg.restore.store.clone()).await?)
     } else {
-        true
+        None
     };
+    let empty_store = match &store {
+        Some(s) => s.latest_set().await?.full.is_none(),
+        None => true,
+    };
+    let looked_at = store
+        .as_ref()
+        .map(|s| s.describe())
+        .unwrap_or_else(|| "no store configured".into());
     if empty_store {
         if !data_dir.exists() {
-            tracing::info!(data_dir = %data_dir.display(), "no data directory and no backup: a fresh cluster");
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                store = %looked_at,
+                "FRESH CLUSTER: no data directory and no backup in the store looked at; etcd will start EMPTY. If backups exist elsewhere, stop now and point --storage-provider/--store-container/--store-prefix at them"
+            );
             return Ok((outcome, Action::Fresh));
         }
-        let secs = chrono::Utc::now().timestamp();
-        let to = restore::sibling(data_dir, &format!(".invalid-{secs}"));
-        std::fs::rename(data_dir, &to)
-            .map_err(|e| Error::io(data_dir, "move the invalid data dir aside", e))?;
+        lock.confirm("moving the invalid data directory aside")?;
+        let to = datadir::move_aside(data_dir, data_dir)?;
+        drop(lock);
         tracing::warn!(
             data_dir = %data_dir.display(),
             moved_to = %to.display(),
             outcome = %outcome,
-            "invalid data directory and no backup to restore: moved aside, etcd will start fresh"
+            store = %looked_at,
+            "invalid data directory and no backup to restore: moved aside, etcd will start FRESH"
         );
+        datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs.max(1));
         return Ok((outcome, Action::MovedAside { to }));
     }
     let mut rcfg = cfg.restore.clone();
     rcfg.replace_existing = true;
-    tracing::info!(data_dir = %data_dir.display(), outcome = %outcome, "restoring the latest backup");
-    let report = restore::restore(&rcfg).await?;
+    tracing::info!(data_dir = %data_dir.display(), outcome = %outcome, store = %looked_at, "restoring the latest backup");
+    let report = restore::restore_locked(&rcfg, Some(&mut lock), cfg.keep_invalid_dirs).await?;
     tracing::info!(
         revision = report.revision,
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
@@ -113,7 +137,11 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
 }
 
 /// The multi-member path (etcdbrctl's): the data comes from the leader, not from the store.
-async fn readd_as_learner(cfg: &InitConfig, outcome: &Outcome) -> Result<Action> {
+async fn readd_as_learner(
+    cfg: &InitConfig,
+    outcome: &Outcome,
+    lock: &mut DbLock,
+) -> Result<Action> {
     let data_dir = &cfg.restore.data_dir;
     let Some(ecfg) = &cfg.cluster else {
         return Err(Error::config(format!(
@@ -141,6 +169,7 @@ async fn readd_as_learner(cfg: &InitConfig, outcome: &Outcome) -> Result<Action>
         .connection_timeout
         .min(std::time::Duration::from_secs(10));
     let old_id = me.map(|m| m.id());
+    lock.confirm("removing this member from the cluster")?;
     if let Some(id) = old_id {
         let mut tries = 0;
         loop {
@@ -167,8 +196,10 @@ async fn readd_as_learner(cfg: &InitConfig, outcome: &Outcome) -> Result<Action>
         tracing::warn!(member = format!("{id:x}"), name = %cfg.restore.name, outcome = %outcome, "removed this member from the cluster: its data is bad");
     }
     if data_dir.exists() {
-        std::fs::remove_dir_all(data_dir)
-            .map_err(|e| Error::io(data_dir, "delete the bad data directory", e))?;
+        lock.confirm("moving the bad data directory aside")?;
+        let to = datadir::move_aside(data_dir, data_dir)?;
+        tracing::warn!(moved_to = %to.display(), "the bad data directory was moved aside");
+        datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs.max(1));
     }
     let opts = etcd_client::MemberAddOptions::new().with_is_learner();
     let mut tries = 0;

@@ -769,18 +769,15 @@ pub fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listi
             if stop {
                 return Ok(());
             }
-            let (rev, tomb) = schema::parse_revision_key(k).ok_or_else(|| Problem {
-                page: None,
-                message: format!("cannot parse revision key {k:02x?}"),
+            let (rev, tomb) = schema::parse_revision_key(k).ok_or_else(|| {
+                crate::bbolt::problem(None, format!("cannot parse revision key {k:02x?}"))
             })?;
             if rev.main > at {
                 stop = true;
                 return Ok(());
             }
-            let mut kv = schema::decode_kv(v).map_err(|m| Problem {
-                page: None,
-                message: format!("revision {}: {m}", rev.main),
-            })?;
+            let mut kv = schema::decode_kv(v)
+                .map_err(|m| crate::bbolt::problem(None, format!("revision {}: {m}", rev.main)))?;
             if !kv.key.starts_with(prefix) {
                 return Ok(());
             }

@@ -23,10 +23,12 @@
 //! * [`cli`]: the `etcdbrctl` command line.
 
 pub mod bbolt;
+pub mod bootcheck;
 pub mod cli;
 pub mod codec;
 pub mod compact;
 pub mod copy;
+pub mod datadir;
 pub mod defrag;
 pub mod delta;
 pub mod deltasnap;
@@ -55,6 +57,7 @@ pub mod snaprev;
 pub mod snapshotter;
 pub mod store;
 pub mod streamio;
+pub mod sys;
 pub mod validate;
 pub mod wal;
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub delta_events: prometheus::IntCounter,
     pub watch_revision: IntGauge,
     pub up_seconds: Gauge,
+    pub invalid_data_dirs: IntGauge,
 }
 
 /// Error categories of `etcdbr_snapshotter_failure`.
@@ -150,6 +151,10 @@ fn build() -> prometheus::Result<Metrics> {
             "start_time_seconds",
             "Start time of the sidecar (unix seconds).",
         ))?,
+        invalid_data_dirs: IntGauge::with_opts(ns(
+            "invalid_data_dirs",
+            "Replaced data directories kept aside as <data-dir>.invalid-<time> (bounded by --keep-invalid-data-dirs).",
+        ))?,
         registry: r,
     };
     let r = &m.registry;
@@ -171,6 +176,7 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.delta_events.clone()))?;
     r.register(Box::new(m.up_seconds.clone()))?;
     r.register(Box::new(m.watch_revision.clone()))?;
+    r.register(Box::new(m.invalid_data_dirs.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
@@ -245,6 +251,13 @@ pub fn latest(kind: Kind, revision: i64, unix: i64) {
 pub fn failure(category: &str) {
     if let Some(m) = get() {
         m.snapshotter_failure.with_label_values(&[category]).inc();
+    }
+}
+
+/// How many replaced data directories are kept aside.
+pub fn set_invalid_data_dirs(n: usize) {
+    if let Some(m) = get() {
+        m.invalid_data_dirs.set(n as i64);
     }
 }
 

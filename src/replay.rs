@@ -52,6 +52,9 @@ pub struct TempEtcdConfig {
     pub log: PathBuf,
     /// How long it may take to answer (it applies pending WAL entries first).
     pub ready_within: Duration,
+    /// Keep etcd's fsync: on for a real data directory (validation lets etcd replay its WAL
+    /// there), off for a restore's `.part`, which is fsynced as a whole before it is used.
+    pub fsync: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -130,7 +133,7 @@ impl TempEtcd {
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(true);
-        if supports_no_fsync(&cfg.binary) {
+        if !cfg.fsync && supports_no_fsync(&cfg.binary) {
             cmd.arg("--unsafe-no-fsync");
         }
         let child = cmd.spawn().map_err(|e| {

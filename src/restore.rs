@@ -9,6 +9,7 @@
 //! must not hold etcd data: the target is never touched by a failed restore.
 
 use crate::codec::Codec;
+use crate::datadir::{self, DbLock, WorkLock};
 use crate::delta;
 use crate::error::{Error, Result};
 use crate::layout::{Kind, Snapshot, SnapshotSet};
@@ -391,26 +392,33 @@ fn run_restore_tool(
     Ok(())
 }
 
-/// Whether `dir` holds etcd data (a `member` directory) or anything at all.
+/// Whether `dir` holds anything at all.
 fn holds_data(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
 }
 
-fn part_dir(data_dir: &Path) -> PathBuf {
-    sibling(data_dir, ".part")
-}
-
-/// `<dir><suffix>`, next to `dir`.
-pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Restores into `cfg.data_dir` (module doc).
+/// Restores into `cfg.data_dir` (module doc), which must be absent or empty.
 pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
+    if holds_data(&cfg.data_dir) && !cfg.replace_existing {
+        return Err(Error::config(format!(
+            "{} is not empty: restore never overwrites a data directory; move it away first",
+            cfg.data_dir.display()
+        )));
+    }
+    let _work = WorkLock::acquire(&cfg.data_dir)?;
+    restore_locked(cfg, None, 0).await
+}
+
+/// [`restore`] for a caller that holds the data directory's [`WorkLock`] (the initializer):
+/// `lock` is its lock on the condemned db, checked right before the swap; the replaced
+/// directory is moved aside and at most `keep_invalid` of those are kept.
+pub async fn restore_locked(
+    cfg: &RestoreConfig,
+    lock: Option<&mut DbLock>,
+    keep_invalid: usize,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     if holds_data(&cfg.data_dir) && !cfg.replace_existing {
         return Err(Error::config(format!(
@@ -437,18 +445,13 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
         revision = target,
         "restoring"
     );
-    let part = part_dir(&cfg.data_dir);
+    let part = datadir::part_dir(&cfg.data_dir);
     if part.exists() {
-        // the leftover of an earlier failed attempt
+        // ours to remove: the work lock is held, its writer is gone
         std::fs::remove_dir_all(&part)
             .map_err(|e| Error::io(&part, "remove the leftover of an earlier restore", e))?;
     }
-    std::fs::create_dir_all(&cfg.temp_dir)
-        .map_err(|e| Error::io(&cfg.temp_dir, "create the restoration temp dir", e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix("etcdbr-restore-")
-        .tempdir_in(&cfg.temp_dir)
-        .map_err(|e| Error::io(&cfg.temp_dir, "create a temp dir", e))?;
+    let tmp = datadir::TempDir::new(&cfg.temp_dir)?;
     let result = restore_into(
         cfg,
         &store,
@@ -460,54 +463,58 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
         tmp.path(),
     )
     .await;
-    match result {
-        Ok((deltas_applied, revisions_replayed, replay_elapsed, reached)) => {
-            let mut replaced = None;
-            if holds_data(&cfg.data_dir) {
-                // the initializer's condemned dir: moved aside, deleted once the new one is in
-                let aside = sibling(&cfg.data_dir, ".replaced");
-                if aside.exists() {
-                    std::fs::remove_dir_all(&aside)
-                        .map_err(|e| Error::io(&aside, "remove an old replaced data dir", e))?;
-                }
-                std::fs::rename(&cfg.data_dir, &aside)
-                    .map_err(|e| Error::io(&cfg.data_dir, "move the old data dir aside", e))?;
-                replaced = Some(aside);
-            } else if cfg.data_dir.exists() {
-                // empty: replaced by the complete restore
-                std::fs::remove_dir(&cfg.data_dir)
-                    .map_err(|e| Error::io(&cfg.data_dir, "replace the empty data dir", e))?;
-            }
-            std::fs::rename(&part, &cfg.data_dir)
-                .map_err(|e| Error::io(&part, "move the restored data dir into place", e))?;
-            if let Some(aside) = replaced {
-                if let Err(e) = std::fs::remove_dir_all(&aside) {
-                    tracing::warn!(dir = %aside.display(), error = %e, "cannot remove the replaced data dir; remove it by hand");
-                }
-            }
-            let report = RestoreReport {
-                full,
-                deltas_applied,
-                revisions_replayed,
-                revision: reached,
-                elapsed: started.elapsed(),
-                replay_elapsed,
-            };
-            tracing::info!(
-                data_dir = %cfg.data_dir.display(),
-                revision = report.revision,
-                deltas = report.deltas_applied,
-                revisions_replayed = report.revisions_replayed,
-                secs = format!("{:.2}", report.elapsed.as_secs_f64()),
-                "restored"
-            );
-            Ok(report)
-        }
+    let (deltas_applied, revisions_replayed, replay_elapsed, reached) = match result {
+        Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&part);
-            Err(e)
+            return Err(e);
         }
+    };
+    drop(tmp);
+    datadir::crash_point("restore:built");
+    let what = format!(
+        "restored by etcdbrctl from {} and {deltas_applied} deltas to revision {reached} at {}\n",
+        store.key_of(&full),
+        chrono::Utc::now().to_rfc3339()
+    );
+    let sealed = {
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || datadir::seal(&part, &what))
+            .await
+            .map_err(|e| Error::Other(format!("fsync worker failed: {e}")))?
+    };
+    if let Err(e) = sealed {
+        let _ = std::fs::remove_dir_all(&part);
+        return Err(e);
     }
+    datadir::crash_point("restore:sealed");
+    let replaced = match datadir::swap_in(&part, &cfg.data_dir, lock, keep_invalid) {
+        Ok(r) => r,
+        Err(e) => {
+            if part.exists() {
+                let _ = std::fs::remove_dir_all(&part);
+            }
+            return Err(e);
+        }
+    };
+    let report = RestoreReport {
+        full,
+        deltas_applied,
+        revisions_replayed,
+        revision: reached,
+        elapsed: started.elapsed(),
+        replay_elapsed,
+    };
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        revision = report.revision,
+        deltas = report.deltas_applied,
+        revisions_replayed = report.revisions_replayed,
+        replaced = ?replaced,
+        secs = format!("{:.2}", report.elapsed.as_secs_f64()),
+        "restored"
+    );
+    Ok(report)
 }
 
 /// The temporary etcd the restore (and `compact`) runs.
@@ -527,6 +534,7 @@ pub fn temp_etcd_config(cfg: &RestoreConfig, log: PathBuf) -> Result<TempEtcdCon
         max_request_bytes: cfg.max_request_bytes,
         log,
         ready_within: Duration::from_secs(60),
+        fsync: false,
     })
 }
 
@@ -566,6 +574,7 @@ async fn restore_into(
         std::fs::remove_file(&db)
             .map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
     }
+    datadir::crash_point("restore:base-restored");
     let base_revision = match plan {
         BumpPlan::Tool => full.last_revision + cfg.bump_revision,
         _ => full.last_revision,
@@ -621,6 +630,7 @@ async fn restore_into(
     let replay_elapsed = replay_started.elapsed();
     let ((n, revs, reached), compacted_at) = result?;
     stopped?;
+    datadir::crash_point("restore:replayed");
     if plan != BumpPlan::Patch {
         return Ok((n, revs, replay_elapsed, reached));
     }

@@ -102,7 +102,7 @@ impl Status {
     }
 }
 
-fn meta_revision(v: &[u8]) -> Option<i64> {
+pub(crate) fn meta_revision(v: &[u8]) -> Option<i64> {
     parse_revision_key(v).map(|(r, _)| r.main)
 }
 
@@ -210,14 +210,10 @@ impl StatusBuilder {
             if let Some(b) = k.get(0..8) {
                 st.revision = i64::from_be_bytes(b.try_into().unwrap_or_default());
             }
-            let (_, tomb) = parse_revision_key(k).ok_or_else(|| Problem {
-                page: None,
-                message: format!("cannot parse revision key {k:02x?}"),
+            let (_, tomb) = parse_revision_key(k).ok_or_else(|| {
+                crate::bbolt::problem(None, format!("cannot parse revision key {k:02x?}"))
             })?;
-            let kv = decode_kv(v).map_err(|m| Problem {
-                page: None,
-                message: m,
-            })?;
+            let kv = decode_kv(v).map_err(|m| crate::bbolt::problem(None, m))?;
             self.live.insert(kv.key, !tomb);
         } else if bucket == META_BUCKET {
             match k {

@@ -1,13 +1,19 @@
-//! Start-up validation of an etcd data directory (etcdbrctl's `sanity` and `full` modes), read
-//! natively and read-only: the bbolt db without taking etcd's lock (a held lock is reported: etcd
-//! is still running on it), the WAL's CRC chain and the `.snap` files, without starting etcd
-//! (except, as etcdbrctl, to let etcd replay committed WAL entries when only they could bring
-//! the db up to the store's revision).
+//! Start-up validation of an etcd data directory (etcdbrctl's `sanity` and `full` modes),
+//! which judges damage as etcd itself does: a directory etcd would start on and serve is kept
+//! (a torn WAL tail included, which etcd truncates as after any power loss), one it cannot start
+//! on or would serve wrong data from is condemned. The judgment ([`crate::bootcheck`]) reads
+//! the files natively, read-only; etcd is started only, as etcdbrctl does, to let it replay
+//! committed WAL entries when only they could bring the db up to the store's revision, and then
+//! with fsync on and with the initializer's lock on the db handed to it.
+//!
+//! * `sanity` (after a clean stop) condemns exactly what etcd cannot start on;
+//! * `full` also condemns latent damage etcd does not notice at start (keys out of order, page
+//!   headers naming other pages, an inconsistent persisted freelist).
 
-use crate::bbolt::Db;
+use crate::bootcheck;
+use crate::datadir::DbLock;
 use crate::error::{Error, Result};
 use crate::replay::{TempEtcd, TempEtcdConfig};
-use crate::schema;
 use crate::store::{SnapStore, StoreConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -115,10 +121,11 @@ fn safe_guard(data_dir: &Path, ns: &str) -> Result<Option<Outcome>> {
     }
 }
 
-/// Validates the data directory.
-pub async fn validate(cfg: &ValidateConfig) -> Result<Outcome> {
+/// Validates the data directory. `lock`: the initializer's lock on the db, handed to a
+/// temporary etcd when one replays the WAL (without it, a db locked by etcd is refused).
+pub async fn validate(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Result<Outcome> {
     let started = Instant::now();
-    let outcome = validate_inner(cfg).await?;
+    let outcome = validate_inner(cfg, lock).await?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         mode = ?cfg.mode,
@@ -129,7 +136,7 @@ pub async fn validate(cfg: &ValidateConfig) -> Result<Outcome> {
     Ok(outcome)
 }
 
-async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
+async fn validate_inner(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Result<Outcome> {
     if let Some(ns) = cfg.pod_namespace.as_deref().filter(|n| !n.is_empty()) {
         if let Some(o) = safe_guard(&cfg.data_dir, ns)? {
             return Ok(o);
@@ -149,50 +156,48 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
         }
     }
     let db_path = member.join("snap/db");
-    // etcd holds an exclusive flock on its db while it runs: never judge (or restore over) it
-    if let Ok(f) = std::fs::File::open(&db_path) {
-        if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock_shared() {
-            return Ok(Outcome::FailToOpenBoltDb(format!(
-                "{} is locked: etcd is still running on this data directory; stop it first",
-                db_path.display()
-            )));
+    if lock.is_none() {
+        // etcd holds an exclusive flock on its db while it runs: never judge (or restore over) it
+        if let Ok(f) = std::fs::File::open(&db_path) {
+            if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock_shared() {
+                return Ok(Outcome::FailToOpenBoltDb(format!(
+                    "{} is locked: etcd is still running on this data directory; stop it first",
+                    db_path.display()
+                )));
+            }
         }
     }
-    let path2 = db_path.clone();
-    let mode = cfg.mode;
-    let db = tokio::task::spawn_blocking(move || read_db(&path2, mode))
+    let m2 = member.clone();
+    let plan = tokio::task::spawn_blocking(move || bootcheck::check(&m2))
         .await
         .map_err(|e| Error::Other(format!("validation worker failed: {e}")))?;
-    let (revs, problems) = match db {
-        Ok(x) => x,
-        Err(o) => return Ok(o),
+    let plan = match plan {
+        Ok(p) => p,
+        Err(refusal) => return Ok(Outcome::DataDirectoryCorrupt(refusal)),
     };
-    if let Some(p) = problems.first() {
-        return Ok(Outcome::DataDirectoryCorrupt(format!(
-            "{}: {} structural problem(s), first: {p}",
-            db_path.display(),
-            problems.len()
-        )));
+    if let Some((file, offset, why)) = &plan.repair {
+        tracing::warn!(
+            file = %file.display(),
+            keep_bytes = offset,
+            reason = %why,
+            "the WAL ends in a torn record (an unclean stop): etcd truncates it there when it starts; no acknowledged write is lost"
+        );
     }
-    if mode == Mode::Full {
-        let wal = match crate::wal::read_wal(&member.join("wal")) {
-            Ok(w) => w,
-            Err(e) => return Ok(Outcome::DataDirectoryCorrupt(format!("WAL: {e}"))),
-        };
-        // a newer .snap without its WAL record (a crash between the two writes) is skipped by
-        // etcd 3.5, as here; only when no .snap is usable can etcd not boot
-        match crate::wal::usable_snap(&member.join("snap"), &wal) {
-            Err(e) => return Ok(Outcome::DataDirectoryCorrupt(format!("snap: {e}"))),
-            Ok(Some((index, _term))) => {
-                let ci = revs.consistent_index.unwrap_or(0);
-                if ci != 0 && ci < index {
-                    return Ok(Outcome::DataDirectoryCorrupt(format!(
-                        "the db's consistent index {ci} is behind the .snap index {index}"
-                    )));
-                }
-            }
-            Ok(None) => {}
+    for s in &plan.skipped_snaps {
+        tracing::warn!(snap = %s, "etcd will skip this raft snapshot file and boot from an older one");
+    }
+    for w in &plan.warnings {
+        tracing::warn!(data_dir = %cfg.data_dir.display(), "{w}");
+    }
+    if !plan.latent.is_empty() {
+        if cfg.mode == Mode::Full {
+            return Ok(Outcome::DataDirectoryCorrupt(format!(
+                "{} latent problem(s) etcd would not notice when it starts (it could serve wrong data or corrupt the db later), first: {}",
+                plan.latent.len(),
+                plan.latent[0]
+            )));
         }
+        tracing::warn!(problems = ?plan.latent, "latent damage etcd does not notice at start; a full validation would condemn this directory");
     }
     let Some(store_cfg) = &cfg.store else {
         return Ok(Outcome::Valid);
@@ -206,16 +211,13 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
         return Ok(Outcome::Valid);
     }
     let store_rev = set.last_revision();
-    let db_rev = revs.effective();
+    let db_rev = plan.db.revision();
     if db_rev >= store_rev {
         return Ok(Outcome::Valid);
     }
-    // behind the store: only committed WAL entries not yet in the db could close the gap
-    let pending = match crate::wal::read_wal(&member.join("wal")) {
-        Ok(w) => w.commit > revs.consistent_index.unwrap_or(0),
-        Err(_) => false,
-    };
-    if !pending {
+    // behind the store: only WAL entries not yet in the db could close the gap (a single
+    // member commits what its log holds when it starts)
+    if plan.last_index <= plan.db.consistent_index() {
         return Ok(Outcome::RevisionConsistencyError {
             db: db_rev,
             store: store_rev,
@@ -227,7 +229,17 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
             store: store_rev,
         });
     };
-    match revision_after_wal_replay(tcfg, &cfg.data_dir, store_rev).await {
+    let mut tcfg = tcfg.clone();
+    tcfg.fsync = true;
+    let mut lock = lock;
+    if let Some(l) = lock.as_deref_mut() {
+        l.release();
+    }
+    let replayed = revision_after_wal_replay(&tcfg, &cfg.data_dir, store_rev).await;
+    if let Some(l) = lock {
+        l.reacquire("validation")?;
+    }
+    match replayed {
         Ok(rev) if rev >= store_rev => Ok(Outcome::Valid),
         Ok(rev) => Ok(Outcome::RevisionConsistencyError {
             db: rev,
@@ -236,24 +248,6 @@ async fn validate_inner(cfg: &ValidateConfig) -> Result<Outcome> {
         Err(e) => Ok(Outcome::DataDirectoryCorrupt(format!(
             "etcd could not start on it to replay its WAL: {e}"
         ))),
-    }
-}
-
-/// Opens the db (any error: corrupt) and reads its revisions: with `Full` on a walk of every
-/// page (the structural check), with `Sanity` from a few pages.
-fn read_db(
-    path: &Path,
-    mode: Mode,
-) -> std::result::Result<(schema::Revisions, Vec<crate::bbolt::Problem>), Outcome> {
-    let db = Db::open(path).map_err(|e| Outcome::BoltDbCorrupt(e.to_string()))?;
-    match mode {
-        Mode::Full => {
-            let (st, problems) = schema::status_checked(&db);
-            Ok(((&st).into(), problems))
-        }
-        Mode::Sanity => schema::revisions(&db)
-            .map(|r| (r, Vec::new()))
-            .map_err(|e| Outcome::BoltDbCorrupt(e.to_string())),
     }
 }
 

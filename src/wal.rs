@@ -6,16 +6,14 @@
 //! stopped member's WAL, in etcd's own record format, for the replay ([`crate::replay`]): etcd
 //! applies them when it starts, as it does after any restart.
 
-use std::io::Read;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-const METADATA: i64 = 1;
-const ENTRY: i64 = 2;
-const STATE: i64 = 3;
-const CRC: i64 = 4;
-const SNAPSHOT: i64 = 5;
-/// A record larger than this is corruption (etcd caps records far below).
-const MAX_RECORD: u64 = 1 << 30;
+pub(crate) const METADATA: i64 = 1;
+pub(crate) const ENTRY: i64 = 2;
+pub(crate) const STATE: i64 = 3;
+pub(crate) const CRC: i64 = 4;
+pub(crate) const SNAPSHOT: i64 = 5;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Record {
@@ -28,13 +26,13 @@ struct Record {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct Entry {
+pub(crate) struct Entry {
     #[prost(int32, optional, tag = "1")]
-    r#type: Option<i32>,
+    pub r#type: Option<i32>,
     #[prost(uint64, optional, tag = "2")]
-    term: Option<u64>,
+    pub term: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
-    index: Option<u64>,
+    pub index: Option<u64>,
 }
 
 /// [`Entry`] with its data, for writing (reading skips the data: validation needs none of it).
@@ -51,21 +49,21 @@ struct NewEntry {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct HardState {
+pub(crate) struct HardState {
     #[prost(uint64, optional, tag = "1")]
-    term: Option<u64>,
+    pub term: Option<u64>,
     #[prost(uint64, optional, tag = "2")]
-    vote: Option<u64>,
+    pub vote: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
-    commit: Option<u64>,
+    pub commit: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct WalSnapshot {
+pub(crate) struct WalSnapshot {
     #[prost(uint64, optional, tag = "1")]
-    index: Option<u64>,
+    pub index: Option<u64>,
     #[prost(uint64, optional, tag = "2")]
-    term: Option<u64>,
+    pub term: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -129,7 +127,7 @@ impl std::fmt::Display for WalError {
     }
 }
 
-fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, WalError> {
+pub(crate) fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, WalError> {
     let rd = std::fs::read_dir(dir).map_err(|e| WalError {
         file: dir.to_path_buf(),
         offset: 0,
@@ -143,7 +141,226 @@ fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, WalError> {
     Ok(v)
 }
 
-/// Reads every WAL file of `wal_dir` in order, checking the CRC chain across files.
+/// etcd's limit on one WAL record (`maxWALEntrySizeLimit`, 3.4 and 3.5): a length word at or
+/// above it stops etcd (`ErrMaxWALEntrySizeLimitExceeded`), whatever the file holds after it.
+const MAX_WAL_RECORD: u64 = 10 * 1024 * 1024;
+/// etcd's torn-write detection works on 512-byte sectors (`minSectorSize`).
+const SECTOR: u64 = 512;
+
+/// One WAL record as stored: its type, the CRC it carries and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub kind: i64,
+    pub crc: u32,
+    pub data: Vec<u8>,
+}
+
+/// Why [`Decoder::read_record`] stopped early, as etcd's decoder tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// etcd's `io.ErrUnexpectedEOF`: the file ends inside a record, or a record that fails its
+    /// CRC holds an all-zero sector (a torn write). etcd repairs this in the last file by
+    /// truncating it at `offset`, the end of the last good record.
+    Torn {
+        file: usize,
+        offset: u64,
+        message: String,
+    },
+    /// Anything else (a CRC mismatch without a zeroed sector, an undecodable record, a length
+    /// over the limit): etcd refuses to start.
+    Fatal {
+        file: usize,
+        offset: u64,
+        message: String,
+    },
+}
+
+/// etcd's WAL decoder (`wal/decoder.go`, identical in 3.4 and 3.5): the records of `files` in
+/// order, one rolling CRC-32C over the data of every record but the CRC records (whose check is
+/// the caller's, as in etcd), a zero length word or the end of a file moving on to the next.
+pub struct Decoder {
+    files: Vec<PathBuf>,
+    /// Bytes of each file that count (a simulated repair truncates the last one).
+    limits: Vec<Option<u64>>,
+    idx: usize,
+    cur: Option<std::io::Take<std::io::BufReader<std::fs::File>>>,
+    /// Offset in the current file after the last good record (`lastValidOff`).
+    pub last_valid_off: u64,
+    /// The rolling CRC.
+    pub crc: u32,
+}
+
+impl Decoder {
+    pub fn new(files: Vec<PathBuf>) -> Decoder {
+        let limits = vec![None; files.len()];
+        Decoder {
+            files,
+            limits,
+            idx: 0,
+            cur: None,
+            last_valid_off: 0,
+            crc: 0,
+        }
+    }
+
+    /// Reads only the first `len` bytes of file `i` (what etcd's repair leaves).
+    pub fn limit(&mut self, i: usize, len: u64) {
+        if let Some(l) = self.limits.get_mut(i) {
+            *l = Some(len);
+        }
+    }
+
+    /// The file being read (index into the list given to [`Decoder::new`]).
+    pub fn file_index(&self) -> usize {
+        self.idx
+    }
+
+    fn fatal(&self, message: String) -> DecodeError {
+        DecodeError::Fatal {
+            file: self.idx,
+            offset: self.last_valid_off,
+            message,
+        }
+    }
+
+    fn torn(&self, message: String) -> DecodeError {
+        DecodeError::Torn {
+            file: self.idx,
+            offset: self.last_valid_off,
+            message,
+        }
+    }
+
+    fn open_current(&mut self) -> Result<(), DecodeError> {
+        if self.cur.is_none() {
+            let path = &self.files[self.idx];
+            let f = std::fs::File::open(path)
+                .map_err(|e| self.fatal(format!("cannot open {}: {e}", path.display())))?;
+            let len = f
+                .metadata()
+                .map_err(|e| self.fatal(format!("cannot stat {}: {e}", path.display())))?
+                .len();
+            let len = self.limits[self.idx].map_or(len, |l| l.min(len));
+            let r = std::io::BufReader::with_capacity(1 << 20, f);
+            self.cur = Some(std::io::Read::take(r, len));
+        }
+        Ok(())
+    }
+
+    /// Reads as much of `buf` as the file holds; the count read.
+    fn read_up_to(&mut self, buf: &mut [u8]) -> Result<usize, DecodeError> {
+        let mut n = 0;
+        while n < buf.len() {
+            let r = match self.cur.as_mut() {
+                Some(r) => r.read(&mut buf[n..]),
+                None => Ok(0),
+            };
+            match r {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fatal(format!("read failed: {e}"))),
+            }
+        }
+        Ok(n)
+    }
+
+    fn next_file(&mut self) {
+        self.idx += 1;
+        self.cur = None;
+        self.last_valid_off = 0;
+    }
+
+    /// The next record; `Ok(None)` at the end of the last file.
+    pub fn read_record(&mut self) -> Result<Option<RawRecord>, DecodeError> {
+        loop {
+            if self.idx >= self.files.len() {
+                return Ok(None);
+            }
+            self.open_current()?;
+            let mut head = [0u8; 8];
+            let n = self.read_up_to(&mut head)?;
+            if n == 0 || (n == 8 && head == [0u8; 8]) {
+                // the end of a file, or its preallocated zeros
+                self.next_file();
+                continue;
+            }
+            if n < 8 {
+                return Err(self.torn("the file ends inside a record's length word".into()));
+            }
+            let len_field = u64::from_le_bytes(head);
+            let len = len_field & 0x00FF_FFFF_FFFF_FFFF;
+            let pad = if len_field >> 63 == 1 {
+                (len_field >> 56) & 0x7
+            } else {
+                0
+            };
+            if len >= MAX_WAL_RECORD - pad {
+                return Err(self.fatal(format!(
+                    "a record length of {len} bytes is over etcd's limit of {MAX_WAL_RECORD}"
+                )));
+            }
+            let mut data = vec![0u8; (len + pad) as usize];
+            if self.read_up_to(&mut data)? < data.len() {
+                return Err(self.torn(format!("the file ends inside a record of {len} bytes")));
+            }
+            let body = &data[..len as usize];
+            let rec = match <Record as prost::Message>::decode(body) {
+                Ok(r) => r,
+                Err(e) if self.is_torn(&data) => {
+                    return Err(self.torn(format!(
+                        "undecodable record with an all-zero sector (torn write): {e}"
+                    )))
+                }
+                Err(e) => return Err(self.fatal(format!("undecodable record: {e}"))),
+            };
+            let out = RawRecord {
+                kind: rec.r#type.unwrap_or(0),
+                crc: rec.crc.unwrap_or(0),
+                data: rec.data.unwrap_or_default(),
+            };
+            if out.kind != CRC {
+                let c = crc32c::crc32c_append(self.crc, &out.data);
+                self.crc = c;
+                if c != out.crc {
+                    let msg = format!(
+                        "record crc {:#010x} does not match the chain ({c:#010x})",
+                        out.crc
+                    );
+                    return Err(if self.is_torn(&data) {
+                        self.torn(format!("{msg}; it holds an all-zero sector (torn write)"))
+                    } else {
+                        self.fatal(msg)
+                    });
+                }
+            }
+            self.last_valid_off += 8 + len + pad;
+            return Ok(Some(out));
+        }
+    }
+
+    /// etcd's `isTornEntry`: in the last file only, a record one of whose sector-aligned chunks
+    /// is all zeros was never completely written.
+    fn is_torn(&self, data: &[u8]) -> bool {
+        if self.idx + 1 != self.files.len() {
+            return false;
+        }
+        let mut file_off = self.last_valid_off + 8;
+        let mut cur = 0usize;
+        while cur < data.len() {
+            let chunk = ((SECTOR - file_off % SECTOR) as usize).min(data.len() - cur);
+            if data[cur..cur + chunk].iter().all(|b| *b == 0) {
+                return true;
+            }
+            file_off += chunk as u64;
+            cur += chunk;
+        }
+        false
+    }
+}
+
+/// Reads every WAL file of `wal_dir` in order, checking the CRC chain across files. Strict: a
+/// torn record is an error too (for the appender, which only works on cleanly written WALs).
 pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
     let files = files_with(wal_dir, "wal")?;
     if files.is_empty() {
@@ -155,103 +372,72 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
     }
     let mut s = WalSummary {
         files: files.len(),
+        last_file: files[files.len() - 1].clone(),
         ..Default::default()
     };
-    let mut crc: Option<u32> = None;
-    s.last_file = files[files.len() - 1].clone();
-    for (fi, file) in files.iter().enumerate() {
-        // streamed record by record: a segment is 64 MB, mostly preallocated zeros
-        let f = std::fs::File::open(file).map_err(|e| WalError {
-            file: file.clone(),
-            offset: 0,
-            message: format!("cannot open: {e}"),
-        })?;
-        let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-        let last_file = fi + 1 == files.len();
-        let mut off = 0u64;
-        let mut body = Vec::new();
-        while off + 8 <= file_len {
-            let err = |message: String| WalError {
-                file: file.clone(),
-                offset: off,
+    let mut d = Decoder::new(files.clone());
+    let mut chained = false;
+    loop {
+        let rec = match d.read_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(DecodeError::Torn {
+                file,
+                offset,
                 message,
-            };
-            let mut head = [0u8; 8];
-            r.read_exact(&mut head)
-                .map_err(|e| err(format!("read failed: {e}")))?;
-            let len_field = u64::from_le_bytes(head);
-            if len_field == 0 {
-                break; // preallocated zeros: end of this file
+            })
+            | Err(DecodeError::Fatal {
+                file,
+                offset,
+                message,
+            }) => {
+                return Err(WalError {
+                    file: files[file].clone(),
+                    offset,
+                    message,
+                })
             }
-            let len = len_field & 0x00FF_FFFF_FFFF_FFFF;
-            let pad = if len_field >> 63 == 1 {
-                (len_field >> 56) & 0x7
-            } else {
-                0
-            };
-            if len > MAX_RECORD || off + 8 + len + pad > file_len {
-                return Err(err(format!(
-                    "record of {len} bytes runs past the end of the file{}",
-                    if last_file { " (torn write?)" } else { "" }
-                )));
-            }
-            body.resize((len + pad) as usize, 0);
-            r.read_exact(&mut body)
-                .map_err(|e| err(format!("read failed: {e}")))?;
-            let body = &body[..len as usize];
-            let rec = <Record as prost::Message>::decode(body)
-                .map_err(|e| err(format!("undecodable record: {e}")))?;
-            let data = rec.data.unwrap_or_default();
-            let kind = rec.r#type.unwrap_or(0);
-            let stored = rec.crc.unwrap_or(0);
-            if kind == CRC {
-                match crc {
-                    None => crc = Some(stored),
-                    Some(c) if c != stored => {
-                        return Err(err(format!(
-                            "CRC record says {stored:#010x}, the chain so far is {c:#010x} (a segment is missing or foreign)"
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            } else {
-                let c = crc32c::crc32c_append(crc.unwrap_or(0), &data);
-                if c != stored {
+        };
+        let err = |message: String| WalError {
+            file: files[d.file_index()].clone(),
+            offset: d.last_valid_off,
+            message,
+        };
+        match rec.kind {
+            CRC => {
+                if chained && d.crc != rec.crc {
                     return Err(err(format!(
-                        "record crc {stored:#010x} does not match the chain ({c:#010x}): corrupt{}",
-                        if last_file { " or torn" } else { "" }
+                        "CRC record says {:#010x}, the chain so far is {:#010x} (a segment is missing or foreign)",
+                        rec.crc, d.crc
                     )));
                 }
-                crc = Some(c);
-                match kind {
-                    ENTRY => {
-                        let e = <Entry as prost::Message>::decode(data.as_slice())
-                            .map_err(|e| err(format!("undecodable entry: {e}")))?;
-                        s.last_index = s.last_index.max(e.index.unwrap_or(0));
-                    }
-                    STATE => {
-                        let h = <HardState as prost::Message>::decode(data.as_slice())
-                            .map_err(|e| err(format!("undecodable hard state: {e}")))?;
-                        s.commit = h.commit.unwrap_or(0);
-                        s.term = h.term.unwrap_or(0);
-                        s.vote = h.vote.unwrap_or(0);
-                    }
-                    SNAPSHOT => {
-                        let w = <WalSnapshot as prost::Message>::decode(data.as_slice())
-                            .map_err(|e| err(format!("undecodable snapshot record: {e}")))?;
-                        s.snapshots
-                            .push((w.index.unwrap_or(0), w.term.unwrap_or(0)));
-                    }
-                    METADATA => s.metadata = data,
-                    other => return Err(err(format!("unknown record type {other}"))),
-                }
+                d.crc = rec.crc;
+                chained = true;
             }
-            s.records += 1;
-            off += 8 + len + pad;
+            ENTRY => {
+                let e = <Entry as prost::Message>::decode(rec.data.as_slice())
+                    .map_err(|e| err(format!("undecodable entry: {e}")))?;
+                s.last_index = s.last_index.max(e.index.unwrap_or(0));
+            }
+            STATE => {
+                let h = <HardState as prost::Message>::decode(rec.data.as_slice())
+                    .map_err(|e| err(format!("undecodable hard state: {e}")))?;
+                s.commit = h.commit.unwrap_or(0);
+                s.term = h.term.unwrap_or(0);
+                s.vote = h.vote.unwrap_or(0);
+            }
+            SNAPSHOT => {
+                let w = <WalSnapshot as prost::Message>::decode(rec.data.as_slice())
+                    .map_err(|e| err(format!("undecodable snapshot record: {e}")))?;
+                s.snapshots
+                    .push((w.index.unwrap_or(0), w.term.unwrap_or(0)));
+            }
+            METADATA => s.metadata = rec.data,
+            other => return Err(err(format!("unknown record type {other}"))),
         }
+        s.records += 1;
     }
-    s.end_crc = crc.unwrap_or(0);
+    s.end_crc = d.crc;
     Ok(s)
 }
 
@@ -455,7 +641,7 @@ impl WalAppender {
 }
 
 /// Reads one `.snap` file: its (index, term), after checking its CRC.
-fn read_snap(file: &Path) -> Result<(u64, u64), WalError> {
+pub(crate) fn read_snap(file: &Path) -> Result<(u64, u64), WalError> {
     let err = |message: String| WalError {
         file: file.to_path_buf(),
         offset: 0,
@@ -479,32 +665,6 @@ fn read_snap(file: &Path) -> Result<(u64, u64), WalError> {
         .map_err(|e| err(format!("undecodable raft snapshot: {e}")))?;
     let m = raft.metadata.unwrap_or_default();
     Ok((m.index.unwrap_or(0), m.term.unwrap_or(0)))
-}
-
-/// The `.snap` etcd would boot from (as etcd 3.5's `LoadNewestAvailable`): the newest valid one
-/// whose (index, term) the WAL records. `Ok(None)`: no `.snap` file at all. An error names the
-/// files when there are some and none qualifies (etcd cannot boot: "snapshot not found").
-pub fn usable_snap(snap_dir: &Path, wal: &WalSummary) -> Result<Option<(u64, u64)>, WalError> {
-    let files = files_with(snap_dir, "snap")?;
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let mut problems = Vec::new();
-    for file in files.iter().rev() {
-        match read_snap(file) {
-            Ok(it) if wal.snapshots.contains(&it) => return Ok(Some(it)),
-            Ok((i, t)) => problems.push(format!(
-                "{}: index {i}, term {t} has no snapshot record in the WAL",
-                file.display()
-            )),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    Err(WalError {
-        file: snap_dir.to_path_buf(),
-        offset: 0,
-        message: format!("no usable .snap file: {}", problems.join("; ")),
-    })
 }
 
 #[cfg(test)]

@@ -230,7 +230,7 @@ impl SnapStore {
         Ok(())
     }
 
-    /// Removes temp files of dead processes left in a Local store by a crash.
+    /// Removes temp files of dead writers left in a Local store by a crash.
     fn clean_leftovers(&self) {
         let Backend::Local { root } = &self.backend else {
             return;
@@ -241,14 +241,13 @@ impl SnapStore {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(rest) = name.strip_prefix(LOCAL_TMP_PREFIX) else {
+            if !name.starts_with(LOCAL_TMP_PREFIX) {
                 continue;
-            };
-            let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-            // Only a dead process's files are leftovers: this process opens stores again
-            // (GC cycles, credential rotation) while its own uploads are in flight.
-            let alive = pid.is_some_and(|p| p != 0 && Path::new(&format!("/proc/{p}")).exists());
-            if !alive {
+            }
+            // Only a dead writer's files are leftovers: a living one holds a flock on its temp
+            // file (PIDs prove nothing: in a container this process is PID 1 after every
+            // restart, and this process opens stores again while its uploads are in flight).
+            if !crate::datadir::is_held(&e.path()) {
                 match fs::remove_file(e.path()) {
                     Ok(()) => {
                         tracing::info!(file = %e.path().display(), "removed the temp file of an interrupted upload")
@@ -372,12 +371,19 @@ impl SnapStore {
                     .unwrap_or_else(|| root.clone());
                 create_dir_all_private(&dir)?;
                 let tmp = dir.join(format!(
-                    "{LOCAL_TMP_PREFIX}{}-{:016x}.{}.part",
-                    std::process::id(),
+                    "{LOCAL_TMP_PREFIX}{:016x}.{}.part",
                     rand::random::<u64>(),
                     snap.snap_name.replace('/', "_")
                 ));
                 let file = open_private(&tmp)?;
+                // held while the upload lives: the mark of a living writer (see clean_leftovers)
+                file.try_lock().map_err(|e| {
+                    Error::io(
+                        &tmp,
+                        "lock the temp file",
+                        std::io::Error::other(e.to_string()),
+                    )
+                })?;
                 Ok((
                     UploadSink {
                         inner: SinkInner::Local {
