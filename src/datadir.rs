@@ -41,14 +41,29 @@ pub fn part_dir(data_dir: &Path) -> PathBuf {
     sibling(data_dir, ".part")
 }
 
-/// Test-only crash points: with `ETCDBR_CRASH_AT=<name>` the process SIGKILLs itself when it
-/// reaches the step of that name (the crash tests kill it at every named step).
+/// Test-only hooks at the named steps of a restore: with `ETCDBR_CRASH_AT=<name>` the process
+/// SIGKILLs itself there (the crash tests kill it at every named step); with
+/// `ETCDBR_PAUSE_AT=<name>` it waits `ETCDBR_PAUSE_SECS` (5) seconds there (the lock tests
+/// start etcd meanwhile).
 pub fn crash_point(name: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var("ETCDBR_CRASH_AT").ok());
-    if at.as_deref() == Some(name) {
+    static AT: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+    let (crash, pause) = AT.get_or_init(|| {
+        (
+            std::env::var("ETCDBR_CRASH_AT").ok(),
+            std::env::var("ETCDBR_PAUSE_AT").ok(),
+        )
+    });
+    if crash.as_deref() == Some(name) {
         tracing::warn!(step = name, "ETCDBR_CRASH_AT: killing this process");
         crate::sys::kill_self();
+    }
+    if pause.as_deref() == Some(name) {
+        let secs = std::env::var("ETCDBR_PAUSE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        tracing::warn!(step = name, secs, "ETCDBR_PAUSE_AT: pausing");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 

@@ -72,7 +72,12 @@ fn read_all(etcd: &mut Proc, ep: &str, within: Duration) -> Result<(Keys, i64), 
             let keys = r
                 .kvs()
                 .iter()
-                .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec()))
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.value().to_vec(),
+                    )
+                })
                 .collect();
             return Ok((keys, rev));
         }
@@ -92,7 +97,10 @@ fn write_applies(ep: &str) -> bool {
         let Ok(mut c) = etcd_client::Client::connect([ep], Some(opts)).await else {
             return false;
         };
-        if c.put("zz-probe", "written after the start", None).await.is_err() {
+        if c.put("zz-probe", "written after the start", None)
+            .await
+            .is_err()
+        {
             return false;
         }
         matches!(c.get("zz-probe", None).await, Ok(r) if r.kvs().len() == 1)
@@ -506,8 +514,12 @@ fn cases() -> Vec<(&'static str, &'static str, Damage, usize)> {
                 let p = d.join("member/snap/db");
                 let db = etcdbr::bbolt::Db::open(&p).expect("db");
                 let ps = u64::from(db.meta().page_size);
-                let first = etcdbr::schema::revision_key(etcdbr::schema::Revision { main: 2, sub: 0 });
-                let (at, _) = db.locate(b"key", &first).expect("locate").expect("revision 2");
+                let first =
+                    etcdbr::schema::revision_key(etcdbr::schema::Revision { main: 2, sub: 0 });
+                let (at, _) = db
+                    .locate(b"key", &first)
+                    .expect("locate")
+                    .expect("revision 2");
                 drop(db);
                 flip(&p, at / ps * ps + 8, 0x12);
             },
@@ -658,8 +670,9 @@ fn ours(
     let check = match (&served, action) {
         (Served::Data(keys), "kept") => match etcd_served {
             Some(want) if keys == want => Ok(()),
-            Some(_) => serves_acked(keys, &fx.acked, 0)
-                .map_err(|e| format!("kept, but etcd then serves other data than on the damaged copy: {e}")),
+            Some(_) => serves_acked(keys, &fx.acked, 0).map_err(|e| {
+                format!("kept, but etcd then serves other data than on the damaged copy: {e}")
+            }),
             None => Err("kept a directory etcd cannot serve".into()),
         },
         (Served::Data(keys), _) if *keys == fx.backup => Ok(()),
@@ -701,13 +714,20 @@ fn matrix(v: EtcdVersion, label: &str) {
             Served::Data(keys) => match serves_acked(keys, &fx.acked, may_lose) {
                 Ok(()) => (
                     true,
-                    format!("starts, serves {} of {} acknowledged writes", keys.len(), fx.acked.len()),
+                    format!(
+                        "starts, serves {} of {} acknowledged writes",
+                        keys.len(),
+                        fx.acked.len()
+                    ),
                 ),
                 Err(e) => (false, format!("starts, serves wrong data: {e}")),
             },
             Served::NoWrites(keys) => (
                 false,
-                format!("starts, serves {} keys, a new write is not applied", keys.len()),
+                format!(
+                    "starts, serves {} keys, a new write is not applied",
+                    keys.len()
+                ),
             ),
             Served::Fails(why) => (false, format!("does not start: {why}")),
         };
@@ -726,7 +746,10 @@ fn matrix(v: EtcdVersion, label: &str) {
                     check.err().unwrap_or_default()
                 ));
             }
-            cells.push(format!("{action}{}", if agrees { "" } else { " (DISAGREES)" }));
+            cells.push(format!(
+                "{action}{}",
+                if agrees { "" } else { " (DISAGREES)" }
+            ));
         }
         rows.push(format!(
             "| {label} | {name} | {verdict} | {} | {} |",
@@ -738,7 +761,11 @@ fn matrix(v: EtcdVersion, label: &str) {
     for r in &rows {
         println!("{r}");
     }
-    assert!(failures.is_empty(), "disagreements:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "disagreements:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -1,0 +1,558 @@
+//! Crash safety and the lock that keeps etcd out, against real etcd.
+//!
+//! A data directory etcd cannot start on (a flipped byte in an old WAL record) is initialized
+//! from a store holding a full snapshot and deltas. The process is SIGKILLed (with its process
+//! group, as a container dies: the temporary etcd goes too) at every named step of `initialize`
+//! and `restore`, and at random instants in a loop. After each kill the data directory must be
+//! the old one, byte for byte, or the complete new one (etcd boots on a copy and serves exactly
+//! the source's keys), never neither; then an initialization must succeed and leave exactly the
+//! source's keys, with no leftover (`.part`, markers, temp dirs) and the moved-aside directories
+//! within their bound.
+//!
+//! The lock: an etcd running on the directory makes the initialization fail with nothing
+//! changed; an etcd started while the initialization runs cannot open the db (it waits for the
+//! lock and never answers), and the initialization, finding it at the db right before the swap,
+//! fails with the directory untouched.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Keys = BTreeMap<String, Vec<u8>>;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn all_keys(ep: &str) -> Result<Keys, String> {
+    rt().block_on(async {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(3));
+        let mut c = etcd_client::Client::connect([ep], Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = c
+            .get(
+                vec![0u8],
+                Some(etcd_client::GetOptions::new().with_from_key()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    })
+}
+
+/// The source: an etcd with 25,600 keys written while a sidecar took a full snapshot and
+/// deltas; its data directory copied after a power loss and damaged so that etcd cannot
+/// start on it.
+struct Source {
+    _tmp: tempfile::TempDir,
+    bk: PathBuf,
+    state: Keys,
+    condemned: PathBuf,
+    peer: String,
+    version: EtcdVersion,
+}
+
+fn source(version: EtcdVersion) -> Source {
+    let peer_port = free_port();
+    let mut etcd = Etcd::start_on(version, free_port(), peer_port);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bk = tmp.path().join("bk");
+    let port = free_port();
+    let mut sidecar = Proc(
+        etcdbrctl()
+            .args(["server", "--endpoints", &etcd.endpoint])
+            .args([
+                "--server-host",
+                "127.0.0.1",
+                "--server-port",
+                &port.to_string(),
+            ])
+            .args(["--schedule", "0 0 1 1 *", "--delta-snapshot-period", "1s"])
+            .arg("--store-container")
+            .arg(&bk)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("sidecar.log")).expect("log"))
+            .spawn()
+            .expect("sidecar"),
+    );
+    let t = Instant::now();
+    while !files_in(&bk.join("v2"))
+        .iter()
+        .any(|f| f.starts_with("Full-"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no full snapshot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // enough data for each step of a restore to take a while
+    etcd.fill(20_000, 64);
+    for round in 0..6 {
+        for i in 0..100 {
+            etcd.put(
+                &format!("k{round}-{i:03}"),
+                format!("value {round} {i}").as_bytes(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    etcd.fill(5_000, 64);
+    let state = all_keys(&etcd.endpoint).expect("source keys");
+    let revision = etcd.revision();
+    let t = Instant::now();
+    loop {
+        let last = files_in(&bk.join("v2"))
+            .iter()
+            .filter_map(|f| f.split('-').nth(2).and_then(|r| r.parse::<i64>().ok()))
+            .max()
+            .unwrap_or(0);
+        if last >= revision {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "store at {last} < {revision}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &sidecar.id().to_string()])
+        .status();
+    let _ = sidecar.wait();
+    let deltas = files_in(&bk.join("v2"))
+        .iter()
+        .filter(|f| f.starts_with("Incr-"))
+        .count();
+    assert!(deltas >= 2, "{deltas} deltas");
+    etcd.kill();
+    let condemned = tmp.path().join("condemned");
+    copy_dir(&etcd.dir.path().join("data"), &condemned);
+    let wal = std::fs::read_dir(condemned.join("member/wal"))
+        .expect("wal")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .min()
+        .expect("wal file");
+    let mut b = std::fs::read(&wal).expect("wal");
+    b[3000] ^= 0x40; // inside an early record: a CRC mismatch etcd will not start past
+    std::fs::write(&wal, b).expect("wal");
+    Source {
+        _tmp: tmp,
+        bk,
+        state,
+        condemned,
+        peer: format!("http://127.0.0.1:{peer_port}"),
+        version,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+}
+
+/// Every file below `dir` with its content hash (`None`: no such directory).
+fn manifest(dir: &Path) -> Option<BTreeMap<PathBuf, Vec<u8>>> {
+    use sha2::Digest;
+    if !dir.exists() {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("list") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let h = sha2::Sha256::digest(std::fs::read(&p).expect("read")).to_vec();
+                out.insert(p.strip_prefix(dir).expect("prefix").to_path_buf(), h);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `etcdbrctl <sub>` for the source's member, in its own process group.
+fn cmd(src: &Source, sub: &str, data: &Path, work: &Path) -> Command {
+    let mut c = etcdbrctl();
+    c.arg(sub);
+    if sub == "initialize" {
+        c.args(["--validation-mode", "full"]);
+    }
+    c.args(["--name", "t"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--initial-cluster", &format!("t={}", src.peer)])
+        .args(["--initial-advertise-peer-urls", &src.peer])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(work.join("rtmp"))
+        .arg("--etcd-binary")
+        .arg(src.version.etcd())
+        .arg("--etcd-restore-tool")
+        .arg(src.version.status_tool().0)
+        .arg("--store-container")
+        .arg(&src.bk)
+        .stdin(Stdio::null())
+        .process_group(0);
+    c
+}
+
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// etcd on a copy of `data`: the keys it serves, or why it does not.
+fn serves(src: &Source, data: &Path, work: &Path) -> Result<Keys, String> {
+    let copy = work.join(format!("boot-{:08x}", rand::random::<u32>()));
+    copy_dir(data, &copy);
+    let c = free_port();
+    let ep = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut etcd = Proc(
+        clean_cmd(&src.version.etcd())
+            .args(["--name", "t", "--data-dir"])
+            .arg(&copy)
+            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+            .args(["--listen-peer-urls", &peer])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd"),
+    );
+    let t = Instant::now();
+    let r = loop {
+        if let Ok(Some(st)) = etcd.try_wait() {
+            break Err(format!("etcd exits ({st})"));
+        }
+        if let Ok(k) = all_keys(&ep) {
+            break Ok(k);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            break Err("etcd does not answer".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&copy);
+    r
+}
+
+/// After a crash: the old directory, byte for byte, or the complete new one.
+fn old_or_new(
+    src: &Source,
+    data: &Path,
+    old: &Option<BTreeMap<PathBuf, Vec<u8>>>,
+    work: &Path,
+) -> &'static str {
+    let now = manifest(data);
+    if now == *old {
+        return "old";
+    }
+    // an empty directory counts as the missing one it replaced
+    if old.is_none() && now.as_ref().is_some_and(|m| m.is_empty()) {
+        return "old";
+    }
+    assert!(
+        now.is_some(),
+        "{}: neither the old nor a new data directory",
+        data.display()
+    );
+    match serves(src, data, work) {
+        Ok(k) if k == src.state => "new",
+        Ok(k) => panic!(
+            "{}: a changed data directory that serves {} keys, not the source's {}",
+            data.display(),
+            k.len(),
+            src.state.len()
+        ),
+        Err(e) => panic!(
+            "{}: neither old nor a complete new directory: {e}",
+            data.display()
+        ),
+    }
+}
+
+/// A successful initialization that leaves exactly the source's keys and no leftover.
+fn completes(src: &Source, data: &Path, work: &Path) {
+    let out = cmd(src, "initialize", data, work)
+        .output()
+        .expect("initialize");
+    assert!(
+        out.status.success(),
+        "initialize after the crash: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = serves(src, data, work).expect("etcd on the initialized directory");
+    assert!(
+        keys == src.state,
+        "{} keys, the source has {}",
+        keys.len(),
+        src.state.len()
+    );
+    let name = data
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let parent = data.parent().expect("parent");
+    let left: Vec<String> = std::fs::read_dir(parent)
+        .expect("parent")
+        .map(|e| e.expect("e").file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&format!("{name}.")))
+        .filter(|n| !n.ends_with(".etcdbr.lock"))
+        .collect();
+    let invalid = left.iter().filter(|n| n.contains(".invalid-")).count();
+    assert!(invalid <= 1, "moved-aside dirs beyond the bound: {left:?}");
+    assert_eq!(
+        left.len(),
+        invalid,
+        "leftovers next to the data dir: {left:?}"
+    );
+    assert!(
+        !data.join(etcdbr::datadir::MARKER).exists(),
+        "marker left in the data dir"
+    );
+    let temps: Vec<_> = std::fs::read_dir(work.join("rtmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(temps.is_empty(), "restore temp dirs left: {temps:?}");
+}
+
+const INIT_STEPS: &[&str] = &[
+    "initialize:validated",
+    "restore:base-restored",
+    "restore:replayed",
+    "restore:built",
+    "restore:sealed",
+    "swap:exchanged",
+    "swap:in-place",
+    "swap:done",
+];
+
+const RESTORE_STEPS: &[&str] = &[
+    "restore:base-restored",
+    "restore:replayed",
+    "restore:built",
+    "restore:sealed",
+    "swap:in-place",
+    "swap:done",
+];
+
+fn named_steps(version: EtcdVersion) {
+    let src = source(version);
+    let root = tempfile::tempdir().expect("tmp");
+    for (sub, steps) in [("initialize", INIT_STEPS), ("restore", RESTORE_STEPS)] {
+        for (i, step) in steps.iter().enumerate() {
+            let work = root.path().join(format!("{sub}-{i}"));
+            std::fs::create_dir_all(&work).expect("work");
+            let data = work.join("data");
+            if sub == "initialize" {
+                copy_dir(&src.condemned, &data);
+            }
+            let old = manifest(&data);
+            let mut c = cmd(&src, sub, &data, &work);
+            let child = c
+                .env("ETCDBR_CRASH_AT", step)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            let pid = child.id();
+            let out = child.wait_with_output().expect("wait");
+            kill_group(pid);
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{sub} was to be killed at {step}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let state = old_or_new(&src, &data, &old, &work);
+            println!("{version:?} {sub} killed at {step}: {state} data dir");
+            completes(&src, &data, &work);
+        }
+    }
+}
+
+fn random_instants(version: EtcdVersion, rounds: usize) {
+    let src = source(version);
+    let root = tempfile::tempdir().expect("tmp");
+    // how long an uninterrupted initialization takes: the kills land anywhere within it
+    let work = root.path().join("timing");
+    std::fs::create_dir_all(&work).expect("work");
+    let data = work.join("data");
+    copy_dir(&src.condemned, &data);
+    let t = Instant::now();
+    let out = cmd(&src, "initialize", &data, &work)
+        .output()
+        .expect("initialize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = t.elapsed().as_millis() as u64 * 3 / 2;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for round in 0..rounds {
+        let work = root.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&work).expect("work");
+        let data = work.join("data");
+        copy_dir(&src.condemned, &data);
+        let old = manifest(&data);
+        let delay = rand::random::<u64>() % total.max(1);
+        let mut child = cmd(&src, "initialize", &data, &work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let t = Instant::now();
+        let finished = loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break true;
+            }
+            if t.elapsed() >= Duration::from_millis(delay) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        kill_group(child.id());
+        let _ = child.wait();
+        let state = old_or_new(&src, &data, &old, &work);
+        let key = match (finished, state) {
+            (true, _) => "finished before the kill",
+            (false, "old") => "killed: old dir intact",
+            (false, _) => "killed: complete new dir",
+        };
+        *counts.entry(key).or_default() += 1;
+        println!("{version:?} round {round}: kill after {delay} ms of ~{total}: {key}");
+        completes(&src, &data, &work);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    println!("{version:?}: {rounds} rounds, {counts:?}");
+}
+
+#[test]
+fn killed_at_every_named_step_etcd35() {
+    named_steps(EtcdVersion::V35);
+}
+
+#[test]
+fn killed_at_every_named_step_etcd34() {
+    named_steps(EtcdVersion::V34);
+}
+
+#[test]
+fn killed_at_random_instants_etcd35() {
+    random_instants(EtcdVersion::V35, 20);
+}
+
+#[test]
+fn killed_at_random_instants_etcd34() {
+    random_instants(EtcdVersion::V34, 20);
+}
+
+/// etcd started on the directory while the initialization runs: it waits for the db's lock,
+/// and the initialization, seeing it at the db before the swap, gives up with nothing changed.
+fn etcd_started_meanwhile(version: EtcdVersion) {
+    let src = source(version);
+    let root = tempfile::tempdir().expect("tmp");
+    let work = root.path().to_path_buf();
+    let data = work.join("data");
+    copy_dir(&src.condemned, &data);
+    let before = manifest(&data);
+    let init = cmd(&src, "initialize", &data, &work)
+        .env("ETCDBR_PAUSE_AT", "initialize:validated")
+        .env("ETCDBR_PAUSE_SECS", "6")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    let c = free_port();
+    let ep = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut etcd = Proc(
+        clean_cmd(&version.etcd())
+            .args(["--name", "t", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+            .args(["--listen-peer-urls", &peer])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("etcd.log")).expect("log"))
+            .spawn()
+            .expect("etcd"),
+    );
+    // it cannot open the db while the initialization holds it
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert!(
+            all_keys(&ep).is_err(),
+            "etcd answered while the initialization held the db"
+        );
+        assert!(etcd.try_wait().expect("wait").is_none(), "etcd exited");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pid = init.id();
+    let out = init.wait_with_output().expect("initialize");
+    kill_group(pid);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "initialize succeeded with etcd at the db:\n{text}"
+    );
+    assert!(text.contains("open: stop it first"), "{text}");
+    drop(etcd);
+    assert!(manifest(&data) == before, "the data directory was changed");
+    assert!(!etcdbr::datadir::part_dir(&data).exists(), ".part left");
+    // and a db locked as a running etcd locks it makes it fail at once, with nothing changed
+    let locked = std::fs::File::open(data.join("member/snap/db")).expect("db");
+    locked.lock().expect("lock");
+    let out = cmd(&src, "initialize", &data, &work)
+        .output()
+        .expect("initialize");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && text.contains("locked"), "{text}");
+    assert!(manifest(&data) == before, "the data directory was changed");
+    drop(locked);
+}
+
+#[test]
+fn etcd_cannot_open_the_dir_during_initialization_etcd35() {
+    etcd_started_meanwhile(EtcdVersion::V35);
+}
+
+#[test]
+fn etcd_cannot_open_the_dir_during_initialization_etcd34() {
+    etcd_started_meanwhile(EtcdVersion::V34);
+}
