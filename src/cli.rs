@@ -1372,6 +1372,10 @@ async fn run_server(s: ServerCmd) -> Result<()> {
     let init =
         s.restoration
             .init_config(&s.job.store, crate::validate::Mode::Full, Some(cluster))?;
+    // moved-aside data directories from earlier initializations, visible before the next one
+    crate::metrics::set_invalid_data_dirs(
+        crate::datadir::invalid_dirs(&init.restore.data_dir).len(),
+    );
     let cfg = crate::server::ServerConfig {
         job,
         host: s.server_host,

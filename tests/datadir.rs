@@ -556,3 +556,112 @@ fn etcd_cannot_open_the_dir_during_initialization_etcd35() {
 fn etcd_cannot_open_the_dir_during_initialization_etcd34() {
     etcd_started_meanwhile(EtcdVersion::V34);
 }
+
+/// Leftovers are told from a living writer's files by the lock the writer holds, not by a PID
+/// (in a container the sidecar is PID 1 after every restart): a dead writer's temp upload and
+/// restore temp dir are removed at the next start, a living one's kept; a `.part` and a
+/// `.replaced` of a dead run are removed and kept aside; moved-aside directories are pruned to
+/// `--keep-invalid-data-dirs`, logged, and counted in `etcdbr_invalid_data_dirs`.
+#[test]
+fn leftovers_are_recognised_by_their_writers_lock() {
+    let mut etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(100, 10);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bk = tmp.path().join("bk");
+    let save = |etcd: &Etcd| {
+        run_ok(etcdbrctl().args(["snapshot", "save", "--endpoints", &etcd.endpoint]).args([
+            "--store-container",
+            bk.to_str().expect("path"),
+        ]))
+    };
+    save(&etcd);
+    let v2 = bk.join("v2");
+    let dead = v2.join(".etcdbr-00000000deadbeef.Full-00000000-00000001-1.part");
+    std::fs::write(&dead, b"half an upload").expect("write");
+    let live = v2.join(".etcdbr-00000000cafecafe.Full-00000000-00000001-2.part");
+    std::fs::write(&live, b"an upload in progress").expect("write");
+    let live_lock = std::fs::File::open(&live).expect("open");
+    live_lock.lock().expect("lock");
+    save(&etcd);
+    assert!(!dead.exists(), "a dead writer's temp upload was kept");
+    assert!(live.exists(), "a living writer's temp upload was removed");
+
+    // a valid data directory with the leftovers of dead runs around it
+    let _ = Command::new("kill")
+        .args(["-TERM", &etcd.child.id().to_string()])
+        .status();
+    let _ = etcd.child.wait();
+    let data = tmp.path().join("data");
+    copy_dir(&etcd.dir.path().join("data"), &data);
+    let rtmp = tmp.path().join("rtmp");
+    let dead_tmp = rtmp.join("etcdbr-restore-dead01");
+    let live_tmp = rtmp.join("etcdbr-restore-live01");
+    for d in [&dead_tmp, &live_tmp] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        std::fs::write(d.join("snapshot.db"), b"x").expect("write");
+    }
+    let live_tmp_lock = std::fs::File::open(&live_tmp).expect("open");
+    live_tmp_lock.lock().expect("lock");
+    let part = etcdbr::datadir::part_dir(&data);
+    std::fs::create_dir_all(part.join("member/snap")).expect("mkdir");
+    let replaced = etcdbr::datadir::sibling(&data, ".replaced");
+    std::fs::create_dir_all(replaced.join("member")).expect("mkdir");
+    for t in [1000, 2000, 3000] {
+        let d = etcdbr::datadir::sibling(&data, &format!(".invalid-{t}"));
+        std::fs::create_dir_all(d.join("member")).expect("mkdir");
+    }
+    let peer = format!("http://127.0.0.1:{}", etcd.ports.1);
+    let out = etcdbrctl()
+        .args(["initialize", "--validation-mode", "sanity", "--name", "t"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(&rtmp)
+        .args(["--keep-invalid-data-dirs", "2"])
+        .arg("--store-container")
+        .arg(&bk)
+        .output()
+        .expect("initialize");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("action: Kept"));
+    assert!(!dead_tmp.exists(), "a dead restore's temp dir was kept");
+    assert!(live_tmp.exists(), "a living restore's temp dir was removed");
+    assert!(!part.exists(), "the .part of a dead run was kept");
+    assert!(!replaced.exists(), ".replaced was not moved aside");
+    let invalid = etcdbr::datadir::invalid_dirs(&data);
+    assert_eq!(invalid.len(), 2, "{invalid:?}");
+    // the newest two: the one from 3000 and the .replaced kept aside just now
+    assert!(invalid[0].to_string_lossy().ends_with(".invalid-3000"), "{invalid:?}");
+    assert!(text.contains("moved-aside data directories kept"), "{text}");
+
+    // the sidecar exports the count
+    etcd.restart();
+    let port = free_port();
+    let _sidecar = Proc(
+        etcdbrctl()
+            .args(["server", "--endpoints", &etcd.endpoint])
+            .args(["--server-host", "127.0.0.1", "--server-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--store-container")
+            .arg(&bk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sidecar"),
+    );
+    let t = Instant::now();
+    let metrics = loop {
+        if let Ok((200, body)) = http_body(port, "GET", "/metrics") {
+            break body;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("etcdbr_invalid_data_dirs 2"), "{metrics}");
+    drop(live_lock);
+    drop(live_tmp_lock);
+}
