@@ -419,6 +419,14 @@ pub struct RestorationArgs {
     /// before the gap (logged as a warning) instead of failing
     #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
     pub stop_at_gap: bool,
+    /// etcdbr: a delta larger than this once decompressed is refused as damaged (deltas are
+    /// read as a stream, so memory does not grow with their size)
+    #[arg(
+        long = "max-delta-bytes",
+        default_value_t = 1 << 30,
+        env = "ETCDBR_MAX_DELTA_BYTES"
+    )]
+    pub max_delta_bytes: u64,
     /// etcdbr: data directories replaced by an initialization are moved aside to
     /// <data-dir>.invalid-<unix time>, a way back; this many are kept, the oldest removed first
     /// (0: removed once the restored one is in place; one with no backup replacing it is
@@ -516,6 +524,7 @@ impl RestorationArgs {
             mark_compacted: self.mark_compacted,
             replay_method: self.replay_method,
             stop_at_gap: self.stop_at_gap,
+            max_delta_bytes: self.max_delta_bytes,
             replace_existing: false,
         })
     }

@@ -179,28 +179,190 @@ struct RawElement {
     lease_ttl: Option<i64>,
 }
 
-/// Parses an uncompressed delta payload (JSON + SHA-256 trailer). `object` names it in errors.
-pub fn parse(payload: &[u8], object: &str) -> Result<Vec<Event>> {
-    if payload.len() <= 32 {
+/// Bounds on a delta read as a stream (a corrupt or hostile object is an error that names it,
+/// never an unbounded allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Decompressed bytes of one delta (`--max-delta-bytes`).
+    pub delta_bytes: u64,
+    /// JSON bytes of one event (etcd's requests are at most a few MiB; base64 adds a third).
+    pub event_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            delta_bytes: 1 << 30,
+            event_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Passes everything but the last 32 bytes of `inner` on, hashing it; the last 32 bytes are the
+/// trailer. Counts bytes against the [`Limits`].
+struct HoldBack<R> {
+    inner: R,
+    held: Vec<u8>,
+    eof: bool,
+    hasher: Sha256,
+    total: u64,
+    since_event: std::rc::Rc<std::cell::Cell<u64>>,
+    limits: Limits,
+}
+
+impl<R: std::io::Read> std::io::Read for HoldBack<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        // keep more than 32 bytes held unless the input ended
+        while !self.eof && self.held.len() <= 32 + out.len().min(64 << 10) {
+            let mut chunk = [0u8; 64 << 10];
+            let n = self.inner.read(&mut chunk)?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.held.extend_from_slice(&chunk[..n]);
+        }
+        let avail = self.held.len().saturating_sub(32);
+        let n = avail.min(out.len());
+        out[..n].copy_from_slice(&self.held[..n]);
+        self.hasher.update(&self.held[..n]);
+        self.held.drain(..n);
+        self.total += n as u64;
+        let since = self.since_event.get() + n as u64;
+        self.since_event.set(since);
+        if self.total > self.limits.delta_bytes {
+            return Err(std::io::Error::other(format!(
+                "the delta is larger than {} bytes decompressed (--max-delta-bytes)",
+                self.limits.delta_bytes
+            )));
+        }
+        if since > self.limits.event_bytes {
+            return Err(std::io::Error::other(format!(
+                "an event is larger than {} bytes",
+                self.limits.event_bytes
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a delta payload (JSON + SHA-256 trailer, decompressed) from `r` event by event,
+/// calling `on_event` for each as soon as it is parsed: memory holds one event, whatever the
+/// delta's size. The trailer is checked at the end, so a caller must not make what it did with
+/// the events visible before this returns `Ok`. `object` names the delta in errors.
+pub fn stream<R: std::io::Read>(
+    r: R,
+    object: &str,
+    limits: Limits,
+    mut on_event: impl FnMut(Event) -> Result<()>,
+) -> Result<()> {
+    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+    use std::io::Read as _;
+    let since_event = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let hold = HoldBack {
+        inner: r,
+        held: Vec::new(),
+        eof: false,
+        hasher: Sha256::new(),
+        total: 0,
+        since_event: since_event.clone(),
+        limits,
+    };
+    let mut buf = std::io::BufReader::with_capacity(64 << 10, hold);
+    // the callback's own error, kept aside (serde only carries strings)
+    let mut failed: Option<Error> = None;
+
+    struct Events<'a, F> {
+        on_event: &'a mut F,
+        object: &'a str,
+        since_event: &'a std::cell::Cell<u64>,
+        failed: &'a mut Option<Error>,
+    }
+    impl<'de, F: FnMut(Event) -> Result<()>> Visitor<'de> for Events<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of delta events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            while let Some(raw) = seq.next_element::<RawElement>()? {
+                self.since_event.set(0);
+                let ev = decode_element(raw, self.object)
+                    .and_then(|ev| (self.on_event)(ev));
+                if let Err(e) = ev {
+                    let msg = e.to_string();
+                    *self.failed = Some(e);
+                    return Err(serde::de::Error::custom(msg));
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de, F: FnMut(Event) -> Result<()>> DeserializeSeed<'de> for Events<'_, F> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    let parsed = {
+        let mut de = serde_json::Deserializer::from_reader(&mut buf);
+        Events {
+            on_event: &mut on_event,
+            object,
+            since_event: &since_event,
+            failed: &mut failed,
+        }
+        .deserialize(&mut de)
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Err(e) = parsed {
+        // a damaged object is best named by its hash: read the rest and compare
+        let drained = std::io::copy(&mut buf, &mut std::io::sink());
+        let hold = buf.into_inner();
+        if drained.is_ok()
+            && hold.held.len() == 32
+            && hold.hasher.finalize().as_slice() != hold.held.as_slice()
+        {
+            return Err(Error::integrity(
+                object,
+                "sha256 mismatch: the delta is corrupted or truncated",
+            ));
+        }
         return Err(Error::integrity(
             object,
-            format!(
-                "delta of {} bytes is too short to hold a hash",
-                payload.len()
-            ),
+            format!("not a readable delta snapshot ({e})"),
         ));
     }
-    let (json, trailer) = payload.split_at(payload.len() - 32);
-    let digest = Sha256::digest(json);
-    if digest.as_slice() != trailer {
+    // only whitespace may follow the array; then the input ends with the trailer
+    let mut rest = Vec::new();
+    buf.by_ref()
+        .take(4096)
+        .read_to_end(&mut rest)
+        .map_err(|e| Error::integrity(object, format!("read failed: {e}")))?;
+    if rest.iter().any(|b| !b.is_ascii_whitespace()) || rest.len() == 4096 {
+        return Err(Error::integrity(
+            object,
+            "unexpected bytes after the JSON array (corrupted?)",
+        ));
+    }
+    let hold = buf.into_inner();
+    if hold.held.len() != 32 {
+        return Err(Error::integrity(
+            object,
+            "the delta is too short to hold its sha256 trailer (truncated?)",
+        ));
+    }
+    if hold.hasher.finalize().as_slice() != hold.held.as_slice() {
         return Err(Error::integrity(
             object,
             "sha256 mismatch: the delta is corrupted or truncated",
         ));
     }
-    let raw: Vec<RawElement> = serde_json::from_slice(json).map_err(|e| {
-        Error::integrity(object, format!("not a delta snapshot (invalid JSON: {e})"))
-    })?;
+    Ok(())
+}
+
+fn decode_element(r: RawElement, object: &str) -> Result<Event> {
     let decode = |s: Option<String>, what: &str| -> Result<Vec<u8>> {
         match s {
             None => Ok(Vec::new()),
@@ -209,30 +371,36 @@ pub fn parse(payload: &[u8], object: &str) -> Result<Vec<Event>> {
                 .map_err(|e| Error::integrity(object, format!("invalid base64 in {what}: {e}"))),
         }
     };
-    raw.into_iter()
-        .map(|r| {
-            let kind = match r.etcd_event.kind {
-                0 => EventType::Put,
-                1 => EventType::Delete,
-                k => return Err(Error::integrity(object, format!("unknown event type {k}"))),
-            };
-            let kv = r
-                .etcd_event
-                .kv
-                .ok_or_else(|| Error::integrity(object, "event without kv"))?;
-            Ok(Event {
-                kind,
-                key: decode(kv.key, "key")?,
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-                value: decode(kv.value, "value")?,
-                lease: kv.lease,
-                time: r.time,
-                lease_ttl: r.lease_ttl,
-            })
-        })
-        .collect()
+    let kind = match r.etcd_event.kind {
+        0 => EventType::Put,
+        1 => EventType::Delete,
+        k => return Err(Error::integrity(object, format!("unknown event type {k}"))),
+    };
+    let kv = r
+        .etcd_event
+        .kv
+        .ok_or_else(|| Error::integrity(object, "event without kv"))?;
+    Ok(Event {
+        kind,
+        key: decode(kv.key, "key")?,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: decode(kv.value, "value")?,
+        lease: kv.lease,
+        time: r.time,
+        lease_ttl: r.lease_ttl,
+    })
+}
+
+/// Parses a whole uncompressed delta payload (JSON + SHA-256 trailer) in memory.
+pub fn parse(payload: &[u8], object: &str) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    stream(payload, object, Limits::default(), |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

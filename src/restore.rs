@@ -18,7 +18,6 @@ use crate::store::{SnapStore, StoreConfig};
 use crate::streamio::ChannelReader;
 use bytes::Bytes;
 use futures::StreamExt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,6 +51,8 @@ pub struct RestoreConfig {
     pub replay_method: Method,
     /// A gap in the revisions ends the restore at the revision before it instead of failing.
     pub stop_at_gap: bool,
+    /// A delta larger than this decompressed is refused as damaged (`--max-delta-bytes`).
+    pub max_delta_bytes: u64,
     /// Replace a data dir that holds data (the initializer, after validation condemned it):
     /// still built aside and swapped in only once complete.
     pub replace_existing: bool,
@@ -300,39 +301,77 @@ fn progress(what: &str, done: u64, total: u64, started: Instant) {
     );
 }
 
-/// Downloads one delta object as stored.
-async fn fetch_delta(store: &SnapStore, d: &Snapshot) -> Result<Vec<u8>> {
-    let mut raw = Vec::new();
+/// Where a delta's stored bytes are read from: its file in a Local store, else a download
+/// into `tmp` (streamed to disk: memory holds a chunk, whatever the object's size).
+async fn fetch_delta(store: &SnapStore, d: &Snapshot, tmp: &Path) -> Result<(PathBuf, bool)> {
+    if let Some(p) = store.local_path(d).filter(|p| p.is_file()) {
+        return Ok((p, false));
+    }
+    use tokio::io::AsyncWriteExt;
+    let dest = tmp.join(format!(
+        "delta-{:016x}{}",
+        rand::random::<u64>(),
+        d.compression_suffix
+    ));
+    let mut f = tokio::fs::File::create(&dest)
+        .await
+        .map_err(|e| Error::io(&dest, "create the delta download", e))?;
     let mut s = store.fetch(d).await?;
     while let Some(c) = s.next().await {
-        raw.extend_from_slice(&c?);
+        f.write_all(&c?)
+            .await
+            .map_err(|e| Error::io(&dest, "write the delta download", e))?;
     }
-    Ok(raw)
+    f.flush()
+        .await
+        .map_err(|e| Error::io(&dest, "write the delta download", e))?;
+    Ok((dest, true))
 }
 
-/// Decompresses and checks one downloaded delta, and parses its events.
-async fn decode_delta(raw: Vec<u8>, d: &Snapshot, key: String) -> Result<Vec<delta::Event>> {
+/// Events of one delta are handed to the replay in batches of about this many bytes, a batch
+/// never splitting a revision.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Decodes the delta in `file` as a stream on a blocking thread (decompress, parse, sha256 over
+/// everything), sending its events in batches; the result says whether the whole object was
+/// sound, which the caller must await before trusting what it applied.
+fn decode_delta(
+    file: PathBuf,
+    d: &Snapshot,
+    key: String,
+    limits: delta::Limits,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Vec<delta::Event>>,
+    tokio::task::JoinHandle<Result<()>>,
+)> {
     let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
-    tokio::task::spawn_blocking(move || -> Result<Vec<delta::Event>> {
-        let payload = if codec == Codec::None {
-            raw
-        } else {
-            let mut payload = Vec::new();
-            codec
-                .decoder(&raw[..])
-                .and_then(|mut r| r.read_to_end(&mut payload))
-                .map_err(|e| {
-                    Error::integrity(
-                        &key,
-                        format!("decompress failed (truncated or corrupted object?): {e}"),
-                    )
-                })?;
-            payload
-        };
-        delta::parse(&payload, &key)
-    })
-    .await
-    .map_err(|e| Error::Other(format!("delta decoder failed: {e}")))?
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<delta::Event>>(2);
+    let task = tokio::task::spawn_blocking(move || -> Result<()> {
+        let f = std::fs::File::open(&file).map_err(|e| Error::io(&file, "open the delta", e))?;
+        let r = codec
+            .decoder(std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| Error::integrity(&key, format!("cannot decompress: {e}")))?;
+        let (mut batch, mut bytes): (Vec<delta::Event>, usize) = (Vec::new(), 0);
+        let mut open = true;
+        let result = delta::stream(r, &key, limits, |ev| {
+            if bytes >= BATCH_BYTES && batch.last().is_some_and(|l| l.mod_revision != ev.mod_revision)
+            {
+                // a receiver that stopped (target reached) still lets the whole object be
+                // read: its sha256 covers the events already applied
+                open = open && tx.blocking_send(std::mem::take(&mut batch)).is_ok();
+                batch.clear();
+                bytes = 0;
+            }
+            bytes += ev.key.len() + ev.value.len() + 64;
+            batch.push(ev);
+            Ok(())
+        });
+        if open && !batch.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+        result
+    });
+    Ok((rx, task))
 }
 
 /// etcd's restore tool: the one named, else etcdutl, else etcdctl, from PATH.
@@ -600,6 +639,7 @@ async fn restore_into(
             cfg,
             &mut r,
             Some((&etcd_cfg, part)),
+            tmp,
         )
         .await?;
         let (etcd, checked) = start_applying(&etcd_cfg, part, &mut r).await?;
@@ -610,7 +650,7 @@ async fn restore_into(
             match Replayer::through_api(&etcd, cfg.default_lease_ttl).await {
                 Ok(mut r) => {
                     r.stop_at_gap = cfg.stop_at_gap;
-                    replay_all(store, set, target, cut_time, cfg, &mut r, None)
+                    replay_all(store, set, target, cut_time, cfg, &mut r, None, tmp)
                         .await
                         .map(|(n, reached)| (n, r.applied, reached))
                 }
@@ -733,45 +773,67 @@ async fn replay_all(
     cfg: &RestoreConfig,
     r: &mut Replayer,
     wal: Option<(&TempEtcdConfig, &Path)>,
+    tmp: &Path,
 ) -> Result<(usize, i64)> {
     let base = r.revision;
     tracing::info!(base_revision = base, target, method = ?cfg.replay_method, "replaying deltas");
-    // owned items: a closure over borrowed ones is not `Send` for every lifetime, which
-    // `tokio::spawn` (the HTTP initializer) requires
-    // downloads run `--max-fetchers` ahead; only two are decoded at a time (a decoded delta
-    // takes a few times its size), one ahead of the replay
+    // downloads run `--max-fetchers` ahead, to files; one delta at a time is decoded, as a
+    // stream, while the previous batch is replayed: memory holds two batches
+    let limits = delta::Limits {
+        delta_bytes: cfg.max_delta_bytes,
+        ..delta::Limits::default()
+    };
     let mut fetched = futures::stream::iter(set.deltas.clone())
         .map(|d| async move {
-            let raw = fetch_delta(store, &d).await;
-            (d, raw)
+            let file = fetch_delta(store, &d, tmp).await;
+            (d, file)
         })
-        .buffered(cfg.max_fetchers)
-        .map(|(d, raw)| async move {
-            let events = match raw {
-                Ok(raw) => decode_delta(raw, &d, store.key_of(&d)).await,
-                Err(e) => Err(e),
-            };
-            (d, events)
-        })
-        .buffered(2);
+        .buffered(cfg.max_fetchers);
     let (mut n, mut last_log) = (0, Instant::now());
     let started = Instant::now();
     let chunk = wal_chunk_bytes();
-    while let Some((d, events)) = fetched.next().await {
-        let events = events?;
+    let mut more = true;
+    while let Some((d, file)) = fetched.next().await {
+        let (file, downloaded) = file?;
         let key = store.key_of(&d);
-        // --to-time: stop before the first event received after the time
-        let up_to = match cut_time.and_then(|t| events.iter().find(|e| e.time > t)) {
-            Some(e) => target.min(e.mod_revision - 1),
-            None => target,
-        };
-        let more = r.apply(&events, &key, up_to).await? && up_to == target;
-        n += 1;
-        if let Some((etcd_cfg, part)) = wal {
-            if r.pending().1 >= chunk {
-                apply_pending(etcd_cfg, part, r).await?;
+        let (mut batches, decoder) = decode_delta(file.clone(), &d, key.clone(), limits)?;
+        let mut applied = Ok(());
+        while let Some(events) = batches.recv().await {
+            if !more {
+                continue; // drained: the decoder still checks the whole object
+            }
+            // --to-time: stop before the first event received after the time
+            let up_to = match cut_time.and_then(|t| events.iter().find(|e| e.time > t)) {
+                Some(e) => target.min(e.mod_revision - 1),
+                None => target,
+            };
+            match r.apply(&events, &key, up_to).await {
+                Ok(m) => more = m && up_to == target,
+                Err(e) => {
+                    applied = Err(e);
+                    more = false;
+                    continue;
+                }
+            }
+            if let Some((etcd_cfg, part)) = wal {
+                if r.pending().1 >= chunk {
+                    if let Err(e) = apply_pending(etcd_cfg, part, r).await {
+                        applied = Err(e);
+                        more = false;
+                    }
+                }
             }
         }
+        let sound = decoder
+            .await
+            .map_err(|e| Error::Other(format!("delta decoder failed: {e}")))?;
+        if downloaded {
+            let _ = std::fs::remove_file(&file);
+        }
+        // a damaged object is the cause even if applying its first events failed
+        sound?;
+        applied?;
+        n += 1;
         if last_log.elapsed() > Duration::from_secs(5) {
             let done = (r.revision - base).max(0) as f64;
             let rate = done / started.elapsed().as_secs_f64().max(0.001);

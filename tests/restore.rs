@@ -731,6 +731,20 @@ fn restores_faithfully(version: EtcdVersion) {
         );
     }
 
+    // a delta over --max-delta-bytes once decompressed: refused, named, nothing created
+    let target = tmp.path().join("target-over-bound");
+    let out = restore_cmd(&r, &r.bk, &target, free_port())
+        .args(["--max-delta-bytes", "2000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a delta over the bound must fail");
+    assert!(
+        err.contains("Incr-") && err.contains("--max-delta-bytes"),
+        "the error must name the delta and the bound: {err}"
+    );
+    assert!(!target.exists(), "over the bound: the target must stay untouched");
+
     // --stop-at-gap: the store with the missing delta restores up to the revision before it
     let first_missing: i64 = middle.split('-').nth(1).unwrap().parse().unwrap();
     let data = tmp.path().join("stopped-at-gap");
