@@ -5,13 +5,15 @@
 # deltas. In the same run it times etcd's own tool restoring the full alone (`etcdutl`/`etcdctl
 # snapshot restore`), then `etcdbrctl restore` of the full plus every delta, and prints the base
 # ratio, the replay rate (revisions/s) and etcdbrctl's peak RSS; finally boots etcd on the result
-# and checks its revision.
-# usage: [VERSION=3.5|3.4] scripts/bench-restore.sh [SIZE_MIB] [DELTA_REVS]
+# and checks its revision. DELTA_LIMIT (bytes, default etcdbrctl's 10485760) is the sidecar's
+# --delta-snapshot-memory-limit, i.e. the size of each delta (104857600: the chart's).
+# usage: [VERSION=3.5|3.4] [DELTA_LIMIT=N] scripts/bench-restore.sh [SIZE_MIB] [DELTA_REVS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-600}
 DELTA_REVS=${2:-100000}
 VERSION=${VERSION:-3.5}
+DELTA_LIMIT=${DELTA_LIMIT:-10485760}
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
 if [ "$VERSION" = 3.5 ]; then
   [ -x "$TOOLS/etcd-3.5.1/etcd" ] || scripts/install-test-deps.sh
@@ -37,20 +39,24 @@ export ETCDCTL_API=3
 for _ in $(seq 1 100); do "$CTL" --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 target/release/examples/etcd_fill --endpoint "$EP" --mib "$SIZE_MIB"
 "$BIN" snapshot --endpoints "$EP" --store-container "$W/bk" --compress-snapshots=false \
-  --schedule "0 0 1 1 *" --garbage-collection-period 0s >/dev/null 2>"$W/job.log" &
+  --schedule "0 0 1 1 *" --garbage-collection-period 0s \
+  --delta-snapshot-memory-limit "$DELTA_LIMIT" --delta-snapshot-period 10m >/dev/null 2>"$W/job.log" &
 JOB_PID=$!
 for _ in $(seq 1 1200); do ls "$W/bk/v2" 2>/dev/null | grep -q '^Full' && break; sleep 0.2; done
 target/release/examples/etcd_fill --endpoint "$EP" --count "$DELTA_REVS" --value-size 512 --txn-size 1 --parallel 64
 END=$("$CTL" --endpoints "$EP" get x -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
 covered() { ls "$W/bk/v2" | python3 -c "
 import sys; revs=[int(l.split('-')[2]) for l in sys.stdin if l.startswith('Incr-')]; sys.exit(0 if revs and max(revs) >= $END else 1)"; }
-for _ in $(seq 1 600); do covered && break; sleep 0.2; done
+# SIGTERM: the job writes what it buffered, up to the revision current at the signal, as a
+# final delta
 kill -TERM $JOB_PID; wait $JOB_PID || true; JOB_PID=""
+covered || { echo "the deltas do not reach revision $END"; exit 1; }
 kill $ETCD_PID; wait $ETCD_PID 2>/dev/null || true
 FULL=$(ls "$W/bk/v2" | grep '^Full' | head -1)
 NDELTAS=$(ls "$W/bk/v2" | grep -c '^Incr' || true)
 DB_MIB=$(( $(stat -c %s "$W/bk/v2/$FULL") / 1048576 ))
-echo "etcd $VERSION: full $FULL ($DB_MIB MiB), $NDELTAS deltas up to revision $END"
+DELTA_MIB=$(ls -l "$W/bk/v2" | awk '/ Incr-/ {s+=$5; n++} END {if (n) printf "%.1f", s/n/1048576; else print 0}')
+echo "etcd $VERSION: full $FULL ($DB_MIB MiB), $NDELTAS deltas of $DELTA_MIB MiB on average up to revision $END"
 
 # Two rounds, best of each, etcd's tool first in round 1 and etcdbrctl first in round 2: a step
 # that follows another ~1 GB write runs slower here (writeback), whichever program it is; every

@@ -419,6 +419,11 @@ pub struct RestorationArgs {
     /// before the gap (logged as a warning) instead of failing
     #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
     pub stop_at_gap: bool,
+    /// etcdbr: restore a point older than the store's newest backup without --bump-revision:
+    /// the result must not be backed up to the same store prefix (its revisions would repeat
+    /// ones the store holds for other data); for inspection
+    #[arg(long = "allow-rewind", env = "ETCDBR_ALLOW_REWIND")]
+    pub allow_rewind: bool,
     /// etcdbr: a delta larger than this once decompressed is refused as damaged (deltas are
     /// read as a stream, so memory does not grow with their size)
     #[arg(
@@ -525,6 +530,7 @@ impl RestorationArgs {
             replay_method: self.replay_method,
             stop_at_gap: self.stop_at_gap,
             max_delta_bytes: self.max_delta_bytes,
+            allow_rewind: self.allow_rewind,
             replace_existing: false,
         })
     }

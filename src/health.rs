@@ -43,6 +43,8 @@ struct Inner {
     last_stored: Option<(DateTime<Utc>, i64)>,
     last_failure: Option<(DateTime<Utc>, String)>,
     initializing: bool,
+    /// Why the job refuses to write (etcd's history was rewound), until it may again.
+    blocked: Option<String>,
 }
 
 pub struct Health {
@@ -160,6 +162,11 @@ impl Health {
         set_delta_gauges(count, first, Some(s));
     }
 
+    /// The job refuses to write for this reason (`None`: it may again).
+    pub fn set_blocked(&self, why: Option<String>) {
+        self.lock().blocked = why;
+    }
+
     pub fn failed(&self, e: &crate::Error) {
         self.lock().last_failure = Some((Utc::now(), e.to_string()));
         metrics::failure(e.category());
@@ -188,6 +195,9 @@ impl Health {
             reasons.push("the data directory is being initialized".into());
         }
         if role == RoleState::Leader {
+            if let Some(b) = &i.blocked {
+                reasons.push(b.clone());
+            }
             match i.job_since {
                 None => reasons.push("the snapshotter is not running yet".into()),
                 Some(since) => {

@@ -53,6 +53,8 @@ pub struct RestoreConfig {
     pub stop_at_gap: bool,
     /// A delta larger than this decompressed is refused as damaged (`--max-delta-bytes`).
     pub max_delta_bytes: u64,
+    /// Restore below the store's newest revision without a bump ([`rewind_guard`]).
+    pub allow_rewind: bool,
     /// Replace a data dir that holds data (the initializer, after validation condemned it):
     /// still built aside and swapped in only once complete.
     pub replace_existing: bool,
@@ -99,6 +101,31 @@ fn bump_plan(cfg: &RestoreConfig, tool: &Path, replay_needed: bool) -> Result<Bu
         } else {
             "does not support it"
         }
+    )))
+}
+
+/// A restore that ends at `reached`, below the store's `newest` revision, rewinds history: an
+/// etcd started on it reuses revisions the store already holds for other data, so that backups
+/// taken afterwards on the same prefix sort before the abandoned later ones, which restores,
+/// validation and garbage collection would then prefer. Refused unless the revision is bumped
+/// past `newest` and marked compacted (the new history then sorts after the abandoned one, and
+/// the sidecar's catch-up from the store's revision falls back to a new full snapshot), or the
+/// operator says the result will not be backed up to this prefix (`--allow-rewind`).
+fn rewind_guard(cfg: &RestoreConfig, store: &SnapStore, reached: i64, newest: i64) -> Result<()> {
+    let bumped = reached + cfg.bump_revision.max(0);
+    if reached >= newest || cfg.allow_rewind || (bumped > newest && cfg.mark_compacted) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "this restore ends at revision {reached}, but {} holds backups up to revision {newest}: \
+         an etcd started on it would reuse revisions {}..{newest} for other data, and backups \
+         it then takes on this prefix would sort before the abandoned ones (restores, \
+         validation and garbage collection would prefer those). To put it in service on this \
+         store prefix, add --bump-revision {} --mark-compacted (or more; Kubernetes needs it \
+         anyway); to restore for inspection only, add --allow-rewind",
+        store.describe(),
+        reached + 1,
+        (newest - reached + 1).max(1_000_000_000)
     )))
 }
 
@@ -469,7 +496,14 @@ pub async fn restore_locked(
         return Err(Error::config("--max-fetchers must be greater than 0"));
     }
     let store = SnapStore::open(cfg.store.clone()).await?;
-    let (set, stop_at) = select(&store.list().await?, &cfg.target)?;
+    let list = store.list().await?;
+    let (set, stop_at) = select(&list, &cfg.target)?;
+    let newest = list
+        .iter()
+        .filter(|s| !s.is_chunk)
+        .map(|s| s.last_revision)
+        .max()
+        .unwrap_or(0);
     let Some(full) = set.full.clone() else {
         return Err(Error::Other("no base snapshot found".into()));
     };
@@ -478,6 +512,7 @@ pub async fn restore_locked(
         _ => None,
     };
     let target = stop_at.unwrap_or_else(|| set.last_revision());
+    rewind_guard(cfg, &store, target, newest)?;
     tracing::info!(
         full = %full.snap_name,
         deltas = set.deltas.len(),
@@ -510,6 +545,11 @@ pub async fn restore_locked(
         }
     };
     drop(tmp);
+    if let Err(e) = rewind_guard(cfg, &store, reached, newest) {
+        // a --to-time or --stop-at-gap restore that ended below the store's newest revision
+        let _ = std::fs::remove_dir_all(&part);
+        return Err(e);
+    }
     datadir::crash_point("restore:built");
     let what = format!(
         "restored by etcdbrctl from {} and {deltas_applied} deltas to revision {reached} at {}\n",

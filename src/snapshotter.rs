@@ -3,9 +3,11 @@
 //!
 //! The `snapshot` command starts with a full snapshot. The `server` command runs the job on the
 //! leader's sidecar only and starts with the *start-up decision* ([`StartMode::Decide`]): a
-//! full at once when the store has none, when the latest one is final, when a scheduled full
-//! was missed since it, or when the store is ahead of etcd; otherwise a catch-up delta from the
-//! store's last revision + 1 (a compacted revision falls back to a full). This replaces
+//! full at once when the store has none, when the latest one is final, or when a scheduled
+//! full was missed since it; otherwise a catch-up delta from the store's last revision + 1 (a
+//! compacted revision falls back to a full). A store ahead of etcd (etcd's history was rewound)
+//! stops the job with an error instead: what it would write would sort before the abandoned
+//! later objects. This replaces
 //! etcdbrctl's "window" heuristic (section 4.3 of the reference) with the rule it approximates:
 //! a full is required exactly when the schedule promised one that the store does not have.
 
@@ -262,21 +264,30 @@ impl Runner {
                 _ => None,
             },
         };
-        let reason = match reason {
-            Some(r) => Some(r),
-            None => {
-                let endpoint = self.job.etcd.primary().to_string();
-                let timeout = self.job.etcd.connection_timeout;
-                let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
-                (set.last_revision() > role.revision).then(|| {
-                    format!(
-                        "the store's latest set ends at revision {} but etcd is at {} (etcd was replaced or restored)",
-                        set.last_revision(),
-                        role.revision
-                    )
-                })
-            }
-        };
+        // etcd behind the store: its history was rewound (restored to an older point without
+        // a revision bump, or replaced). What it would store now sorts before the later,
+        // abandoned objects, which restores, validation and GC would prefer: write nothing
+        // until an operator resolves it (restore::rewind_guard refuses such restores).
+        let endpoint = self.job.etcd.primary().to_string();
+        let timeout = self.job.etcd.connection_timeout;
+        let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
+        let newest = set.last_revision();
+        if newest > role.revision {
+            self.ctl.health.set_blocked(Some(format!(
+                "etcd's history was rewound: it is at revision {}, behind the store's newest backup at {newest}; no backup is taken (see lastFailure)",
+                role.revision
+            )));
+            return Err(Error::config(format!(
+                "etcd is at revision {}, behind the store's newest backup at revision {newest} ({}): its history was rewound (restored to an older point without --bump-revision, or replaced). Backups taken now would sort before the abandoned ones, which restores and garbage collection would prefer, so none are taken. Restore again with --bump-revision {} --mark-compacted, or move the later backups out of this --store-prefix",
+                role.revision,
+                set.full
+                    .as_ref()
+                    .map(|f| f.snap_name.clone())
+                    .unwrap_or_default(),
+                (newest - role.revision + 1).max(1_000_000_000)
+            )));
+        }
+        self.ctl.health.set_blocked(None);
         match reason {
             Some(r) => {
                 tracing::info!(reason = r, "start-up: taking a full snapshot");

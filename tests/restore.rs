@@ -423,8 +423,21 @@ fn point_in_time(r: &Recorded, latest_ep: &str, tmp: &Path) {
     for (what, args, want) in cases {
         let data = tmp.join(format!("pit-{what}"));
         let peer = free_port();
+        // below the store's newest revision without a bump: refused unless said to be for
+        // inspection (the rewind guard)
+        let refused = restore_cmd(r, &r.bk, &data, peer)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains("--bump-revision") && err.contains("--allow-rewind"),
+            "{what}: a rewind without a bump must be refused: {err}"
+        );
+        assert!(!data.exists(), "{what}: refused, but the target exists");
         let out = restore_cmd(r, &r.bk, &data, peer)
             .args(&args)
+            .arg("--allow-rewind")
             .output()
             .unwrap();
         assert!(
@@ -751,6 +764,7 @@ fn restores_faithfully(version: EtcdVersion) {
     let peer = free_port();
     let out = restore_cmd(&r, &tmp.path().join("bk-missing-delta"), &data, peer)
         .arg("--stop-at-gap")
+        .arg("--allow-rewind")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -804,4 +818,229 @@ fn restore_is_faithful_etcd34() {
 #[test]
 fn restore_is_faithful_etcd35() {
     restores_faithfully(EtcdVersion::V35);
+}
+
+/// `etcdbrctl server` for `endpoint` storing in `bk` (deltas every second, no scheduled full),
+/// logging to `log`; its port.
+fn sidecar(endpoint: &str, bk: &Path, log: &Path, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let p = etcdbrctl()
+        .args(["server", "--endpoints", endpoint, "--server-host", "127.0.0.1"])
+        .args(["--server-port", &port.to_string(), "--schedule", "0 0 1 1 *"])
+        .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
+        .args(extra)
+        .arg("--store-container")
+        .arg(bk)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .map(Proc)
+        .unwrap();
+    (p, port)
+}
+
+fn stop(p: &mut Proc) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &p.id().to_string()])
+        .status();
+    let _ = p.wait();
+}
+
+/// Waits until `bk` holds an object satisfying `f` (within 60 s).
+fn wait_store(bk: &Path, what: &str, f: impl Fn(&etcdbr::layout::Snapshot) -> bool) {
+    let t = Instant::now();
+    while !stored_in(bk).iter().any(&f) {
+        assert!(t.elapsed() < Duration::from_secs(60), "the store never held {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn restore_for(version: EtcdVersion, bk: &Path, data_dir: &Path, peer: u16) -> std::process::Command {
+    let r = Recorded {
+        _tmp: tempfile::tempdir().unwrap(),
+        bk: bk.to_path_buf(),
+        source: BTreeMap::new(),
+        revision: 0,
+        version,
+    };
+    restore_cmd(&r, bk, data_dir, peer)
+}
+
+/// A member restored to an older point in place of the current one, its sidecar continuing on
+/// the same prefix: refused without a revision bump; with `--bump-revision --mark-compacted`
+/// the new history sorts after the abandoned one, so the next restore, the next validation and
+/// garbage collection act on it and never bring back the abandoned later writes. A sidecar on
+/// an etcd rewound without a bump writes nothing and says why.
+fn rewind_in_service(version: EtcdVersion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let etcd = Etcd::start(version);
+    let (mut s1, _) = sidecar(&etcd.endpoint, &bk, &tmp.path().join("s1.log"), &[]);
+    wait_store(&bk, "a full snapshot", |s| s.kind == etcdbr::layout::Kind::Full);
+    for i in 0..50 {
+        etcd.put(&format!("/a/{i:02}"), b"before the point");
+    }
+    let ra = etcd.revision();
+    let (state_a, _) = dump(version, &etcd.endpoint);
+    wait_store(&bk, "the point", |s| s.last_revision >= ra);
+    for i in 0..50 {
+        etcd.put(&format!("/b/{i:02}"), b"abandoned");
+    }
+    let rb = etcd.revision();
+    wait_store(&bk, "the later history", |s| s.last_revision >= rb);
+    stop(&mut s1);
+    drop(etcd);
+
+    // in place of the current member: refused without a bump, named with what to do
+    let d2 = tmp.path().join("rewound");
+    let peer = free_port();
+    let out = restore_for(version, &bk, &d2, peer)
+        .args(["--to-revision", &ra.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--bump-revision") && err.contains(&rb.to_string()),
+        "a rewind without a bump must be refused: {err}"
+    );
+    assert!(!d2.exists());
+    const BUMP: i64 = 1_000_000;
+    succeeded(
+        {
+            let mut c = restore_for(version, &bk, &d2, peer);
+            c.args(["--to-revision", &ra.to_string()])
+                .args(["--bump-revision", &BUMP.to_string(), "--mark-compacted"]);
+            c
+        },
+        "restore to the point with a bump",
+    );
+    let (mut e2, ep2) = boot(version, &d2, peer);
+    let (state, rev) = dump(version, &ep2);
+    assert_eq!(state, state_a, "the point's keys");
+    assert_eq!(rev, ra + BUMP);
+    let (mut s2, _) = sidecar(&ep2, &bk, &tmp.path().join("s2.log"), &[]);
+    wait_store(&bk, "a full of the new history", |s| {
+        s.kind == etcdbr::layout::Kind::Full && s.last_revision >= ra + BUMP
+    });
+    for i in 0..50 {
+        let out = clean_cmd(&version.etcdctl())
+            .args(["--endpoints", &ep2, "put", &format!("/c/{i:02}"), "after the rewind"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let (state_c, rc) = dump(version, &ep2);
+    wait_store(&bk, "the new history", |s| s.last_revision >= rc);
+    stop(&mut s2);
+    stop(&mut e2);
+
+    // the next restore: the new history, never the abandoned writes
+    let d3 = tmp.path().join("latest-after-rewind");
+    let p3 = free_port();
+    succeeded(restore_for(version, &bk, &d3, p3), "restore the latest");
+    {
+        let (_e3, ep3) = boot(version, &d3, p3);
+        let (state, rev) = dump(version, &ep3);
+        assert!(state.keys().all(|k| !k.starts_with("/b/")), "abandoned keys came back");
+        assert_eq!((state, rev), (state_c.clone(), rc));
+    }
+    // the next start-up validation keeps the member's directory
+    let out = etcdbrctl()
+        .args(["initialize", "--validation-mode", "full", "--name", "r"])
+        .arg("--data-dir")
+        .arg(&d2)
+        .args(["--initial-cluster", &format!("r=http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(tmp.path().join("rtmp"))
+        .arg("--store-container")
+        .arg(&bk)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("action: Kept"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // garbage collection keeps the new chain whole and drops the abandoned history
+    let new_chain: Vec<String> = stored_in(&bk)
+        .into_iter()
+        .filter(|s| s.last_revision >= ra + BUMP)
+        .map(|s| s.snap_name)
+        .collect();
+    let (_e4, ep4) = boot(version, &d2, peer);
+    let (mut s3, _) = sidecar(
+        &ep4,
+        &bk,
+        &tmp.path().join("s3.log"),
+        &[
+            "--garbage-collection-policy",
+            "LimitBased",
+            "--max-backups",
+            "1",
+            "--garbage-collection-period",
+            "2s",
+        ],
+    );
+    let t = Instant::now();
+    while stored_in(&bk).iter().any(|s| s.last_revision < ra + BUMP) {
+        assert!(t.elapsed() < Duration::from_secs(60), "GC kept the abandoned history");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(&mut s3);
+    let left: Vec<String> = stored_in(&bk).into_iter().map(|s| s.snap_name).collect();
+    for n in &new_chain {
+        assert!(left.contains(n), "GC deleted {n} of the new chain: {left:?}");
+    }
+    drop(_e4);
+    let d5 = tmp.path().join("latest-after-gc");
+    let p5 = free_port();
+    succeeded(restore_for(version, &bk, &d5, p5), "restore after GC");
+    {
+        let (_e5, ep5) = boot(version, &d5, p5);
+        assert_eq!(dump(version, &ep5), (state_c.clone(), rc));
+    }
+
+    // rewound without a bump (--allow-rewind: for inspection) and backed up anyway: the
+    // sidecar writes nothing and says why
+    let bk2 = tmp.path().join("bk2");
+    copy_store(&bk, &bk2);
+    let d6 = tmp.path().join("rewound-unbumped");
+    let p6 = free_port();
+    let to = rc - 10;
+    succeeded(
+        {
+            let mut c = restore_for(version, &bk2, &d6, p6);
+            c.args(["--to-revision", &to.to_string(), "--allow-rewind"]);
+            c
+        },
+        "restore for inspection",
+    );
+    let before: Vec<String> = stored_in(&bk2).into_iter().map(|s| s.snap_name).collect();
+    let (_e6, ep6) = boot(version, &d6, p6);
+    let log = tmp.path().join("s4.log");
+    let (_s4, port) = sidecar(&ep6, &bk2, &log, &[]);
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("history was rewound") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no refusal in the log:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = http_body(port, "GET", "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let after: Vec<String> = stored_in(&bk2).into_iter().map(|s| s.snap_name).collect();
+    assert_eq!(before, after, "the sidecar of a rewound etcd wrote to the store");
+}
+
+#[test]
+fn rewind_in_service_etcd35() {
+    rewind_in_service(EtcdVersion::V35);
+}
+
+#[test]
+fn rewind_in_service_etcd34() {
+    rewind_in_service(EtcdVersion::V34);
 }
