@@ -285,8 +285,7 @@ pub fn stream<R: std::io::Read>(
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
             while let Some(raw) = seq.next_element::<RawElement>()? {
                 self.since_event.set(0);
-                let ev = decode_element(raw, self.object)
-                    .and_then(|ev| (self.on_event)(ev));
+                let ev = decode_element(raw, self.object).and_then(|ev| (self.on_event)(ev));
                 if let Err(e) = ev {
                     let msg = e.to_string();
                     *self.failed = Some(e);
@@ -298,7 +297,10 @@ pub fn stream<R: std::io::Read>(
     }
     impl<'de, F: FnMut(Event) -> Result<()>> DeserializeSeed<'de> for Events<'_, F> {
         type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<(), D::Error> {
             d.deserialize_seq(self)
         }
     }

@@ -381,7 +381,10 @@ fn decode_delta(
         let (mut batch, mut bytes): (Vec<delta::Event>, usize) = (Vec::new(), 0);
         let mut open = true;
         let result = delta::stream(r, &key, limits, |ev| {
-            if bytes >= BATCH_BYTES && batch.last().is_some_and(|l| l.mod_revision != ev.mod_revision)
+            if bytes >= BATCH_BYTES
+                && batch
+                    .last()
+                    .is_some_and(|l| l.mod_revision != ev.mod_revision)
             {
                 // a receiver that stopped (target reached) still lets the whole object be
                 // read: its sha256 covers the events already applied

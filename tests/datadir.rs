@@ -569,10 +569,11 @@ fn leftovers_are_recognised_by_their_writers_lock() {
     let tmp = tempfile::tempdir().expect("tmp");
     let bk = tmp.path().join("bk");
     let save = |etcd: &Etcd| {
-        run_ok(etcdbrctl().args(["snapshot", "save", "--endpoints", &etcd.endpoint]).args([
-            "--store-container",
-            bk.to_str().expect("path"),
-        ]))
+        run_ok(
+            etcdbrctl()
+                .args(["snapshot", "save", "--endpoints", &etcd.endpoint])
+                .args(["--store-container", bk.to_str().expect("path")]),
+        )
     };
     save(&etcd);
     let v2 = bk.join("v2");
@@ -634,7 +635,10 @@ fn leftovers_are_recognised_by_their_writers_lock() {
     let invalid = etcdbr::datadir::invalid_dirs(&data);
     assert_eq!(invalid.len(), 2, "{invalid:?}");
     // the newest two: the one from 3000 and the .replaced kept aside just now
-    assert!(invalid[0].to_string_lossy().ends_with(".invalid-3000"), "{invalid:?}");
+    assert!(
+        invalid[0].to_string_lossy().ends_with(".invalid-3000"),
+        "{invalid:?}"
+    );
     assert!(text.contains("moved-aside data directories kept"), "{text}");
 
     // the sidecar exports the count
@@ -643,7 +647,12 @@ fn leftovers_are_recognised_by_their_writers_lock() {
     let _sidecar = Proc(
         etcdbrctl()
             .args(["server", "--endpoints", &etcd.endpoint])
-            .args(["--server-host", "127.0.0.1", "--server-port", &port.to_string()])
+            .args([
+                "--server-host",
+                "127.0.0.1",
+                "--server-port",
+                &port.to_string(),
+            ])
             .arg("--data-dir")
             .arg(&data)
             .arg("--store-container")
@@ -664,4 +673,79 @@ fn leftovers_are_recognised_by_their_writers_lock() {
     assert!(metrics.contains("etcdbr_invalid_data_dirs 2"), "{metrics}");
     drop(live_lock);
     drop(live_tmp_lock);
+}
+
+/// etcdbrctl puts a Local store with an absolute `--store-container` under `$HOME`; after a
+/// switch with unchanged flags the backups sit there while our (absolute) store is empty. A lost
+/// data directory must not become an empty cluster: initialize, restore and the snapshot job
+/// refuse, naming where the backups are; with no backup anywhere, the fresh start is logged
+/// loudly with the store looked at.
+#[test]
+fn an_empty_absolute_store_with_backups_under_home_is_refused() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(50, 10);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    let abs = tmp.path().join("backups");
+    // where etcdbrctl would have put --store-container <abs>
+    let go = home.join(abs.strip_prefix("/").expect("absolute"));
+    run_ok(
+        etcdbrctl()
+            .env("HOME", &home)
+            .args(["snapshot", "save", "--endpoints", &etcd.endpoint])
+            .arg("--store-container")
+            .arg(&go),
+    );
+    let data = tmp.path().join("data");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let with_store = |sub: &str| {
+        let mut c = etcdbrctl();
+        c.env("HOME", &home).arg(sub);
+        if sub == "snapshot" {
+            c.args(["save", "--endpoints", &etcd.endpoint]);
+        } else {
+            c.args(["--name", "t", "--data-dir"])
+                .arg(&data)
+                .args(["--initial-cluster", &format!("t={peer}")])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .arg("--restoration-temp-snapshots-dir")
+                .arg(tmp.path().join("rtmp"));
+        }
+        c.arg("--store-container").arg(&abs);
+        c
+    };
+    for sub in ["initialize", "restore", "snapshot"] {
+        let out = with_store(sub).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sub} must refuse: {err}");
+        assert!(
+            err.contains(&go.display().to_string()) && err.contains("--store-container"),
+            "{sub}: the error must say where the backups are and which flag to set: {err}"
+        );
+        assert!(!data.exists(), "{sub} created a data directory");
+    }
+    assert!(
+        files_in(&abs.join("v2")).is_empty(),
+        "the snapshot job wrote into the empty store"
+    );
+    // no backup anywhere: a fresh start, said loudly with the store looked at
+    let other = tmp.path().join("nowhere");
+    let out = etcdbrctl()
+        .env("HOME", &home)
+        .args(["initialize", "--name", "t", "--data-dir"])
+        .arg(&data)
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(tmp.path().join("rtmp"))
+        .arg("--store-container")
+        .arg(&other)
+        .output()
+        .expect("initialize");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("FRESH CLUSTER") && err.contains(&other.display().to_string()),
+        "{err}"
+    );
 }

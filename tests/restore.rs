@@ -431,7 +431,9 @@ fn point_in_time(r: &Recorded, latest_ep: &str, tmp: &Path) {
             .unwrap();
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(
-            !refused.status.success() && err.contains("--bump-revision") && err.contains("--allow-rewind"),
+            !refused.status.success()
+                && err.contains("--bump-revision")
+                && err.contains("--allow-rewind"),
             "{what}: a rewind without a bump must be refused: {err}"
         );
         assert!(!data.exists(), "{what}: refused, but the target exists");
@@ -756,7 +758,10 @@ fn restores_faithfully(version: EtcdVersion) {
         err.contains("Incr-") && err.contains("--max-delta-bytes"),
         "the error must name the delta and the bound: {err}"
     );
-    assert!(!target.exists(), "over the bound: the target must stay untouched");
+    assert!(
+        !target.exists(),
+        "over the bound: the target must stay untouched"
+    );
 
     // --stop-at-gap: the store with the missing delta restores up to the revision before it
     let first_missing: i64 = middle.split('-').nth(1).unwrap().parse().unwrap();
@@ -825,8 +830,19 @@ fn restore_is_faithful_etcd35() {
 fn sidecar(endpoint: &str, bk: &Path, log: &Path, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let p = etcdbrctl()
-        .args(["server", "--endpoints", endpoint, "--server-host", "127.0.0.1"])
-        .args(["--server-port", &port.to_string(), "--schedule", "0 0 1 1 *"])
+        .args([
+            "server",
+            "--endpoints",
+            endpoint,
+            "--server-host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--server-port",
+            &port.to_string(),
+            "--schedule",
+            "0 0 1 1 *",
+        ])
         .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
         .args(extra)
         .arg("--store-container")
@@ -850,12 +866,20 @@ fn stop(p: &mut Proc) {
 fn wait_store(bk: &Path, what: &str, f: impl Fn(&etcdbr::layout::Snapshot) -> bool) {
     let t = Instant::now();
     while !stored_in(bk).iter().any(&f) {
-        assert!(t.elapsed() < Duration::from_secs(60), "the store never held {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the store never held {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn restore_for(version: EtcdVersion, bk: &Path, data_dir: &Path, peer: u16) -> std::process::Command {
+fn restore_for(
+    version: EtcdVersion,
+    bk: &Path,
+    data_dir: &Path,
+    peer: u16,
+) -> std::process::Command {
     let r = Recorded {
         _tmp: tempfile::tempdir().unwrap(),
         bk: bk.to_path_buf(),
@@ -876,7 +900,9 @@ fn rewind_in_service(version: EtcdVersion) {
     let bk = tmp.path().join("bk");
     let etcd = Etcd::start(version);
     let (mut s1, _) = sidecar(&etcd.endpoint, &bk, &tmp.path().join("s1.log"), &[]);
-    wait_store(&bk, "a full snapshot", |s| s.kind == etcdbr::layout::Kind::Full);
+    wait_store(&bk, "a full snapshot", |s| {
+        s.kind == etcdbr::layout::Kind::Full
+    });
     for i in 0..50 {
         etcd.put(&format!("/a/{i:02}"), b"before the point");
     }
@@ -908,8 +934,11 @@ fn rewind_in_service(version: EtcdVersion) {
     succeeded(
         {
             let mut c = restore_for(version, &bk, &d2, peer);
-            c.args(["--to-revision", &ra.to_string()])
-                .args(["--bump-revision", &BUMP.to_string(), "--mark-compacted"]);
+            c.args(["--to-revision", &ra.to_string()]).args([
+                "--bump-revision",
+                &BUMP.to_string(),
+                "--mark-compacted",
+            ]);
             c
         },
         "restore to the point with a bump",
@@ -924,7 +953,13 @@ fn rewind_in_service(version: EtcdVersion) {
     });
     for i in 0..50 {
         let out = clean_cmd(&version.etcdctl())
-            .args(["--endpoints", &ep2, "put", &format!("/c/{i:02}"), "after the rewind"])
+            .args([
+                "--endpoints",
+                &ep2,
+                "put",
+                &format!("/c/{i:02}"),
+                "after the rewind",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -941,7 +976,10 @@ fn rewind_in_service(version: EtcdVersion) {
     {
         let (_e3, ep3) = boot(version, &d3, p3);
         let (state, rev) = dump(version, &ep3);
-        assert!(state.keys().all(|k| !k.starts_with("/b/")), "abandoned keys came back");
+        assert!(
+            state.keys().all(|k| !k.starts_with("/b/")),
+            "abandoned keys came back"
+        );
         assert_eq!((state, rev), (state_c.clone(), rc));
     }
     // the next start-up validation keeps the member's directory
@@ -950,7 +988,10 @@ fn rewind_in_service(version: EtcdVersion) {
         .arg("--data-dir")
         .arg(&d2)
         .args(["--initial-cluster", &format!("r=http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
         .arg("--restoration-temp-snapshots-dir")
         .arg(tmp.path().join("rtmp"))
         .arg("--store-container")
@@ -984,13 +1025,19 @@ fn rewind_in_service(version: EtcdVersion) {
     );
     let t = Instant::now();
     while stored_in(&bk).iter().any(|s| s.last_revision < ra + BUMP) {
-        assert!(t.elapsed() < Duration::from_secs(60), "GC kept the abandoned history");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "GC kept the abandoned history"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     stop(&mut s3);
     let left: Vec<String> = stored_in(&bk).into_iter().map(|s| s.snap_name).collect();
     for n in &new_chain {
-        assert!(left.contains(n), "GC deleted {n} of the new chain: {left:?}");
+        assert!(
+            left.contains(n),
+            "GC deleted {n} of the new chain: {left:?}"
+        );
     }
     drop(_e4);
     let d5 = tmp.path().join("latest-after-gc");
@@ -1026,13 +1073,19 @@ fn rewind_in_service(version: EtcdVersion) {
         if text.contains("history was rewound") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "no refusal in the log:\n{text}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no refusal in the log:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let (code, body) = http_body(port, "GET", "/healthz").unwrap();
     assert_eq!(code, 503, "{body}");
     let after: Vec<String> = stored_in(&bk2).into_iter().map(|s| s.snap_name).collect();
-    assert_eq!(before, after, "the sidecar of a rewound etcd wrote to the store");
+    assert_eq!(
+        before, after,
+        "the sidecar of a rewound etcd wrote to the store"
+    );
 }
 
 #[test]

@@ -182,8 +182,62 @@ impl SnapStore {
             warned: Mutex::new(HashSet::new()),
         };
         store.check_access().await?;
+        store.check_home_misplacement().await?;
         store.clean_leftovers();
         Ok(store)
+    }
+
+    /// etcdbrctl puts a Local store under `$HOME/<container>` even when the container is an
+    /// absolute path; we keep absolute paths absolute. After switching tools with unchanged
+    /// flags, the backups would sit in `$HOME/<container>` while this store is empty, and a
+    /// lost data directory would become an empty cluster and a second history. Refused here,
+    /// for every command, with where the backups are and which flag to set.
+    async fn check_home_misplacement(&self) -> Result<()> {
+        let Backend::Local { root } = &self.backend else {
+            return Ok(());
+        };
+        let container = Path::new(&self.cfg.container);
+        if !container.is_absolute() {
+            return Ok(());
+        }
+        let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+            return Ok(());
+        };
+        let go_root = home.join(container.strip_prefix("/").unwrap_or(container));
+        let Ok(go_root) = go_root.canonicalize() else {
+            return Ok(()); // nothing there
+        };
+        if go_root == *root || !self.list().await?.is_empty() {
+            return Ok(());
+        }
+        let Ok(lfs) = LocalFileSystem::new_with_prefix(&go_root) else {
+            return Ok(());
+        };
+        let mut found: Vec<Snapshot> = lfs
+            .list(self.list_prefix().as_ref())
+            .filter_map(|m| async move {
+                m.ok()
+                    .and_then(|m| Snapshot::parse_key(m.location.as_ref()).ok())
+            })
+            .collect()
+            .await;
+        if found.is_empty() {
+            return Ok(());
+        }
+        layout::sort(&mut found);
+        let newest = found
+            .last()
+            .map(|s| s.snap_name.clone())
+            .unwrap_or_default();
+        Err(Error::config(format!(
+            "the Local store {} holds no backup, but {} holds {} (newest {newest}): that is where etcdbrctl puts --store-container {:?} (it joins even an absolute path under $HOME). Refusing to start an empty history here: set --store-container {} to use those backups (or move them to {})",
+            root.join(self.cfg.prefix.trim_matches('/')).display(),
+            go_root.join(self.cfg.prefix.trim_matches('/')).display(),
+            found.len(),
+            self.cfg.container,
+            go_root.display(),
+            root.display()
+        )))
     }
 
     pub fn config(&self) -> &StoreConfig {
