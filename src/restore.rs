@@ -359,6 +359,12 @@ async fn fetch_delta(store: &SnapStore, d: &Snapshot, tmp: &Path) -> Result<(Pat
 /// never splitting a revision.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Batches of a delta's events, and the decoder's verdict on the whole object.
+type DecodedDelta = (
+    tokio::sync::mpsc::Receiver<Vec<delta::Event>>,
+    tokio::task::JoinHandle<Result<()>>,
+);
+
 /// Decodes the delta in `file` as a stream on a blocking thread (decompress, parse, sha256 over
 /// everything), sending its events in batches; the result says whether the whole object was
 /// sound, which the caller must await before trusting what it applied.
@@ -367,10 +373,7 @@ fn decode_delta(
     d: &Snapshot,
     key: String,
     limits: delta::Limits,
-) -> Result<(
-    tokio::sync::mpsc::Receiver<Vec<delta::Event>>,
-    tokio::task::JoinHandle<Result<()>>,
-)> {
+) -> Result<DecodedDelta> {
     let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<delta::Event>>(2);
     let task = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -808,6 +811,7 @@ async fn apply_pending(etcd_cfg: &TempEtcdConfig, part: &Path, r: &mut Replayer)
 /// Fetches the deltas (in parallel, in order) and replays them up to `target` (`cut_time`: the
 /// events received up to then). `wal`: the temporary etcd config and data dir used to apply
 /// the WAL every [`wal_chunk_bytes`]. Returns the deltas read and the revision reached.
+#[allow(clippy::too_many_arguments)]
 async fn replay_all(
     store: &SnapStore,
     set: &SnapshotSet,
