@@ -56,9 +56,14 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
     let data_dir = &cfg.restore.data_dir;
     let _work = WorkLock::acquire(data_dir)?;
     let mut lock = DbLock::acquire(data_dir)?;
-    let tmp = datadir::TempDir::new(&cfg.restore.temp_dir)?;
-    let temp_etcd =
-        restore::temp_etcd_config(&cfg.restore, tmp.path().join("validate-etcd.log")).ok();
+    // leftovers of dead restores go now, whatever the outcome; the temporary etcd that may
+    // replay the WAL logs into a private temp dir (nothing created in the working directory)
+    datadir::clean_temp_dirs(&cfg.restore.temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("etcdbr-validate-")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), "create a temp dir", e))?;
+    let temp_etcd = restore::temp_etcd_config(&cfg.restore, tmp.path().join("etcd.log")).ok();
     let vcfg = ValidateConfig {
         data_dir: data_dir.clone(),
         mode: cfg.mode,

@@ -412,12 +412,13 @@ impl Runner {
                     }
                     Err(e) => {
                         let delay = self.failed(&e, "delta snapshots");
-                        if matches!(e, Error::Fenced(_)) {
-                            need_decision = true;
-                            self.stored = None;
-                        } else {
+                        if !matches!(e, Error::Fenced(_)) {
                             self.client = None;
                         }
+                        // decide again once etcd answers: it may have been restarted on another
+                        // history (rewound, or replaced), which the decision checks
+                        need_decision = true;
+                        self.stored = None;
                         if self.wait(delay, &mut pending_full).await {
                             return Ok(());
                         }

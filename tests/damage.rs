@@ -25,30 +25,6 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// etcd `v` named `t` on `data`, on free ports, with `extra` flags.
-fn spawn_etcd(v: EtcdVersion, data: &Path, extra: &[&str], log: &Path) -> (Proc, String) {
-    let (c, p) = (free_port(), free_port());
-    let ep = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let log = std::fs::File::create(log).expect("log");
-    let mut cmd = clean_cmd(&v.etcd());
-    cmd.args(["--name", "t", "--data-dir"])
-        .arg(data)
-        .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("t={peer}")])
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    (Proc(cmd.spawn().expect("start etcd")), ep)
-}
-
 /// Every key and value etcd serves, or why it does not within `within`.
 fn read_all(etcd: &mut Proc, ep: &str, within: Duration) -> Result<(Keys, i64), String> {
     let started = Instant::now();
@@ -142,7 +118,7 @@ enum Served {
 }
 
 fn boot(v: EtcdVersion, data: &Path, log: &Path) -> Served {
-    let (mut etcd, ep) = spawn_etcd(v, data, &[], log);
+    let (mut etcd, ep) = spawn_etcd_on(v, "t", data, free_port(), &[], Some(log));
     match read_all(&mut etcd, &ep, Duration::from_secs(20)) {
         Err(why) => Served::Fails(format!("{why}: {}", last_log_line(log))),
         Ok((keys, _)) => {
@@ -153,16 +129,6 @@ fn boot(v: EtcdVersion, data: &Path, log: &Path) -> Served {
             }
         }
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(st.success());
 }
 
 /// A data directory as etcd left it, what was acknowledged, and the store's latest backup.
@@ -224,8 +190,7 @@ fn stop_clean(etcd: &mut Proc) {
     let _ = etcd.wait();
 }
 
-/// Which member and peer URL a fixture's etcd had: every fixture's etcd is named `t` and started
-/// with its own free peer port, which the restore needs again.
+/// The fixture's etcd (member `t`, peer port `peer_port`), answering.
 fn start_fixture_etcd(
     v: EtcdVersion,
     data: &Path,
@@ -233,30 +198,7 @@ fn start_fixture_etcd(
     extra: &[&str],
     log: &Path,
 ) -> (Proc, String) {
-    let c = free_port();
-    let ep = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    let mut cmd = clean_cmd(&v.etcd());
-    cmd.args(["--name", "t", "--data-dir"])
-        .arg(data)
-        .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("t={peer}")])
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .stdout(logf.try_clone().expect("log"))
-        .stderr(logf);
-    let mut p = Proc(cmd.spawn().expect("start etcd"));
+    let (mut p, ep) = spawn_etcd_on(v, "t", data, peer_port, extra, Some(log));
     read_all(&mut p, &ep, Duration::from_secs(30)).expect("fixture etcd starts");
     (p, ep)
 }

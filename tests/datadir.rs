@@ -76,24 +76,8 @@ fn source(version: EtcdVersion) -> Source {
     let mut etcd = Etcd::start_on(version, free_port(), peer_port);
     let tmp = tempfile::tempdir().expect("tmp");
     let bk = tmp.path().join("bk");
-    let port = free_port();
-    let mut sidecar = Proc(
-        etcdbrctl()
-            .args(["server", "--endpoints", &etcd.endpoint])
-            .args([
-                "--server-host",
-                "127.0.0.1",
-                "--server-port",
-                &port.to_string(),
-            ])
-            .args(["--schedule", "0 0 1 1 *", "--delta-snapshot-period", "1s"])
-            .arg("--store-container")
-            .arg(&bk)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("sidecar.log")).expect("log"))
-            .spawn()
-            .expect("sidecar"),
-    );
+    let (mut sidecar, _) =
+        sidecar_server(&etcd.endpoint, &bk, &tmp.path().join("sidecar.log"), &[]);
     let t = Instant::now();
     while !files_in(&bk.join("v2"))
         .iter()
@@ -163,16 +147,6 @@ fn source(version: EtcdVersion) -> Source {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(st.success());
-}
-
 /// Every file below `dir` with its content hash (`None`: no such directory).
 fn manifest(dir: &Path) -> Option<BTreeMap<PathBuf, Vec<u8>>> {
     use sha2::Digest;
@@ -231,21 +205,7 @@ fn kill_group(pid: u32) {
 fn serves(src: &Source, data: &Path, work: &Path) -> Result<Keys, String> {
     let copy = work.join(format!("boot-{:08x}", rand::random::<u32>()));
     copy_dir(data, &copy);
-    let c = free_port();
-    let ep = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let mut etcd = Proc(
-        clean_cmd(&src.version.etcd())
-            .args(["--name", "t", "--data-dir"])
-            .arg(&copy)
-            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-            .args(["--listen-peer-urls", &peer])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd"),
-    );
+    let (mut etcd, ep) = spawn_etcd_on(src.version, "t", &copy, free_port(), &[], None);
     let t = Instant::now();
     let r = loop {
         if let Ok(Some(st)) = etcd.try_wait() {
@@ -494,21 +454,8 @@ fn etcd_started_meanwhile(version: EtcdVersion) {
         .spawn()
         .expect("spawn");
     std::thread::sleep(Duration::from_secs(2));
-    let c = free_port();
-    let ep = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let mut etcd = Proc(
-        clean_cmd(&version.etcd())
-            .args(["--name", "t", "--data-dir"])
-            .arg(&data)
-            .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
-            .args(["--listen-peer-urls", &peer])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("etcd.log")).expect("log"))
-            .spawn()
-            .expect("etcd"),
-    );
+    let log = work.join("etcd.log");
+    let (mut etcd, ep) = spawn_etcd_on(version, "t", &data, free_port(), &[], Some(&log));
     // it cannot open the db while the initialization holds it
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
@@ -643,24 +590,12 @@ fn leftovers_are_recognised_by_their_writers_lock() {
 
     // the sidecar exports the count
     etcd.restart();
-    let port = free_port();
-    let _sidecar = Proc(
-        etcdbrctl()
-            .args(["server", "--endpoints", &etcd.endpoint])
-            .args([
-                "--server-host",
-                "127.0.0.1",
-                "--server-port",
-                &port.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--store-container")
-            .arg(&bk)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sidecar"),
+    let data_arg = data.to_string_lossy().to_string();
+    let (_sidecar, port) = sidecar_server(
+        &etcd.endpoint,
+        &bk,
+        &tmp.path().join("sidecar.log"),
+        &["--data-dir", &data_arg],
     );
     let t = Instant::now();
     let metrics = loop {

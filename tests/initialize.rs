@@ -12,16 +12,6 @@ use std::process::Output;
 
 const V: EtcdVersion = EtcdVersion::V35;
 
-fn copy_dir(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(st.success());
-}
-
 fn stop_clean(etcd: &mut Etcd) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &etcd.child.id().to_string()])

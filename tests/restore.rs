@@ -825,36 +825,6 @@ fn restore_is_faithful_etcd35() {
     restores_faithfully(EtcdVersion::V35);
 }
 
-/// `etcdbrctl server` for `endpoint` storing in `bk` (deltas every second, no scheduled full),
-/// logging to `log`; its port.
-fn sidecar(endpoint: &str, bk: &Path, log: &Path, extra: &[&str]) -> (Proc, u16) {
-    let port = free_port();
-    let p = etcdbrctl()
-        .args([
-            "server",
-            "--endpoints",
-            endpoint,
-            "--server-host",
-            "127.0.0.1",
-        ])
-        .args([
-            "--server-port",
-            &port.to_string(),
-            "--schedule",
-            "0 0 1 1 *",
-        ])
-        .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
-        .args(extra)
-        .arg("--store-container")
-        .arg(bk)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .map(Proc)
-        .unwrap();
-    (p, port)
-}
-
 fn stop(p: &mut Proc) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &p.id().to_string()])
@@ -899,7 +869,7 @@ fn rewind_in_service(version: EtcdVersion) {
     let tmp = tempfile::tempdir().unwrap();
     let bk = tmp.path().join("bk");
     let etcd = Etcd::start(version);
-    let (mut s1, _) = sidecar(&etcd.endpoint, &bk, &tmp.path().join("s1.log"), &[]);
+    let (mut s1, _) = sidecar_server(&etcd.endpoint, &bk, &tmp.path().join("s1.log"), &[]);
     wait_store(&bk, "a full snapshot", |s| {
         s.kind == etcdbr::layout::Kind::Full
     });
@@ -947,7 +917,7 @@ fn rewind_in_service(version: EtcdVersion) {
     let (state, rev) = dump(version, &ep2);
     assert_eq!(state, state_a, "the point's keys");
     assert_eq!(rev, ra + BUMP);
-    let (mut s2, _) = sidecar(&ep2, &bk, &tmp.path().join("s2.log"), &[]);
+    let (mut s2, _) = sidecar_server(&ep2, &bk, &tmp.path().join("s2.log"), &[]);
     wait_store(&bk, "a full of the new history", |s| {
         s.kind == etcdbr::layout::Kind::Full && s.last_revision >= ra + BUMP
     });
@@ -1010,7 +980,7 @@ fn rewind_in_service(version: EtcdVersion) {
         .map(|s| s.snap_name)
         .collect();
     let (_e4, ep4) = boot(version, &d2, peer);
-    let (mut s3, _) = sidecar(
+    let (mut s3, _) = sidecar_server(
         &ep4,
         &bk,
         &tmp.path().join("s3.log"),
@@ -1066,7 +1036,7 @@ fn rewind_in_service(version: EtcdVersion) {
     let before: Vec<String> = stored_in(&bk2).into_iter().map(|s| s.snap_name).collect();
     let (_e6, ep6) = boot(version, &d6, p6);
     let log = tmp.path().join("s4.log");
-    let (_s4, port) = sidecar(&ep6, &bk2, &log, &[]);
+    let (_s4, port) = sidecar_server(&ep6, &bk2, &log, &[]);
     let t = Instant::now();
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -899,3 +899,85 @@ pub fn copy_store(from: &Path, to: &Path) {
         std::fs::copy(from.join("v2").join(&f), to.join("v2").join(&f)).unwrap();
     }
 }
+
+/// `cp -a from to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// etcd `version` named `name` on `data`, serving clients on a free port and peers on
+/// `peer_port`, with `extra` flags, its output appended to `log` (or discarded): not waited for.
+pub fn spawn_etcd_on(
+    version: EtcdVersion,
+    name: &str,
+    data: &Path,
+    peer_port: u16,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> (Proc, String) {
+    let ep = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let out = || match log {
+        Some(l) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(l)
+                .expect("log"),
+        ),
+        None => Stdio::null(),
+    };
+    let child = clean_cmd(&version.etcd())
+        .args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", &ep, "--advertise-client-urls", &ep])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("{name}={peer}")])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("start etcd");
+    (Proc(child), ep)
+}
+
+/// `etcdbrctl server` for `endpoint` on loopback, storing in `bk` (deltas every second, no
+/// scheduled full), logging to `log`, with `extra` flags; and its port.
+pub fn sidecar_server(endpoint: &str, bk: &Path, log: &Path, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let p = etcdbrctl()
+        .args([
+            "server",
+            "--endpoints",
+            endpoint,
+            "--server-host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--server-port",
+            &port.to_string(),
+            "--schedule",
+            "0 0 1 1 *",
+        ])
+        .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
+        .args(extra)
+        .arg("--store-container")
+        .arg(bk)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("sidecar");
+    (Proc(p), port)
+}
