@@ -18,13 +18,6 @@ use std::time::{Duration, Instant};
 
 type Keys = BTreeMap<String, Vec<u8>>;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Every key and value etcd serves, or why it does not within `within`.
 fn read_all(etcd: &mut Proc, ep: &str, within: Duration) -> Result<(Keys, i64), String> {
     let started = Instant::now();
@@ -148,6 +141,47 @@ struct Writer {
     acked: Vec<(String, Vec<u8>)>,
 }
 
+/// A fixture being written: its etcd (member `t`) on `<root>/<name>`, its store, its writer.
+struct Making {
+    data: PathBuf,
+    store: PathBuf,
+    log: PathBuf,
+    peer_port: u16,
+    etcd: Proc,
+    w: Writer,
+}
+
+impl Making {
+    fn begin(v: EtcdVersion, root: &Path, name: &str, extra: &[&str]) -> Making {
+        let (data, log) = (root.join(name), root.join(format!("{name}-etcd.log")));
+        let peer_port = free_port();
+        let (etcd, ep) = start_fixture_etcd(v, &data, peer_port, extra, &log);
+        Making {
+            store: root.join(format!("{name}-store")),
+            data,
+            log,
+            peer_port,
+            etcd,
+            w: Writer {
+                ep,
+                acked: Vec::new(),
+            },
+        }
+    }
+
+    /// A power loss, then the fixture, whose store's latest backup holds `backup`.
+    fn finish(mut self, backup: Keys) -> Fixture {
+        kill(&mut self.etcd);
+        Fixture {
+            data: self.data,
+            peer: format!("http://127.0.0.1:{}", self.peer_port),
+            acked: self.w.acked,
+            store: self.store,
+            backup,
+        }
+    }
+}
+
 impl Writer {
     fn put(&mut self, k: &str, v: Vec<u8>) {
         let ep = self.ep.clone();
@@ -208,65 +242,44 @@ fn start_fixture_etcd(
 /// is put back to its state at the clean stop: a db behind the latest backup, and a WAL ahead
 /// of both, as a power loss leaves a member whose backend had not committed for a while.
 fn plain_fixture(v: EtcdVersion, root: &Path) -> Fixture {
-    let data = root.join("plain");
-    let store = root.join("plain-store");
-    let log = root.join("plain-etcd.log");
-    let pp = free_port();
-    let (mut etcd, ep) = start_fixture_etcd(v, &data, pp, &[], &log);
-    let mut w = Writer {
-        ep: ep.clone(),
-        acked: Vec::new(),
-    };
+    let mut m = Making::begin(v, root, "plain", &[]);
     for i in 0..100 {
-        w.put(&format!("a{i:03}"), vec![b'a' + (i % 26) as u8; 100]);
+        m.w.put(&format!("a{i:03}"), vec![b'a' + (i % 26) as u8; 100]);
     }
-    backup(&ep, &store);
-    stop_clean(&mut etcd);
-    let db_at_stop = std::fs::read(data.join("member/snap/db")).expect("db");
-    let (mut etcd, ep) = start_fixture_etcd(v, &data, pp, &[], &log);
-    w.ep = ep.clone();
+    backup(&m.w.ep, &m.store);
+    stop_clean(&mut m.etcd);
+    let db_at_stop = std::fs::read(m.data.join("member/snap/db")).expect("db");
+    let (etcd, ep) = start_fixture_etcd(v, &m.data, m.peer_port, &[], &m.log);
+    (m.etcd, m.w.ep) = (etcd, ep);
     for i in 0..25 {
-        w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
     }
-    backup(&ep, &store);
-    let backup_state = w.state();
+    backup(&m.w.ep, &m.store);
+    let backup_state = m.w.state();
     for i in 25..49 {
-        w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
     }
-    w.put("b49", vec![b'x'; 3000]);
-    kill(&mut etcd);
+    m.w.put("b49", vec![b'x'; 3000]);
+    let data = m.data.clone();
+    let fx = m.finish(backup_state);
     std::fs::write(data.join("member/snap/db"), db_at_stop).expect("db");
-    Fixture {
-        data,
-        peer: format!("http://127.0.0.1:{pp}"),
-        acked: w.acked,
-        store,
-        backup: backup_state,
-    }
+    fx
 }
 
 /// `--snapshot-count 30`: raft snapshots (`.snap` files) every 30 entries; 100 keys, a backup,
 /// 50 more, a power loss.
 fn snap_fixture(v: EtcdVersion, root: &Path) -> Fixture {
-    let data = root.join("snaps");
-    let store = root.join("snaps-store");
-    let log = root.join("snaps-etcd.log");
-    let pp = free_port();
-    let (mut etcd, ep) = start_fixture_etcd(v, &data, pp, &["--snapshot-count", "30"], &log);
-    let mut w = Writer {
-        ep: ep.clone(),
-        acked: Vec::new(),
-    };
+    let mut m = Making::begin(v, root, "snaps", &["--snapshot-count", "30"]);
     for i in 0..100 {
-        w.put(&format!("a{i:03}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("a{i:03}"), format!("v{i}").into_bytes());
     }
-    backup(&ep, &store);
-    let backup_state = w.state();
+    backup(&m.w.ep, &m.store);
+    let backup_state = m.w.state();
     for i in 0..50 {
-        w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
     }
-    kill(&mut etcd);
-    let snaps = std::fs::read_dir(data.join("member/snap"))
+    let fx = m.finish(backup_state);
+    let snaps = std::fs::read_dir(fx.data.join("member/snap"))
         .expect("snap dir")
         .filter(|e| {
             e.as_ref()
@@ -274,26 +287,16 @@ fn snap_fixture(v: EtcdVersion, root: &Path) -> Fixture {
         })
         .count();
     assert!(snaps >= 2, "{snaps} .snap files");
-    Fixture {
-        data,
-        peer: format!("http://127.0.0.1:{pp}"),
-        acked: w.acked,
-        store,
-        backup: backup_state,
-    }
+    fx
 }
 
 /// Three WAL segments (130 values of 1 MiB, compacted and defragmented away from the db), a
 /// backup, 20 small keys, a power loss.
 fn segments_fixture(v: EtcdVersion, root: &Path) -> Fixture {
-    let data = root.join("segments");
-    let store = root.join("segments-store");
-    let log = root.join("segments-etcd.log");
-    let pp = free_port();
-    let (mut etcd, ep) = start_fixture_etcd(v, &data, pp, &[], &log);
+    let mut m = Making::begin(v, root, "segments", &[]);
     let big = vec![b'z'; 1 << 20];
     rt().block_on(async {
-        let mut c = etcd_client::Client::connect([ep.as_str()], None)
+        let mut c = etcd_client::Client::connect([m.w.ep.as_str()], None)
             .await
             .expect("connect");
         let mut rev = 0;
@@ -305,28 +308,18 @@ fn segments_fixture(v: EtcdVersion, root: &Path) -> Fixture {
         c.compact(rev + 1, None).await.expect("compact");
         c.defragment().await.expect("defragment");
     });
-    let mut w = Writer {
-        ep: ep.clone(),
-        acked: Vec::new(),
-    };
     for i in 0..20 {
-        w.put(&format!("a{i:03}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("a{i:03}"), format!("v{i}").into_bytes());
     }
-    backup(&ep, &store);
-    let backup_state = w.state();
+    backup(&m.w.ep, &m.store);
+    let backup_state = m.w.state();
     for i in 0..20 {
-        w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
+        m.w.put(&format!("b{i:02}"), format!("v{i}").into_bytes());
     }
-    kill(&mut etcd);
-    let wals = wal_files(&data);
+    let fx = m.finish(backup_state);
+    let wals = wal_files(&fx.data);
     assert!(wals.len() >= 3, "{} WAL segments", wals.len());
-    Fixture {
-        data,
-        peer: format!("http://127.0.0.1:{pp}"),
-        acked: w.acked,
-        store,
-        backup: backup_state,
-    }
+    fx
 }
 
 fn wal_files(data: &Path) -> Vec<PathBuf> {

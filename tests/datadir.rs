@@ -25,13 +25,6 @@ use std::time::{Duration, Instant};
 
 type Keys = BTreeMap<String, Vec<u8>>;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn all_keys(ep: &str) -> Result<Keys, String> {
     rt().block_on(async {
         let opts = etcd_client::ConnectOptions::new()

@@ -208,33 +208,12 @@ fn record(version: EtcdVersion, auth: bool) -> Recorded {
     }
     let tmp = tempfile::tempdir().unwrap();
     let bk = tmp.path().join("bk");
-    let port = free_port();
-    let mut sidecar = etcdbrctl()
-        .args([
-            "server",
-            "--endpoints",
-            &etcd.endpoint,
-            "--server-host",
-            "127.0.0.1",
-        ])
-        .args([
-            "--server-port",
-            &port.to_string(),
-            "--schedule",
-            "0 0 1 1 *",
-        ])
-        .args(["--delta-snapshot-period", "1s", "--reelection-period", "2s"])
-        .args(match user {
-            Some((u, p)) => vec!["--etcd-username", u, "--etcd-password", p],
-            None => vec![],
-        })
-        .arg("--store-container")
-        .arg(&bk)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("sidecar.log")).unwrap())
-        .spawn()
-        .map(Proc)
-        .unwrap();
+    let creds: Vec<&str> = match user {
+        Some((u, p)) => vec!["--etcd-username", u, "--etcd-password", p],
+        None => vec![],
+    };
+    let (mut sidecar, _) =
+        sidecar_server(&etcd.endpoint, &bk, &tmp.path().join("sidecar.log"), &creds);
     let t = Instant::now();
     while !files_in(&bk.join("v2"))
         .iter()

@@ -981,3 +981,11 @@ pub fn sidecar_server(endpoint: &str, bk: &Path, log: &Path, extra: &[&str]) -> 
         .expect("sidecar");
     (Proc(p), port)
 }
+
+/// A current-thread runtime for a test's async calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
