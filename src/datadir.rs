@@ -360,7 +360,16 @@ pub fn swap_in(
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     let replaced = if data_dir.exists() {
-        match crate::sys::exchange(part, data_dir) {
+        // test-only: take the two-rename path of file systems without the exchange
+        let exchanged = if std::env::var_os("ETCDBR_SWAP_WITHOUT_EXCHANGE").is_some() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "ETCDBR_SWAP_WITHOUT_EXCHANGE",
+            ))
+        } else {
+            crate::sys::exchange(part, data_dir)
+        };
+        match exchanged {
             Ok(()) => {
                 fsync_dir(&parent)?;
                 crash_point("swap:exchanged");
