@@ -45,8 +45,7 @@ pub struct BootPlan {
     pub skipped_snaps: Vec<String>,
     /// A torn tail etcd truncates (`wal.Repair`): the file, the offset it keeps, why.
     pub repair: Option<(PathBuf, u64, String)>,
-    /// The last HardState's commit index and the last entry index of the log.
-    pub commit: u64,
+    /// The last entry index of the log.
     pub last_index: u64,
     pub db: DbState,
     /// Problems etcd does not notice at start (see the module doc).
@@ -125,7 +124,6 @@ pub fn check(member: &Path) -> Result<BootPlan, Refusal> {
     let start = plan.snapshot.unwrap_or((0, 0));
     let read = read_all_repaired(&names, start)?;
     plan.repair = read.repair;
-    plan.commit = read.commit;
     plan.last_index = start.0 + read.entries;
     if read.has_state && (read.commit < start.0 || read.commit > plan.last_index) {
         return Err(format!(
@@ -331,18 +329,14 @@ fn read_all_repaired(names: &[(u64, u64, PathBuf)], start: (u64, u64)) -> Result
             Err(Stop::Torn(e)) if repair.is_none() => {
                 // wal.Repair: decode the last file alone and truncate it at the end of its last
                 // good record; a problem elsewhere leaves it as it is and fails again
-                let keep = repair_offset(&files[last])?;
-                let why = describe(&files, &e);
-                repair = Some((files[last].clone(), keep.unwrap_or(u64::MAX), why));
-                match keep {
-                    Some(k) => limit = Some(k),
-                    None => {
-                        return Err(format!(
-                            "{}: etcd cannot repair this (it only truncates a torn last file)",
-                            describe(&files, &e)
-                        ))
-                    }
-                }
+                let Some(keep) = repair_offset(&files[last])? else {
+                    return Err(format!(
+                        "{}: etcd cannot repair this (it only truncates a torn last file)",
+                        describe(&files, &e)
+                    ));
+                };
+                repair = Some((files[last].clone(), keep, describe(&files, &e)));
+                limit = Some(keep);
             }
             Err(Stop::Torn(e)) => {
                 return Err(format!(

@@ -531,7 +531,6 @@ impl RestorationArgs {
             stop_at_gap: self.stop_at_gap,
             max_delta_bytes: self.max_delta_bytes,
             allow_rewind: self.allow_rewind,
-            replace_existing: false,
         })
     }
 }

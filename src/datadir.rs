@@ -109,6 +109,13 @@ pub fn fsync_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `dir` exists and holds anything at all.
+pub fn holds_data(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
 fn has_marker(dir: &Path) -> bool {
     dir.join(MARKER).is_file()
 }
@@ -156,7 +163,6 @@ pub fn is_held(p: &Path) -> bool {
 #[derive(Debug)]
 pub struct WorkLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl WorkLock {
@@ -180,13 +186,9 @@ impl WorkLock {
                 data_dir.display()
             )));
         }
-        let lock = WorkLock { _file: f, path };
+        let lock = WorkLock { _file: f };
         recover(data_dir)?;
         Ok(lock)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -356,9 +358,7 @@ pub fn swap_in(
     if let Some(l) = lock.as_deref_mut() {
         l.confirm("replacing the data directory")?;
     }
-    let old_holds_data = fs::read_dir(data_dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
+    let old_holds_data = holds_data(data_dir);
     let replaced = if data_dir.exists() {
         // test-only: take the two-rename path of file systems without the exchange
         let exchanged = if std::env::var_os("ETCDBR_SWAP_WITHOUT_EXCHANGE").is_some() {

@@ -72,7 +72,7 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         pod_namespace: cfg.pod_namespace.clone(),
         temp_etcd,
     };
-    let outcome = validate::validate(&vcfg, Some(&mut lock)).await?;
+    let outcome = validate::validate(&vcfg, &mut lock).await?;
     drop(tmp);
     datadir::crash_point("initialize:validated");
     if outcome == Outcome::Valid {
@@ -124,10 +124,9 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs.max(1));
         return Ok((outcome, Action::MovedAside { to }));
     }
-    let mut rcfg = cfg.restore.clone();
-    rcfg.replace_existing = true;
     tracing::info!(data_dir = %data_dir.display(), outcome = %outcome, store = %looked_at, "restoring the latest backup");
-    let report = restore::restore_locked(&rcfg, Some(&mut lock), cfg.keep_invalid_dirs).await?;
+    let report =
+        restore::restore_locked(&cfg.restore, Some(&mut lock), cfg.keep_invalid_dirs).await?;
     tracing::info!(
         revision = report.revision,
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),

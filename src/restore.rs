@@ -55,9 +55,6 @@ pub struct RestoreConfig {
     pub max_delta_bytes: u64,
     /// Restore below the store's newest revision without a bump ([`rewind_guard`]).
     pub allow_rewind: bool,
-    /// Replace a data dir that holds data (the initializer, after validation condemned it):
-    /// still built aside and swapped in only once complete.
-    pub replace_existing: bool,
 }
 
 /// How `--bump-revision` is carried out.
@@ -464,16 +461,9 @@ fn run_restore_tool(
     Ok(())
 }
 
-/// Whether `dir` holds anything at all.
-fn holds_data(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-}
-
 /// Restores into `cfg.data_dir` (module doc), which must be absent or empty.
 pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
-    if holds_data(&cfg.data_dir) && !cfg.replace_existing {
+    if datadir::holds_data(&cfg.data_dir) {
         return Err(Error::config(format!(
             "{} is not empty: restore never overwrites a data directory; move it away first",
             cfg.data_dir.display()
@@ -483,21 +473,16 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     restore_locked(cfg, None, 0).await
 }
 
-/// [`restore`] for a caller that holds the data directory's [`WorkLock`] (the initializer):
-/// `lock` is its lock on the condemned db, checked right before the swap; the replaced
-/// directory is moved aside and at most `keep_invalid` of those are kept.
+/// [`restore`] for a caller that holds the data directory's [`WorkLock`] (the initializer,
+/// which may replace a condemned directory): `lock` is its lock on the condemned db, checked
+/// right before the swap; the replaced directory is moved aside and at most `keep_invalid` of
+/// those are kept.
 pub async fn restore_locked(
     cfg: &RestoreConfig,
     lock: Option<&mut DbLock>,
     keep_invalid: usize,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    if holds_data(&cfg.data_dir) && !cfg.replace_existing {
-        return Err(Error::config(format!(
-            "{} is not empty: restore never overwrites a data directory; move it away first",
-            cfg.data_dir.display()
-        )));
-    }
     if cfg.max_fetchers == 0 {
         return Err(Error::config("--max-fetchers must be greater than 0"));
     }
@@ -532,52 +517,51 @@ pub async fn restore_locked(
             .map_err(|e| Error::io(&part, "remove the leftover of an earlier restore", e))?;
     }
     let tmp = datadir::TempDir::new(&cfg.temp_dir)?;
-    let result = restore_into(
-        cfg,
-        &store,
-        &set,
-        &full,
-        target,
-        cut_time,
-        &part,
-        tmp.path(),
-    )
+    // `.part` is removed on any failure before the swap
+    let built = async {
+        let r = restore_into(
+            cfg,
+            &store,
+            &set,
+            &full,
+            target,
+            cut_time,
+            &part,
+            tmp.path(),
+        )
+        .await?;
+        // a --to-time or --stop-at-gap restore may end below the store's newest revision
+        rewind_guard(cfg, &store, r.3, newest)?;
+        datadir::crash_point("restore:built");
+        let what = format!(
+            "restored by etcdbrctl from {} and {} deltas to revision {} at {}\n",
+            store.key_of(&full),
+            r.0,
+            r.3,
+            chrono::Utc::now().to_rfc3339()
+        );
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || datadir::seal(&part, &what))
+            .await
+            .map_err(|e| Error::Other(format!("fsync worker failed: {e}")))??;
+        Ok(r)
+    }
     .await;
-    let (deltas_applied, revisions_replayed, replay_elapsed, reached) = match result {
+    drop(tmp);
+    let (deltas_applied, revisions_replayed, replay_elapsed, reached) = match built {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&part);
             return Err(e);
         }
     };
-    drop(tmp);
-    if let Err(e) = rewind_guard(cfg, &store, reached, newest) {
-        // a --to-time or --stop-at-gap restore that ended below the store's newest revision
-        let _ = std::fs::remove_dir_all(&part);
-        return Err(e);
-    }
-    datadir::crash_point("restore:built");
-    let what = format!(
-        "restored by etcdbrctl from {} and {deltas_applied} deltas to revision {reached} at {}\n",
-        store.key_of(&full),
-        chrono::Utc::now().to_rfc3339()
-    );
-    let sealed = {
-        let part = part.clone();
-        tokio::task::spawn_blocking(move || datadir::seal(&part, &what))
-            .await
-            .map_err(|e| Error::Other(format!("fsync worker failed: {e}")))?
-    };
-    if let Err(e) = sealed {
-        let _ = std::fs::remove_dir_all(&part);
-        return Err(e);
-    }
     datadir::crash_point("restore:sealed");
     let replaced = match datadir::swap_in(&part, &cfg.data_dir, lock, keep_invalid) {
         Ok(r) => r,
         Err(e) => {
-            if part.exists() {
-                let _ = std::fs::remove_dir_all(&part);
+            // `.part` may hold the old directory by now: recovery tells which from the marker
+            if let Err(r) = datadir::recover(&cfg.data_dir) {
+                tracing::warn!(error = %r, "cannot clean up after the failed swap; the next run will");
             }
             return Err(e);
         }

@@ -273,11 +273,7 @@ impl Runner {
         let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
         let newest = set.last_revision();
         if newest > role.revision {
-            self.ctl.health.set_blocked(Some(format!(
-                "etcd's history was rewound: it is at revision {}, behind the store's newest backup at {newest}; no backup is taken (see lastFailure)",
-                role.revision
-            )));
-            return Err(Error::config(format!(
+            let e = Error::config(format!(
                 "etcd is at revision {}, behind the store's newest backup at revision {newest} ({}): its history was rewound (restored to an older point without --bump-revision, or replaced). Backups taken now would sort before the abandoned ones, which restores and garbage collection would prefer, so none are taken. Restore again with --bump-revision {} --mark-compacted, or move the later backups out of this --store-prefix",
                 role.revision,
                 set.full
@@ -285,7 +281,9 @@ impl Runner {
                     .map(|f| f.snap_name.clone())
                     .unwrap_or_default(),
                 (newest - role.revision + 1).max(1_000_000_000)
-            )));
+            ));
+            self.ctl.health.set_blocked(Some(e.to_string()));
+            return Err(e);
         }
         self.ctl.health.set_blocked(None);
         match reason {

@@ -44,19 +44,14 @@ pub enum Outcome {
     DataDirectoryNotExist,
     DataDirectoryInvStruct(String),
     DataDirectoryCorrupt(String),
-    BoltDbCorrupt(String),
     RevisionConsistencyError { db: i64, store: i64 },
     WrongVolumeMounted(String),
-    FailToOpenBoltDb(String),
 }
 
 impl Outcome {
     /// Whether the initializer must not act (an operator must look).
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            Outcome::WrongVolumeMounted(_) | Outcome::FailToOpenBoltDb(_)
-        )
+        matches!(self, Outcome::WrongVolumeMounted(_))
     }
 }
 
@@ -67,13 +62,11 @@ impl std::fmt::Display for Outcome {
             Outcome::DataDirectoryNotExist => f.write_str("the data directory does not exist"),
             Outcome::DataDirectoryInvStruct(m) => write!(f, "invalid structure: {m}"),
             Outcome::DataDirectoryCorrupt(m) => write!(f, "corrupt: {m}"),
-            Outcome::BoltDbCorrupt(m) => write!(f, "corrupt db: {m}"),
             Outcome::RevisionConsistencyError { db, store } => write!(
                 f,
                 "the db is at revision {db}, behind the latest backup at {store}: data would be lost"
             ),
             Outcome::WrongVolumeMounted(m) => write!(f, "wrong volume mounted: {m}"),
-            Outcome::FailToOpenBoltDb(m) => write!(f, "cannot open the db: {m}"),
         }
     }
 }
@@ -121,9 +114,9 @@ fn safe_guard(data_dir: &Path, ns: &str) -> Result<Option<Outcome>> {
     }
 }
 
-/// Validates the data directory. `lock`: the initializer's lock on the db, handed to a
-/// temporary etcd when one replays the WAL (without it, a db locked by etcd is refused).
-pub async fn validate(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Result<Outcome> {
+/// Validates the data directory. `lock`: the initializer's lock on the db (taken before: a db
+/// etcd holds is refused there), handed to a temporary etcd when one replays the WAL.
+pub async fn validate(cfg: &ValidateConfig, lock: &mut DbLock) -> Result<Outcome> {
     let started = Instant::now();
     let outcome = validate_inner(cfg, lock).await?;
     tracing::info!(
@@ -136,7 +129,7 @@ pub async fn validate(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Result
     Ok(outcome)
 }
 
-async fn validate_inner(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Result<Outcome> {
+async fn validate_inner(cfg: &ValidateConfig, lock: &mut DbLock) -> Result<Outcome> {
     if let Some(ns) = cfg.pod_namespace.as_deref().filter(|n| !n.is_empty()) {
         if let Some(o) = safe_guard(&cfg.data_dir, ns)? {
             return Ok(o);
@@ -153,18 +146,6 @@ async fn validate_inner(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Resu
                 "{} is missing",
                 d.display()
             )));
-        }
-    }
-    let db_path = member.join("snap/db");
-    if lock.is_none() {
-        // etcd holds an exclusive flock on its db while it runs: never judge (or restore over) it
-        if let Ok(f) = std::fs::File::open(&db_path) {
-            if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock_shared() {
-                return Ok(Outcome::FailToOpenBoltDb(format!(
-                    "{} is locked: etcd is still running on this data directory; stop it first",
-                    db_path.display()
-                )));
-            }
         }
     }
     let m2 = member.clone();
@@ -231,14 +212,9 @@ async fn validate_inner(cfg: &ValidateConfig, lock: Option<&mut DbLock>) -> Resu
     };
     let mut tcfg = tcfg.clone();
     tcfg.fsync = true;
-    let mut lock = lock;
-    if let Some(l) = lock.as_deref_mut() {
-        l.release();
-    }
+    lock.release();
     let replayed = revision_after_wal_replay(&tcfg, &cfg.data_dir, store_rev).await;
-    if let Some(l) = lock {
-        l.reacquire("validation")?;
-    }
+    lock.reacquire("validation")?;
     match replayed {
         Ok(rev) if rev >= store_rev => Ok(Outcome::Valid),
         Ok(rev) => Ok(Outcome::RevisionConsistencyError {

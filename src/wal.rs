@@ -96,8 +96,6 @@ pub struct WalSummary {
     /// Highest entry index and the commit index of the last HardState.
     pub last_index: u64,
     pub commit: u64,
-    /// (index, term) of every snapshot record.
-    pub snapshots: Vec<(u64, u64)>,
     /// What an appender continues from: the CRC chain at the end, the last metadata record, the
     /// last HardState (term, vote, commit), and the last file.
     pub end_crc: u32,
@@ -427,10 +425,8 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
                 s.vote = h.vote.unwrap_or(0);
             }
             SNAPSHOT => {
-                let w = <WalSnapshot as prost::Message>::decode(rec.data.as_slice())
+                <WalSnapshot as prost::Message>::decode(rec.data.as_slice())
                     .map_err(|e| err(format!("undecodable snapshot record: {e}")))?;
-                s.snapshots
-                    .push((w.index.unwrap_or(0), w.term.unwrap_or(0)));
             }
             METADATA => s.metadata = rec.data,
             other => return Err(err(format!("unknown record type {other}"))),
