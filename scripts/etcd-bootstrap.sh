@@ -2,7 +2,9 @@
 # etcd's entrypoint next to the etcdbrctl sidecar (StatefulSet etcd container).
 #
 # 1. Picks the validation mode from the marker written when etcd last exited: "sanity" after a
-#    clean stop (exit 0, SIGINT 130, SIGTERM 143), "full" otherwise (crash, kill, first start).
+#    clean stop (exit 0, SIGINT 130, SIGTERM 143 when this script was asked to stop it), "full"
+#    otherwise (crash, kill, first start, and an etcd that exits by itself: a member removed
+#    from its cluster exits 0, and its data must be judged against the cluster again).
 # 2. Drives the sidecar's initialization: polls /initialization/status; on "New" starts it with
 #    that mode; waits for "Successful"; on "Failed" logs it, waits (backoff 1 s doubling to
 #    MAX_BACKOFF) and starts again (the failed state resets to "New" once read).
@@ -10,6 +12,13 @@
 # 4. When etcd exits, writes its exit code to the marker and exits with it (the container
 #    restarts and the next run validates accordingly). etcd runs as a child, not exec'd, so
 #    that its exit code can be recorded; SIGTERM/SIGINT are forwarded to it.
+#
+# `etcd-bootstrap.sh restore-cluster` (run by an operator in the etcd container, e.g. with
+# kubectl exec, while the script runs): asks for this member's data to be given up (moved aside,
+# not deleted) and rebuilt: from the running cluster if there is one, else (quorum lost, the
+# other members' data gone) together with them from the store. It writes the request file the
+# sidecar honours (<DATA_DIR>.etcdbr-restore-requested) and stops etcd; the script's next run
+# drives the initialization as usual.
 #
 # Settings (environment):
 #   BACKUP_URL    the sidecar            (default http://127.0.0.1:8080; https:// for TLS)
@@ -19,6 +28,8 @@
 #   MARKER        the exit-code marker   (default /var/etcd/data/validation_marker)
 #   MAX_BACKOFF   seconds                (default 30)
 #   MAX_WAIT      give up after this many seconds without success (default 0: never)
+#   DATA_DIR      etcd's data directory  (default /var/etcd/data/new.etcd)
+#   PIDFILE       this script's PID      (default: next to CONFIG_FILE)
 set -u
 
 BACKUP_URL=${BACKUP_URL:-http://127.0.0.1:8080}
@@ -28,6 +39,8 @@ CONFIG_FILE=${CONFIG_FILE:-/tmp/etcd.conf.yaml}
 MARKER=${MARKER:-/var/etcd/data/validation_marker}
 MAX_BACKOFF=${MAX_BACKOFF:-30}
 MAX_WAIT=${MAX_WAIT:-0}
+DATA_DIR=${DATA_DIR:-/var/etcd/data/new.etcd}
+PIDFILE=${PIDFILE:-$(dirname "$CONFIG_FILE")/etcd-bootstrap.pid}
 
 log() { echo "etcd-bootstrap: $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >&2; }
 
@@ -40,6 +53,21 @@ curl_get() {
     curl -fsS --max-time 10 $CURL_OPTS "$BACKUP_URL$1"
   fi
 }
+
+if [ "${1:-}" = restore-cluster ]; then
+  pid=$(cat "$PIDFILE" 2>/dev/null) || {
+    log "no running etcd-bootstrap.sh (no $PIDFILE): run this in the etcd container of the member"
+    exit 1
+  }
+  echo "requested $(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$DATA_DIR.etcdbr-restore-requested" || exit 1
+  log "restore requested ($DATA_DIR.etcdbr-restore-requested): stopping etcd; its data is moved aside and rebuilt"
+  kill -TERM "$pid"
+  exit 0
+elif [ $# -gt 0 ]; then
+  log "unknown argument $1 (the only one is restore-cluster)"
+  exit 2
+fi
+echo $$ >"$PIDFILE"
 
 mode=full
 if [ -f "$MARKER" ]; then
@@ -98,8 +126,9 @@ rm -f "$MARKER"
 log "starting $ETCD_BIN --config-file $CONFIG_FILE"
 "$ETCD_BIN" --config-file "$CONFIG_FILE" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM
-trap 'kill -INT "$child" 2>/dev/null' INT
+asked=0
+trap 'asked=1; kill -TERM "$child" 2>/dev/null' TERM
+trap 'asked=1; kill -INT "$child" 2>/dev/null' INT
 # wait returns early when a trapped signal arrives: wait again until etcd is gone
 wait "$child"
 code=$?
@@ -107,6 +136,11 @@ while kill -0 "$child" 2>/dev/null; do
   wait "$child"
   code=$?
 done
-echo "$code" >"$MARKER"
-log "etcd exited with $code"
+if [ "$asked" = 1 ]; then
+  echo "$code" >"$MARKER"
+  log "etcd exited with $code (asked to stop)"
+else
+  echo "unasked-$code" >"$MARKER"
+  log "etcd exited with $code by itself: the next start validates fully"
+fi
 exit "$code"

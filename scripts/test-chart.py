@@ -48,7 +48,11 @@ SETS = {
                 "peer": {"enabled": True, "secretName": "etcd-peer-tls"},
             }
         },
-        "backup": {"tls": {"enabled": True, "secretName": "etcd-backup-tls"}},
+        "backup": {
+            "tls": {"enabled": True, "secretName": "etcd-backup-tls"},
+            "storageProvider": "GCS",
+            "storageContainer": "etcd-backups",
+        },
         "serviceMonitor": {"enabled": True},
     },
 }
@@ -121,6 +125,17 @@ def main():
         for arg in backup["args"][1:]:
             flag = arg.split("=", 1)[0]
             assert f"{flag} " in help_text or f"{flag}\n" in help_text or f"{flag}=" in help_text, f"{name}: etcdbrctl server has no {flag}"
+        spec = sts["spec"]["template"]["spec"]
+        store_arg = next(a for a in backup["args"] if a.startswith("--store-container="))
+        if merge(defaults, over)["backup"]["storageProvider"] == "Local":
+            # backups on a volume of their own, not on the data volume
+            container = store_arg.split("=", 1)[1]
+            mounts = {m["mountPath"]: m["name"] for m in backup["volumeMounts"]}
+            owner = max((p for p in mounts if container == p or container.startswith(p + "/")), key=len)
+            assert mounts[owner] == "backups", (name, container, mounts)
+            assert {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]} == {"data", "backups"}
+        etcd_env = {e["name"] for e in next(c for c in spec["containers"] if c["name"] == "etcd")["env"]}
+        assert {"BACKUP_URL", "MARKER", "DATA_DIR"} <= etcd_env, etcd_env
         conf = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["etcd.conf.yaml"])
         members = conf["initial-cluster"].split(",")
         assert len(members) == sts["spec"]["replicas"], members
@@ -129,6 +144,15 @@ def main():
             assert conf["client-transport-security"]["client-cert-auth"] is True
             assert all(u.startswith("https://") for m in members for u in [m.split("=", 1)[1]])
         print(f"chart {name}: {len(docs)} manifests valid for Kubernetes {K8S} ({', '.join(sorted(kinds))})")
+    # refused: backups of a multi-member cluster on each member's own volume
+    refused = merge(defaults, {"replicas": 3})
+    try:
+        render(renderer, refused)
+    except SystemExit as e:
+        assert "needs a shared object store" in str(e), e
+        print("chart: 3 replicas with a Local store refused")
+    else:
+        raise SystemExit("3 replicas with a Local store must be refused")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,34 @@ pub struct BootPlan {
     pub latent: Vec<String>,
     /// What an operator should know but that is no reason to replace the directory.
     pub warnings: Vec<String>,
+    /// Who this directory is: the WAL's metadata record (`etcdserverpb.Metadata`).
+    pub identity: Option<Identity>,
+}
+
+/// The member and cluster a data directory belongs to (etcd reads them from the WAL at start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WalMetadata {
+    #[prost(uint64, optional, tag = "1")]
+    node_id: Option<u64>,
+    #[prost(uint64, optional, tag = "2")]
+    cluster_id: Option<u64>,
+}
+
+impl Identity {
+    fn decode(data: &[u8]) -> Option<Identity> {
+        use prost::Message;
+        let m = WalMetadata::decode(data).ok()?;
+        Some(Identity {
+            member_id: m.node_id?,
+            cluster_id: m.cluster_id.unwrap_or(0),
+        })
+    }
 }
 
 /// The db as etcd finds it.
@@ -124,6 +152,7 @@ pub fn check(member: &Path) -> Result<BootPlan, Refusal> {
     let start = plan.snapshot.unwrap_or((0, 0));
     let read = read_all_repaired(&names, start)?;
     plan.repair = read.repair;
+    plan.identity = read.metadata.as_deref().and_then(Identity::decode);
     plan.last_index = start.0 + read.entries;
     if read.has_state && (read.commit < start.0 || read.commit > plan.last_index) {
         return Err(format!(
@@ -145,6 +174,21 @@ pub fn check(member: &Path) -> Result<BootPlan, Refusal> {
 }
 
 /// `readWALNames`: the files named `<16 hex seq>-<16 hex index>.wal`, in name order.
+/// Who a data directory is (`member` dir), from the metadata record at the head of its first WAL
+/// segment; `None` when there is no readable one.
+pub fn identity(member: &Path) -> Option<Identity> {
+    let names = wal_names(&member.join("wal")).ok()?;
+    let (_, _, first) = names.first()?;
+    let mut d = Decoder::new(vec![first.clone()]);
+    for _ in 0..8 {
+        let rec = d.read_record().ok()??;
+        if rec.kind == wal::METADATA {
+            return Identity::decode(&rec.data);
+        }
+    }
+    None
+}
+
 fn wal_names(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, Refusal> {
     let files = wal::files_with(dir, "wal").map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -294,6 +338,7 @@ struct ReadAll {
     /// Entries after the snapshot index.
     entries: u64,
     repair: Option<(PathBuf, u64, String)>,
+    metadata: Option<Vec<u8>>,
 }
 
 /// `wal.Open` at `start` and `ReadAll`, with etcd's one repair of a torn last file.
@@ -365,6 +410,7 @@ fn read_all(files: &[PathBuf], start: (u64, u64), limit: Option<u64>) -> Result<
         commit: 0,
         entries: 0,
         repair: None,
+        metadata: None,
     };
     let (mut matched, mut metadata): (bool, Option<Vec<u8>>) = (false, None);
     loop {
@@ -443,6 +489,7 @@ fn read_all(files: &[PathBuf], start: (u64, u64), limit: Option<u64>) -> Result<
             start.0, start.1
         )));
     }
+    r.metadata = metadata;
     Ok(r)
 }
 

@@ -1372,17 +1372,22 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         port = s.server_port,
         "starting the server"
     );
-    // the other members, for re-adding this one: --service-endpoints, else every member's
-    // client URLs from the etcd configuration, else --endpoints
+    // the other members (this one's etcd is stopped while it is initialised and while the
+    // bootstrap script fetches /config): --service-endpoints and every other member's client
+    // URLs from the etcd configuration; else --endpoints
     let mut cluster = job.etcd.clone();
-    if !cluster.service_endpoints.is_empty() {
-        cluster.endpoints = cluster.service_endpoints.clone();
-    } else if let Ok(conf) = crate::etcdconf::read(&s.etcd_config) {
-        let all = crate::etcdconf::all_client_urls(&conf);
-        if !all.is_empty() {
-            cluster.endpoints = all;
+    let mut others = cluster.service_endpoints.clone();
+    if let Ok(conf) = crate::etcdconf::read(&s.etcd_config) {
+        for u in crate::etcdconf::other_client_urls(&conf, &s.restoration.name) {
+            if !others.contains(&u) {
+                others.push(u);
+            }
         }
     }
+    if !others.is_empty() {
+        cluster.endpoints = others;
+    }
+    warn_if_store_shares_the_data_volume(&job.store, &s.restoration.data_dir);
     let init =
         s.restoration
             .init_config(&s.job.store, crate::validate::Mode::Full, Some(cluster))?;
@@ -1433,6 +1438,31 @@ pub fn main() -> ExitCode {
             eprintln!("etcdbrctl: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A Local store on the data directory's file system is lost with it (a replaced volume, a
+/// wiped disk): allowed (trials, `run-local.sh`), but said loudly.
+fn warn_if_store_shares_the_data_volume(store: &StoreConfig, data_dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    if store.provider != Provider::Local || store.container.is_empty() {
+        return;
+    }
+    let device = |p: &std::path::Path| {
+        p.ancestors()
+            .find_map(|a| std::fs::metadata(a).ok())
+            .map(|m| m.dev())
+    };
+    let (s, d) = (
+        device(std::path::Path::new(&store.container)),
+        device(data_dir),
+    );
+    if s.is_some() && s == d {
+        tracing::warn!(
+            store = %store.container,
+            data_dir = %data_dir.display(),
+            "the Local store is on the same file system as the data directory: losing that volume loses the backups with the data. Use an object store (S3, GCS, ABS), or a Local directory on another volume"
+        );
     }
 }
 

@@ -67,7 +67,7 @@ pub fn crash_point(name: &str) {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, "fsync the directory", e))

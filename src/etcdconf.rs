@@ -1,20 +1,17 @@
 //! The etcd configuration file shared with the etcd container (`etcd.conf.yaml`) and its
 //! rewrite for one member, served at `/config` (etcdbrctl's rules): `name` is this member;
 //! `initial-advertise-peer-urls` and `advertise-client-urls`, when they map member names to URL
-//! lists, become this member's URLs joined with `,`; in a multi-member cluster `initial-cluster`
-//! keeps only the members etcd lists (plus this one) and `initial-cluster-state` is `existing`
-//! when a learner is listed (a member being re-added), else `new`.
+//! lists, become this member's URLs joined with `,`. In a multi-member cluster the other
+//! members are asked (module `cluster`; etcdbrctl asked this member's own etcd, which is
+//! stopped while the bootstrap script fetches `/config`): when a member with a leader answers,
+//! this member joins a running cluster: `initial-cluster` is the members it lists (plus this
+//! one) and `initial-cluster-state` is `existing`; otherwise the file's cluster and `new` (a new
+//! cluster forming, or a member restarting on its own data, where etcd ignores both).
 
+use crate::cluster::Member;
 use crate::error::{Error, Result};
 use serde_yaml_ng::{Mapping, Value};
 use std::path::Path;
-
-/// A member as etcd lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedMember {
-    pub name: String,
-    pub is_learner: bool,
-}
 
 pub fn read(path: &Path) -> Result<Mapping> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -53,21 +50,6 @@ pub fn initial_cluster(m: &Mapping) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every member's client URLs from `advertise-client-urls` (a map member -> URLs, or a list).
-pub fn all_client_urls(m: &Mapping) -> Vec<String> {
-    let joined: Vec<String> = match m.get("advertise-client-urls") {
-        Some(Value::Mapping(map)) => map.values().filter_map(urls).collect(),
-        Some(v) => urls(v).into_iter().collect(),
-        None => Vec::new(),
-    };
-    joined
-        .iter()
-        .flat_map(|j| j.split(','))
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
 /// URLs as one comma-separated string, from a string or a list.
 fn urls(v: &Value) -> Option<String> {
     match v {
@@ -90,9 +72,27 @@ fn member_urls(v: &Value, member: &str) -> Option<String> {
     }
 }
 
-/// Rewrites the configuration for `member`; `listed` is etcd's member list when it could be
-/// read (`None`: etcd unreachable, the file's cluster is kept and the state is `new`).
-pub fn rewrite(mut m: Mapping, member: &str, listed: Option<&[ListedMember]>) -> Result<Mapping> {
+/// Every other member's client URLs (`advertise-client-urls` as a map member -> URLs).
+pub fn other_client_urls(m: &Mapping, me: &str) -> Vec<String> {
+    match m.get("advertise-client-urls") {
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some(me))
+            .filter_map(|(_, v)| urls(v))
+            .flat_map(|j| {
+                j.split(',')
+                    .map(|u| u.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|u| !u.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Rewrites the configuration for `member`; `running`: the members of the running cluster when
+/// one with a leader answered.
+pub fn rewrite(mut m: Mapping, member: &str, running: Option<&[Member]>) -> Result<Mapping> {
     m.insert("name".into(), member.into());
     for key in ["initial-advertise-peer-urls", "advertise-client-urls"] {
         if let Some(v) = m.get(key) {
@@ -107,16 +107,30 @@ pub fn rewrite(mut m: Mapping, member: &str, listed: Option<&[ListedMember]>) ->
     let cluster = initial_cluster(&m);
     let mut state = "new";
     if cluster.len() > 1 {
-        if let Some(list) = listed.filter(|l| !l.is_empty()) {
-            let kept: Vec<String> = cluster
-                .iter()
-                .filter(|(n, _)| n == member || list.iter().any(|l| &l.name == n))
-                .map(|(n, u)| format!("{n}={u}"))
+        if let Some(list) = running.filter(|l| !l.is_empty()) {
+            let my_urls: Vec<String> = get_str(&m, "initial-advertise-peer-urls")
+                .unwrap_or("")
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
                 .collect();
-            m.insert("initial-cluster".into(), kept.join(",").into());
-            if list.iter().any(|l| l.is_learner) {
-                state = "existing";
+            // etcd checks that initial-cluster names exactly the running cluster's peer URLs
+            let mut entries = Vec::new();
+            let mut listed_me = false;
+            for l in list {
+                let mine = l.name == member || l.peer_urls.iter().any(|u| my_urls.contains(u));
+                listed_me |= mine;
+                let name = if mine { member } else { l.name.as_str() };
+                if name.is_empty() {
+                    continue; // another member added but never started: it has no name yet
+                }
+                entries.extend(l.peer_urls.iter().map(|u| format!("{name}={u}")));
             }
+            if !listed_me {
+                entries.extend(my_urls.iter().map(|u| format!("{member}={u}")));
+            }
+            m.insert("initial-cluster".into(), entries.join(",").into());
+            state = "existing";
         }
     }
     m.insert("initial-cluster-state".into(), state.into());
@@ -168,33 +182,43 @@ initial-cluster-state: new\n";
     }
 
     #[test]
-    fn a_member_being_readded_joins_the_existing_cluster() {
+    fn a_member_joining_a_running_cluster_is_told_existing() {
+        let m = |name: &str, url: &str, learner: bool| Member {
+            id: 1,
+            name: name.into(),
+            peer_urls: vec![url.into()],
+            is_learner: learner,
+        };
+        // re-added as a learner, not started yet (no name)
         let listed = [
-            ListedMember {
-                name: "etcd-main-0".into(),
-                is_learner: false,
-            },
-            ListedMember {
-                name: "etcd-main-2".into(),
-                is_learner: false,
-            },
-            ListedMember {
-                name: String::new(), // a learner not started yet has no name
-                is_learner: true,
-            },
+            m("etcd-main-0", "https://etcd-main-0.p:2380", false),
+            m("etcd-main-2", "https://etcd-main-2.p:2380", false),
+            m("", "https://etcd-main-1.p:2380", true),
         ];
-        let m = rewrite(parse(), "etcd-main-1", Some(&listed)).expect("rewrite");
-        assert_eq!(get_str(&m, "initial-cluster-state"), Some("existing"));
-        assert_eq!(initial_cluster(&m).len(), 3);
-        let m = rewrite(parse(), "etcd-main-1", Some(&listed[..1])).expect("rewrite");
+        let out = rewrite(parse(), "etcd-main-1", Some(&listed)).expect("rewrite");
+        assert_eq!(get_str(&out, "initial-cluster-state"), Some("existing"));
         assert_eq!(
-            initial_cluster(&m)
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>(),
-            ["etcd-main-0", "etcd-main-1"]
+            get_str(&out, "initial-cluster"),
+            Some("etcd-main-0=https://etcd-main-0.p:2380,etcd-main-2=https://etcd-main-2.p:2380,etcd-main-1=https://etcd-main-1.p:2380")
         );
-        assert_eq!(get_str(&m, "initial-cluster-state"), Some("new"));
+        // a cluster of one (restored by the first member): the others join it one by one
+        let out = rewrite(parse(), "etcd-main-1", Some(&listed[..1])).expect("rewrite");
+        assert_eq!(
+            get_str(&out, "initial-cluster"),
+            Some("etcd-main-0=https://etcd-main-0.p:2380,etcd-main-1=https://etcd-main-1.p:2380")
+        );
+        assert_eq!(get_str(&out, "initial-cluster-state"), Some("existing"));
+        // nobody with a leader answers: the file's cluster, new
+        let out = rewrite(parse(), "etcd-main-1", None).expect("rewrite");
+        assert_eq!(initial_cluster(&out).len(), 3);
+        assert_eq!(get_str(&out, "initial-cluster-state"), Some("new"));
         assert!(rewrite(parse(), "nobody", None).is_err());
+        let conf = parse();
+        assert_eq!(
+            other_client_urls(&conf, "etcd-main-1"),
+            Vec::<String>::new(),
+            "only etcd-main-1 has client URLs in this file"
+        );
+        assert_eq!(other_client_urls(&conf, "etcd-main-0").len(), 2);
     }
 }

@@ -12,6 +12,8 @@
 //!   as a learner.
 //! * A wrong volume or a locked db fails without touching anything.
 
+use crate::bootcheck;
+use crate::cluster::{self, View};
 use crate::datadir::{self, DbLock, WorkLock};
 use crate::error::{Error, Result};
 use crate::restore::{self, RestoreConfig};
@@ -52,6 +54,19 @@ pub enum Action {
 }
 
 pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
+    let done = initialize_locked(cfg).await?;
+    let request = restore_request(&cfg.restore.data_dir);
+    if matches!(done.0, Outcome::RestoreRequested(_)) {
+        std::fs::remove_file(&request)
+            .map_err(|e| Error::io(&request, "remove the fulfilled restore request", e))?;
+        if let Some(parent) = request.parent() {
+            datadir::fsync_dir(parent)?;
+        }
+    }
+    Ok(done)
+}
+
+async fn initialize_locked(cfg: &InitConfig) -> Result<(Outcome, Action)> {
     let started = Instant::now();
     let data_dir = &cfg.restore.data_dir;
     let _work = WorkLock::acquire(data_dir)?;
@@ -72,10 +87,32 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         pod_namespace: cfg.pod_namespace.clone(),
         temp_etcd,
     };
-    let outcome = validate::validate(&vcfg, &mut lock).await?;
+    let request = restore_request(data_dir);
+    let requested = request.exists();
+    let outcome = if requested {
+        Outcome::RestoreRequested(request.display().to_string())
+    } else {
+        validate::validate(&vcfg, &mut lock).await?
+    };
     drop(tmp);
+    if requested {
+        tracing::warn!(request = %request.display(), "an operator asked to give up this member's data: it is moved aside and the member is rebuilt from the cluster or the store");
+        let (empty, looked_at) = store_state(cfg).await?;
+        if empty && cfg.cluster_size <= 1 {
+            return Err(Error::Other(format!(
+                "{}: a restore was requested ({}), but {looked_at} holds no backup: nothing was changed; remove the request file to start etcd on its data",
+                data_dir.display(),
+                request.display()
+            )));
+        }
+    }
     datadir::crash_point("initialize:validated");
     if outcome == Outcome::Valid {
+        if let Some((why, view)) = not_a_member_any_more(cfg).await {
+            let outcome = Outcome::NotAMember(why);
+            let action = join_as_learner(cfg, &outcome, &mut lock, &view).await?;
+            return Ok((outcome, action));
+        }
         datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs);
         return Ok((outcome, Action::Kept));
     }
@@ -86,65 +123,260 @@ pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         )));
     }
     if cfg.cluster_size > 1 {
-        let action = readd_as_learner(cfg, &outcome, &mut lock).await?;
+        let action = multi_member(cfg, &outcome, &mut lock).await?;
         return Ok((outcome, action));
     }
-    let store = if cfg.has_store {
-        Some(SnapStore::open(cfg.restore.store.clone()).await?)
-    } else {
-        None
-    };
-    let empty_store = match &store {
-        Some(s) => s.latest_set().await?.full.is_none(),
-        None => true,
-    };
-    let looked_at = store
-        .as_ref()
-        .map(|s| s.describe())
-        .unwrap_or_else(|| "no store configured".into());
+    let (empty_store, looked_at) = store_state(cfg).await?;
     if empty_store {
-        if !data_dir.exists() {
-            tracing::warn!(
-                data_dir = %data_dir.display(),
-                store = %looked_at,
-                "FRESH CLUSTER: no data directory and no backup in the store looked at; etcd will start EMPTY. If backups exist elsewhere, stop now and point --storage-provider/--store-container/--store-prefix at them"
-            );
-            return Ok((outcome, Action::Fresh));
-        }
-        lock.confirm("moving the invalid data directory aside")?;
-        let to = datadir::move_aside(data_dir, data_dir)?;
-        drop(lock);
-        tracing::warn!(
-            data_dir = %data_dir.display(),
-            moved_to = %to.display(),
-            outcome = %outcome,
-            store = %looked_at,
-            "invalid data directory and no backup to restore: moved aside, etcd will start FRESH"
-        );
-        datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs.max(1));
-        return Ok((outcome, Action::MovedAside { to }));
+        let action = start_fresh(cfg, &outcome, &mut lock, &looked_at)?;
+        return Ok((outcome, action));
     }
-    tracing::info!(data_dir = %data_dir.display(), outcome = %outcome, store = %looked_at, "restoring the latest backup");
-    let report =
-        restore::restore_locked(&cfg.restore, Some(&mut lock), cfg.keep_invalid_dirs).await?;
+    let action = restore_from_store(cfg, &cfg.restore, &outcome, &mut lock, &looked_at).await?;
     tracing::info!(
-        revision = report.revision,
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
         "initialization restored the data directory"
     );
-    Ok((
-        outcome,
-        Action::Restored {
-            revision: report.revision,
-        },
-    ))
+    Ok((outcome, action))
 }
 
-/// The multi-member path (etcdbrctl's): the data comes from the leader, not from the store.
-async fn readd_as_learner(
+/// `<data-dir>.etcdbr-restore-requested`: an operator's request (the bootstrap script's
+/// `restore-cluster`) that this member give up its data, valid or not, and be rebuilt: from the
+/// running cluster if there is one, else with the others from the store. Removed once done.
+pub fn restore_request(data_dir: &std::path::Path) -> std::path::PathBuf {
+    datadir::sibling(data_dir, ".etcdbr-restore-requested")
+}
+
+/// Whether the store holds no backup, and a description of where it looked.
+async fn store_state(cfg: &InitConfig) -> Result<(bool, String)> {
+    if !cfg.has_store {
+        return Ok((true, "no store configured".into()));
+    }
+    let store = SnapStore::open(cfg.restore.store.clone()).await?;
+    Ok((store.latest_set().await?.full.is_none(), store.describe()))
+}
+
+/// No backup to restore: etcd starts empty (the data directory, if any, is moved aside).
+fn start_fresh(
     cfg: &InitConfig,
     outcome: &Outcome,
     lock: &mut DbLock,
+    looked_at: &str,
+) -> Result<Action> {
+    let data_dir = &cfg.restore.data_dir;
+    if !data_dir.exists() {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            store = %looked_at,
+            "FRESH CLUSTER: no data directory and no backup in the store looked at; etcd will start EMPTY. If backups exist elsewhere, stop now and point --storage-provider/--store-container/--store-prefix at them"
+        );
+        return Ok(Action::Fresh);
+    }
+    lock.confirm("moving the invalid data directory aside")?;
+    let to = datadir::move_aside(data_dir, data_dir)?;
+    lock.release();
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        moved_to = %to.display(),
+        outcome = %outcome,
+        store = %looked_at,
+        "invalid data directory and no backup to restore: moved aside, etcd will start FRESH"
+    );
+    datadir::prune_invalid(data_dir, cfg.keep_invalid_dirs.max(1));
+    Ok(Action::MovedAside { to })
+}
+
+async fn restore_from_store(
+    cfg: &InitConfig,
+    rcfg: &RestoreConfig,
+    outcome: &Outcome,
+    lock: &mut DbLock,
+    looked_at: &str,
+) -> Result<Action> {
+    tracing::info!(data_dir = %rcfg.data_dir.display(), outcome = %outcome, store = %looked_at, initial_cluster = %rcfg.initial_cluster, "restoring the latest backup");
+    let report = restore::restore_locked(rcfg, Some(lock), cfg.keep_invalid_dirs).await?;
+    Ok(Action::Restored {
+        revision: report.revision,
+    })
+}
+
+/// The first member of the initial cluster: the one that restores a cluster whose members all
+/// lost their data, as a cluster of one that the others then join.
+fn seed(cfg: &InitConfig) -> Option<String> {
+    cfg.restore
+        .initial_cluster
+        .split(',')
+        .find_map(|e| e.split_once('=').map(|(n, _)| n.trim().to_string()))
+}
+
+/// The initial cluster reduced to this member's own entries (a cluster of one).
+fn alone(cfg: &InitConfig) -> String {
+    cfg.restore
+        .initial_cluster
+        .split(',')
+        .filter(|e| {
+            e.split_once('=')
+                .is_some_and(|(n, _)| n.trim() == cfg.restore.name)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn observe(cfg: &InitConfig) -> Result<View> {
+    let Some(ecfg) = &cfg.cluster else {
+        return Err(Error::config(format!(
+            "{}: this member belongs to a {}-member cluster, but no endpoint of the other members is known (give --service-endpoints)",
+            cfg.restore.data_dir.display(),
+            cfg.cluster_size
+        )));
+    };
+    Ok(cluster::observe_until_quorum(ecfg, cfg.cluster_size, 3).await)
+}
+
+/// A valid data directory of a multi-member cluster is still this member's only if the running
+/// cluster lists its member ID (a removed member's directory is valid and useless: etcd would
+/// be refused by its peers, or run alone under an identity nobody knows). `Some(reason)` when
+/// the running cluster (one with a leader) says otherwise; nothing is decided without one. One
+/// round of questions: a whole cluster restarting must not wait here.
+async fn not_a_member_any_more(cfg: &InitConfig) -> Option<(String, View)> {
+    if cfg.cluster_size <= 1 {
+        return None;
+    }
+    let me = bootcheck::identity(&cfg.restore.data_dir.join("member"))?;
+    let view = cluster::observe(cfg.cluster.as_ref()?, cfg.cluster_size).await;
+    let View::Quorum {
+        cluster_id,
+        members,
+        endpoint,
+    } = &view
+    else {
+        return None;
+    };
+    let why = if *cluster_id != me.cluster_id {
+        format!(
+            "the data directory belongs to cluster {:x}, the running cluster (via {endpoint}) is {cluster_id:x}",
+            me.cluster_id
+        )
+    } else if !members.iter().any(|m| m.id == me.member_id) {
+        format!(
+            "the data directory is member {:x}, which the running cluster (via {endpoint}) no longer lists (removed)",
+            me.member_id
+        )
+    } else {
+        return None;
+    };
+    Some((why, view))
+}
+
+/// A member of a multi-member cluster without usable data: it joins the running cluster, joins
+/// a new cluster still forming, or (all members lost) the first member restores from the store
+/// and the others join it.
+async fn multi_member(cfg: &InitConfig, outcome: &Outcome, lock: &mut DbLock) -> Result<Action> {
+    let data_dir = &cfg.restore.data_dir;
+    let me = &cfg.restore.name;
+    let peers = &cfg.restore.initial_advertise_peer_urls;
+    let view = observe(cfg).await?;
+    tracing::info!(outcome = %outcome, cluster = %view.describe(), "this member has no usable data");
+    if let View::Quorum { .. } = &view {
+        if let Some(m) = view.find(me, peers) {
+            // listed but never started: a member of the initial cluster that starts late (a
+            // new cluster), or one this sidecar already re-added (a crash before etcd started)
+            if m.name.is_empty() && !data_dir.exists() {
+                tracing::info!(
+                    member = format!("{:x}", m.id),
+                    learner = m.is_learner,
+                    "the running cluster lists this member, not started yet: etcd joins it"
+                );
+                return Ok(if m.is_learner {
+                    Action::ReAddedAsLearner {
+                        old_id: None,
+                        new_id: m.id,
+                    }
+                } else {
+                    Action::Fresh
+                });
+            }
+        }
+        return join_as_learner(cfg, outcome, lock, &view).await;
+    }
+    let (empty_store, looked_at) = store_state(cfg).await?;
+    match &view {
+        View::NoQuorum {
+            bootstrapping: true,
+            ..
+        }
+        | View::Unreachable
+            if empty_store && !matches!(outcome, Outcome::RestoreRequested(_)) =>
+        {
+            // a new cluster: every member starts empty with the same initial cluster
+            tracing::info!(cluster = %view.describe(), "no running cluster and no backup: this member bootstraps the new cluster with the others");
+            start_fresh(cfg, outcome, lock, &looked_at)
+        }
+        View::NoQuorum { .. } => Err(Error::Other(format!(
+            "{}: {outcome}; {}. This member cannot rejoin a cluster without a leader, and restoring it alone would split the cluster. Bring the other members back, or follow the runbook's 'quorum lost' procedure",
+            data_dir.display(),
+            view.describe()
+        ))),
+        _ => {
+            // every other member is silent and backups exist: the first member restores
+            let seed = seed(cfg).unwrap_or_default();
+            if *me != seed {
+                let ecfg = cfg.cluster.as_ref();
+                let mut view = view.clone();
+                for _ in 0..20 {
+                    if let (View::Quorum { .. }, _) | (_, None) = (&view, ecfg) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    if let Some(e) = ecfg {
+                        view = cluster::observe(e, cfg.cluster_size).await;
+                    }
+                }
+                if let View::Quorum { .. } = &view {
+                    return join_as_learner(cfg, outcome, lock, &view).await;
+                }
+                return Err(Error::Other(format!(
+                    "{}: {outcome}; no member of the cluster runs and the store has backups: waiting for {seed} to restore the cluster from {looked_at}; this member then joins it",
+                    data_dir.display()
+                )));
+            }
+            // the others may only be restarting (their data is fine): give them time to form
+            // a quorum before restoring a new cluster beside it
+            if let Some(e) = &cfg.cluster {
+                for _ in 0..SEED_GRACE_CHECKS {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let v = cluster::observe(e, cfg.cluster_size).await;
+                    match v {
+                        View::Quorum { .. } => return join_as_learner(cfg, outcome, lock, &v).await,
+                        View::NoQuorum { .. } => {
+                            return Err(Error::Other(format!(
+                                "{}: {outcome}; {}: not restoring a new cluster beside members that hold data. Bring the other members back, or follow the runbook's 'quorum lost' procedure",
+                                data_dir.display(),
+                                v.describe()
+                            )))
+                        }
+                        View::Unreachable => {}
+                    }
+                }
+            }
+            let mut rcfg = cfg.restore.clone();
+            rcfg.initial_cluster = alone(cfg);
+            tracing::warn!(store = %looked_at, "no member of the cluster runs and none has data: this member (the first of the initial cluster) restores the cluster from the store as a cluster of one; the others join it");
+            restore_from_store(cfg, &rcfg, outcome, lock, &looked_at).await
+        }
+    }
+}
+
+/// How many 2 s checks the first member waits for the others before restoring.
+const SEED_GRACE_CHECKS: usize = 8;
+
+/// Joins the running cluster as a learner that syncs from the leader (etcdbrctl's multi-member
+/// path: the data comes from the leader, not from the store): this member's old entry is
+/// removed, its data directory moved aside.
+async fn join_as_learner(
+    cfg: &InitConfig,
+    outcome: &Outcome,
+    lock: &mut DbLock,
+    view: &View,
 ) -> Result<Action> {
     let data_dir = &cfg.restore.data_dir;
     let Some(ecfg) = &cfg.cluster else {
@@ -154,7 +386,13 @@ async fn readd_as_learner(
             cfg.cluster_size
         )));
     };
-    let (mut c, ep, list) = crate::etcd::connect_cluster(ecfg, &ecfg.endpoints)
+    // the member that answered with a leader first
+    let mut endpoints = ecfg.endpoints.clone();
+    if let View::Quorum { endpoint, .. } = view {
+        endpoints.retain(|e| e != endpoint);
+        endpoints.insert(0, endpoint.clone());
+    }
+    let (mut c, ep, list) = crate::etcd::connect_cluster(ecfg, &endpoints)
         .await
         .map_err(|e| {
             Error::Other(format!(
@@ -217,7 +455,8 @@ async fn readd_as_learner(
         .await
         {
             Ok(r) => break r,
-            Err(e) if tries < 6 => {
+            // etcd takes one learner at a time: another member may be catching up
+            Err(e) if tries < 12 => {
                 tries += 1;
                 tracing::warn!(error = %e, "adding this member as a learner failed; retrying in 5 s");
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;

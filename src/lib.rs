@@ -25,6 +25,7 @@
 pub mod bbolt;
 pub mod bootcheck;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod compact;
 pub mod copy;

@@ -183,35 +183,6 @@ async fn initialization_status(State(st): State<Arc<AppState>>, RawQuery(q): Raw
         .into_response()
 }
 
-/// The members etcd lists (2 tries, 5 s each, as etcdbrctl), `None` when it does not answer.
-async fn listed_members(
-    cfg: &crate::etcd::EtcdConfig,
-) -> Option<Vec<crate::etcdconf::ListedMember>> {
-    for attempt in 0..2 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        let ep = cfg.primary().to_string();
-        let Ok(mut c) = crate::etcd::connect_one(cfg, &ep).await else {
-            continue;
-        };
-        let r =
-            crate::etcd::call(&ep, "member list", Duration::from_secs(5), c.member_list()).await;
-        if let Ok(r) = r {
-            return Some(
-                r.members()
-                    .iter()
-                    .map(|m| crate::etcdconf::ListedMember {
-                        name: m.name().to_string(),
-                        is_learner: m.is_learner(),
-                    })
-                    .collect(),
-            );
-        }
-    }
-    None
-}
-
 /// `/config`: the etcd configuration rewritten for this member (module `etcdconf`), as YAML;
 /// also written to `$HOME/etcd.conf.yaml` (0600) as etcdbrctl does.
 async fn config_handler(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
@@ -235,12 +206,16 @@ async fn config_handler(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) 
                 .map(str::to_string)
         })
         .unwrap_or_else(|| st.cfg.init.restore.name.clone());
-    let listed = if crate::etcdconf::initial_cluster(&conf).len() > 1 {
-        listed_members(&st.cfg.job.etcd).await
-    } else {
-        None
+    let size = crate::etcdconf::initial_cluster(&conf).len();
+    let view = match &st.cfg.init.cluster {
+        Some(c) if size > 1 => Some(crate::cluster::observe_until_quorum(c, size, 2).await),
+        _ => None,
     };
-    let body = match crate::etcdconf::rewrite(conf, &member, listed.as_deref())
+    if let Some(v) = &view {
+        tracing::info!(cluster = %v.describe(), "/config: the running cluster");
+    }
+    let running = view.as_ref().and_then(|v| v.members());
+    let body = match crate::etcdconf::rewrite(conf, &member, running)
         .and_then(|m| crate::etcdconf::to_yaml(&m))
     {
         Ok(b) => b,

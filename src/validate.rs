@@ -44,8 +44,15 @@ pub enum Outcome {
     DataDirectoryNotExist,
     DataDirectoryInvStruct(String),
     DataDirectoryCorrupt(String),
-    RevisionConsistencyError { db: i64, store: i64 },
+    RevisionConsistencyError {
+        db: i64,
+        store: i64,
+    },
     WrongVolumeMounted(String),
+    /// Valid, but of a member the running cluster no longer lists (multi-member clusters).
+    NotAMember(String),
+    /// Not judged: an operator asked for this member to be rebuilt (the request file named).
+    RestoreRequested(String),
 }
 
 impl Outcome {
@@ -67,6 +74,8 @@ impl std::fmt::Display for Outcome {
                 "the db is at revision {db}, behind the latest backup at {store}: data would be lost"
             ),
             Outcome::WrongVolumeMounted(m) => write!(f, "wrong volume mounted: {m}"),
+            Outcome::NotAMember(m) => write!(f, "not a member of the running cluster: {m}"),
+            Outcome::RestoreRequested(m) => write!(f, "a restore was requested ({m})"),
         }
     }
 }

@@ -188,6 +188,9 @@ func main() {
 			}
 			return v, nil
 		},
+		"fail": func(msg string) (string, error) {
+			return "", errors.New(msg)
+		},
 		"trunc": func(n int, s string) string {
 			if len(s) > n {
 				return s[:n]
