@@ -121,6 +121,9 @@ def main():
         assert kinds == EXPECTED[name], (name, kinds)
         sts = next(d for d in docs if d["kind"] == "StatefulSet")
         assert sts["spec"]["replicas"] == merge(defaults, over)["replicas"]
+        # OrderedReady would never create the second pod of a new cluster: the first is not
+        # ready (no quorum) alone
+        assert sts["spec"]["podManagementPolicy"] == "Parallel", sts["spec"]
         backup = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "backup")
         for arg in backup["args"][1:]:
             flag = arg.split("=", 1)[0]

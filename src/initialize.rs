@@ -497,6 +497,9 @@ impl State {
 pub struct Initializer {
     cfg: InitConfig,
     state: std::sync::Arc<std::sync::Mutex<State>>,
+    /// What the last successful initialization did (`/config` needs to know whether this
+    /// member was just added to a running cluster).
+    last: std::sync::Arc<std::sync::Mutex<Option<Action>>>,
 }
 
 impl Initializer {
@@ -504,7 +507,12 @@ impl Initializer {
         Initializer {
             cfg,
             state: std::sync::Arc::new(std::sync::Mutex::new(State::New)),
+            last: std::sync::Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    pub fn last_action(&self) -> Option<Action> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -527,11 +535,13 @@ impl Initializer {
         let mut cfg = self.cfg.clone();
         cfg.mode = mode;
         let state = self.state.clone();
+        let last = self.last.clone();
         tokio::spawn(async move {
             let result = initialize(&cfg).await;
             let next = match &result {
                 Ok((outcome, action)) => {
                     tracing::info!(outcome = %outcome, action = ?action, "initialization succeeded");
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(action.clone());
                     State::Successful
                 }
                 Err(e) => {

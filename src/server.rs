@@ -215,6 +215,20 @@ async fn config_handler(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) 
         tracing::info!(cluster = %v.describe(), "/config: the running cluster");
     }
     let running = view.as_ref().and_then(|v| v.members());
+    // a member just added to the running cluster must be told `existing` and that cluster's
+    // members: without an answer from it, `new` would bootstrap a cluster of its own
+    if let (Some(v), None) = (&view, running) {
+        if let Some(crate::initialize::Action::ReAddedAsLearner { new_id, .. }) =
+            st.init.last_action()
+        {
+            let msg = format!(
+                "this member was added to the running cluster as learner {new_id:x}, but no member with a leader answers now ({}): retry",
+                v.describe()
+            );
+            tracing::warn!("/config: {msg}");
+            return text(StatusCode::SERVICE_UNAVAILABLE, msg);
+        }
+    }
     let body = match crate::etcdconf::rewrite(conf, &member, running)
         .and_then(|m| crate::etcdconf::to_yaml(&m))
     {

@@ -322,33 +322,6 @@ fn segments_fixture(v: EtcdVersion, root: &Path) -> Fixture {
     fx
 }
 
-fn wal_files(data: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
-        .expect("wal dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// (offset, record length, padding) of each record of a WAL file.
-fn records(file: &Path) -> Vec<(u64, u64, u64)> {
-    let b = std::fs::read(file).expect("wal");
-    let (mut off, mut out) = (0usize, Vec::new());
-    while off + 8 <= b.len() {
-        let l = u64::from_le_bytes(b[off..off + 8].try_into().expect("8"));
-        if l == 0 {
-            break;
-        }
-        let len = l & 0x00FF_FFFF_FFFF_FFFF;
-        let pad = if l >> 63 == 1 { (l >> 56) & 7 } else { 0 };
-        out.push((off as u64, len, pad));
-        off += 8 + (len + pad) as usize;
-    }
-    out
-}
-
 fn zero(file: &Path, from: u64, to: u64) {
     use std::io::{Seek, Write};
     let mut f = std::fs::OpenOptions::new()

@@ -188,6 +188,38 @@ fn check_recovered(
     n
 }
 
+/// Waits until member `name` is listed under another ID than `old`, then for a healthy cluster.
+fn rejoined(set: &StatefulSet, name: &str, old: u64) {
+    let t = Instant::now();
+    while member_ids(set).get(name).is_none_or(|id| *id == old) {
+        assert!(
+            t.elapsed() < HEALTHY,
+            "{name} does not rejoin\n{}",
+            set.diagnose()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    set.wait_healthy(HEALTHY);
+}
+
+/// After a recovery, writes go on and are backed up; returns the keyspace.
+fn keeps_backing_up(set: &StatefulSet, moto: &Moto) -> BTreeMap<Vec<u8>, Kv> {
+    let w = load(set, 2_000_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let more = w.finish();
+    let (rev, ks) = converged(set, Duration::from_secs(30));
+    check_acked(&ks, &more, i64::MAX);
+    stored_up_to(moto, rev, set);
+    ks
+}
+
+/// The pod's data volume replaced by an empty one (the pod is deleted).
+fn wipe_volume(set: &StatefulSet, i: usize) {
+    let data = set.dir.path().join(set.pod_name(i)).join("data");
+    std::fs::remove_dir_all(&data).expect("wipe the volume");
+    std::fs::create_dir_all(&data).expect("new volume");
+}
+
 /// Logs of every sidecar, for what they did.
 fn sidecar_logs(set: &StatefulSet) -> String {
     set.pods
@@ -208,9 +240,7 @@ fn one_member_lost(version: EtcdVersion, whole_volume: bool) {
     let lost_at = Instant::now();
     if whole_volume {
         set.delete_pod(victim, Duration::from_secs(30));
-        let data = set.dir.path().join(set.pod_name(victim)).join("data");
-        std::fs::remove_dir_all(&data).expect("wipe the volume");
-        std::fs::create_dir_all(&data).expect("new volume");
+        wipe_volume(&set, victim);
         set.start_pod(victim);
     } else {
         let data = set
@@ -224,16 +254,7 @@ fn one_member_lost(version: EtcdVersion, whole_volume: bool) {
         set.kill_container(victim, ETCD);
     }
     let name = set.pod_name(victim);
-    let t = Instant::now();
-    while member_ids(&set).get(&name) == before.get(&name) {
-        assert!(
-            t.elapsed() < HEALTHY,
-            "{name} is not re-added\n{}",
-            set.diagnose()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    set.wait_healthy(HEALTHY);
+    rejoined(&set, &name, before[&name]);
     let took = lost_at.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let acked = w.finish();
@@ -280,32 +301,20 @@ fn db_size(set: &StatefulSet) -> String {
 
 /// An unacknowledged record half on disk after the last one (a write in flight when the
 /// process died): its data runs into zeroed sectors, which etcd truncates as a torn tail.
-fn tear_wal_tail(member: &std::path::Path) {
-    let mut files: Vec<_> = std::fs::read_dir(member.join("wal"))
-        .expect("wal")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    files.sort();
-    let last = files.pop().expect("a WAL file");
-    let b = std::fs::read(&last).expect("wal");
-    let mut off = 0usize;
-    while off + 8 <= b.len() {
-        let l = u64::from_le_bytes(b[off..off + 8].try_into().expect("8"));
-        if l == 0 {
-            break;
-        }
-        let len = l & 0x00FF_FFFF_FFFF_FFFF;
-        let pad = if l >> 63 == 1 { (l >> 56) & 7 } else { 0 };
-        off += 8 + (len + pad) as usize;
-    }
-    assert!(off + 8 + 2048 <= b.len(), "room after the last record");
+fn tear_wal_tail(data: &std::path::Path) {
+    let last = wal_files(data).pop().expect("a WAL file");
+    let end = records(&last)
+        .last()
+        .map(|(off, len, pad)| off + 8 + len + pad)
+        .expect("a record");
+    let size = std::fs::metadata(&last).expect("wal").len();
+    assert!(end + 8 + 2048 <= size, "room after the last record");
     use std::io::{Seek, Write};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&last)
         .expect("open");
-    f.seek(std::io::SeekFrom::Start(off as u64)).expect("seek");
+    f.seek(std::io::SeekFrom::Start(end)).expect("seek");
     f.write_all(&2000u64.to_le_bytes()).expect("frame");
     f.write_all(&[0xAB; 300]).expect("partial record");
     f.sync_all().expect("sync");
@@ -318,15 +327,26 @@ fn scenario_c_killed_with_a_torn_wal_tail() {
     std::thread::sleep(Duration::from_secs(4));
     let victim = (leader(&set) + 2) % 3;
     let before = member_ids(&set);
+    let restarts = set.pod(victim).restarts(ETCD);
+    let killed_at = Instant::now();
     set.kill_and_hold(victim, ETCD);
     tear_wal_tail(
         &set.dir
             .path()
             .join(set.pod_name(victim))
-            .join("data/new.etcd/member"),
+            .join("data/new.etcd"),
     );
     set.release(victim, ETCD);
-    let took = set.wait_healthy(HEALTHY);
+    // back: started again, and its etcd healthy (the readiness of before does not count)
+    while set.pod(victim).restarts(ETCD) == restarts
+        || !http_get(&set.ip(victim), set.spec.metrics_port, "/health")
+            .is_some_and(|(code, body)| code == 200 && body.contains("true"))
+    {
+        assert!(killed_at.elapsed() < HEALTHY, "{}", set.diagnose());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed_at.elapsed();
+    set.wait_healthy(HEALTHY);
     std::thread::sleep(Duration::from_secs(2));
     let acked = w.finish();
     check_recovered(&set, &moto, &acked, i64::MAX);
@@ -416,9 +436,7 @@ fn all_members_lost(version: EtcdVersion) {
     let acked_after = w.finish();
     let stored_rev = chain(&moto);
     for i in 0..3 {
-        let data = set.dir.path().join(set.pod_name(i)).join("data");
-        std::fs::remove_dir_all(&data).expect("wipe");
-        std::fs::create_dir_all(&data).expect("new volume");
+        wipe_volume(&set, i);
     }
     for i in 0..3 {
         set.start_pod(i);
@@ -430,13 +448,7 @@ fn all_members_lost(version: EtcdVersion) {
     let (_, ks) = converged(&set, Duration::from_secs(60));
     let n = check_acked(&ks, &acked, stored_rev);
     assert!(n > 50);
-    // writes go on, and are backed up
-    let w = load(&set, 2_000_000);
-    std::thread::sleep(Duration::from_secs(3));
-    let more = w.finish();
-    let (rev, ks) = converged(&set, Duration::from_secs(30));
-    check_acked(&ks, &more, i64::MAX);
-    stored_up_to(&moto, rev, &set);
+    let ks = keeps_backing_up(&set, &moto);
     eprintln!(
         "RTO all members lost (etcd {version:?}): {:.1} s to a healthy 3-member cluster serving the {n} acknowledged writes up to the last stored revision {stored_rev} ({} keys, db {})",
         took.as_secs_f64(),
@@ -462,9 +474,7 @@ fn scenario_d_quorum_lost() {
     let lost_at = Instant::now();
     for i in [0, 2] {
         set.delete_pod(i, Duration::from_secs(0));
-        let data = set.dir.path().join(set.pod_name(i)).join("data");
-        std::fs::remove_dir_all(&data).expect("wipe");
-        std::fs::create_dir_all(&data).expect("new volume");
+        wipe_volume(&set, i);
     }
     let acked_after = w.finish();
     let stored_rev = chain(&moto);
@@ -502,12 +512,7 @@ fn scenario_d_quorum_lost() {
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().contains(".invalid-"));
     assert!(aside, "the survivor's data is kept aside");
-    let w = load(&set, 2_000_000);
-    std::thread::sleep(Duration::from_secs(3));
-    let more = w.finish();
-    let (rev, ks) = converged(&set, Duration::from_secs(30));
-    check_acked(&ks, &more, i64::MAX);
-    stored_up_to(&moto, rev, &set);
+    let ks = keeps_backing_up(&set, &moto);
     eprintln!(
         "RTO quorum lost: {:.1} s from the runbook command ({:.1} s from the loss) to a healthy 3-member cluster serving the {n} acknowledged writes up to the last stored revision {stored_rev} ({} keys, db {})",
         took.as_secs_f64(),
@@ -546,19 +551,7 @@ fn removed_member_rejoins_under_a_new_identity() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    let t = Instant::now();
-    while member_ids(&set)
-        .get(&name)
-        .is_none_or(|id| *id == before[&name])
-    {
-        assert!(
-            t.elapsed() < HEALTHY,
-            "{name} does not rejoin\n{}",
-            set.diagnose()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    set.wait_healthy(HEALTHY);
+    rejoined(&set, &name, before[&name]);
     std::thread::sleep(Duration::from_secs(2));
     let acked = w.finish();
     check_recovered(&set, &moto, &acked, i64::MAX);

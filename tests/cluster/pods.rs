@@ -243,6 +243,26 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// SIGKILL to every process of every container (the kubelets stop once `stop` is set).
+    fn kill_all(&self) {
+        for c in &self.containers {
+            if let Ok(s) = c.lock() {
+                if let Some(r) = &s.running {
+                    signal_group(r.child.id(), libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Stops the kubelets for good and waits for them.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kill_all();
+        for k in self.kubelets {
+            let _ = k.join();
+        }
+    }
+
     pub fn log(&self, container: &str) -> String {
         std::fs::read_to_string(self.root.join(format!("{container}.log"))).unwrap_or_default()
     }
@@ -533,16 +553,7 @@ impl StatefulSet {
         {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for c in &pod.containers {
-            if let Ok(s) = c.lock() {
-                if let Some(r) = &s.running {
-                    signal_group(r.child.id(), libc::SIGKILL);
-                }
-            }
-        }
-        for k in pod.kubelets {
-            let _ = k.join();
-        }
+        pod.finish();
         if let Ok(mut r) = self.ready.lock() {
             r[i] = false;
         }
@@ -705,17 +716,7 @@ impl Drop for StatefulSet {
     fn drop(&mut self) {
         for i in 0..self.pods.len() {
             if let Some(pod) = self.pods[i].take() {
-                pod.stop.store(true, Ordering::SeqCst);
-                for c in &pod.containers {
-                    if let Ok(s) = c.lock() {
-                        if let Some(r) = &s.running {
-                            signal_group(r.child.id(), libc::SIGKILL);
-                        }
-                    }
-                }
-                for k in pod.kubelets {
-                    let _ = k.join();
-                }
+                pod.finish();
             }
         }
         self.service_stop.store(true, Ordering::SeqCst);

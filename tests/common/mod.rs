@@ -56,9 +56,21 @@ impl EtcdVersion {
     }
 }
 
+/// A port free now and not handed out before in this process (the kernel may give the same
+/// ephemeral port to two binds in a row once the first is closed: etcd's client and peer URLs
+/// then collide).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no new free port in 100 tries")
 }
 
 /// A command with etcd's environment variables removed (etcd aborts when an `ETCD_*` variable
@@ -988,4 +1000,32 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The `.wal` files of a data directory, in order.
+pub fn wal_files(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
+        .expect("wal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// (offset, record length, padding) of each record of a WAL file.
+pub fn records(file: &Path) -> Vec<(u64, u64, u64)> {
+    let b = std::fs::read(file).expect("wal");
+    let (mut off, mut out) = (0usize, Vec::new());
+    while off + 8 <= b.len() {
+        let l = u64::from_le_bytes(b[off..off + 8].try_into().expect("8"));
+        if l == 0 {
+            break;
+        }
+        let len = l & 0x00FF_FFFF_FFFF_FFFF;
+        let pad = if l >> 63 == 1 { (l >> 56) & 7 } else { 0 };
+        out.push((off as u64, len, pad));
+        off += 8 + (len + pad) as usize;
+    }
+    out
 }
