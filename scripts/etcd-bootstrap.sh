@@ -7,7 +7,9 @@
 #    from its cluster exits 0, and its data must be judged against the cluster again).
 # 2. Drives the sidecar's initialization: polls /initialization/status; on "New" starts it with
 #    that mode; waits for "Successful"; on "Failed" logs it, waits (backoff 1 s doubling to
-#    MAX_BACKOFF) and starts again (the failed state resets to "New" once read).
+#    MAX_BACKOFF) and starts again (the failed state resets to "New" once read). A "Successful"
+#    it did not ask for in this run (stale, from before a container restart) is not trusted:
+#    it starts a validation of its own.
 # 3. Fetches the member's etcd configuration from /config and runs etcd with it.
 # 4. When etcd exits, writes its exit code to the marker and exits with it (the container
 #    restarts and the next run validates accordingly). etcd runs as a child, not exec'd, so
@@ -79,6 +81,8 @@ log "validation mode: $mode (marker $MARKER: $(cat "$MARKER" 2>/dev/null || echo
 
 started_at=$(date +%s)
 backoff=1
+# a Successful this run did not ask for (a stale one, from before a restart) is not trusted
+own=0
 while :; do
   if [ "$MAX_WAIT" -gt 0 ] && [ $(($(date +%s) - started_at)) -ge "$MAX_WAIT" ]; then
     log "no successful initialization within ${MAX_WAIT}s; giving up"
@@ -88,15 +92,29 @@ while :; do
   case "$status" in
     New)
       log "starting initialization (mode $mode)"
-      curl_get "/initialization/start?mode=$mode" >/dev/null || log "start request failed; retrying"
+      if curl_get "/initialization/start?mode=$mode" >/dev/null; then
+        own=1
+      else
+        log "start request failed; retrying"
+      fi
       sleep 1
       ;;
     Progress)
+      own=1
       sleep 1
       ;;
     Successful)
-      log "initialization successful"
-      break
+      if [ "$own" = 1 ]; then
+        log "initialization successful"
+        break
+      fi
+      log "a successful initialization this start did not ask for: validating again (mode $mode)"
+      if curl_get "/initialization/start?mode=$mode" >/dev/null; then
+        own=1
+      else
+        log "start request failed; retrying"
+      fi
+      sleep 1
       ;;
     Failed)
       log "initialization FAILED: see the backup sidecar's log; retrying in ${backoff}s"

@@ -472,8 +472,15 @@ async fn join_as_learner(
     Ok(Action::ReAddedAsLearner { old_id, new_id })
 }
 
-/// The `/initialization/*` state machine (etcdbrctl's): `New` -start-> `Progress` -> `Successful`
-/// or `Failed`; reading a final state resets it to `New`.
+/// The `/initialization/*` state machine (etcdbrctl's): `New` -start-> `Progress` ->
+/// `Successful` or `Failed`. etcdbrctl resets a final state to `New` when it is read, so any
+/// client polling the status could take `Successful` from the bootstrap script, which then
+/// validated again (or, started once more, never saw it). Here:
+/// * `Failed` still resets when read (old bootstrap scripts start again on `New`);
+/// * `Successful` stays for every reader until this member's etcd is seen running (the
+///   sidecar's role probe), or [`SUCCESS_HOLD`] after its first read, whichever is first;
+/// * a start is taken in any state but `Progress` (a bootstrap script that finds a
+///   `Successful` it did not ask for starts a validation of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     New,
@@ -481,6 +488,9 @@ pub enum State {
     Successful,
     Failed,
 }
+
+/// How long a read `Successful` stays readable when etcd is not seen running.
+pub const SUCCESS_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl State {
     pub fn as_str(self) -> &'static str {
@@ -493,10 +503,17 @@ impl State {
     }
 }
 
+#[derive(Debug)]
+struct Machine {
+    state: State,
+    /// When `Successful` was first read.
+    read_at: Option<Instant>,
+}
+
 /// Runs initializations for the HTTP API, one at a time.
 pub struct Initializer {
     cfg: InitConfig,
-    state: std::sync::Arc<std::sync::Mutex<State>>,
+    state: std::sync::Arc<std::sync::Mutex<Machine>>,
     /// What the last successful initialization did (`/config` needs to know whether this
     /// member was just added to a running cluster).
     last: std::sync::Arc<std::sync::Mutex<Option<Action>>>,
@@ -506,7 +523,10 @@ impl Initializer {
     pub fn new(cfg: InitConfig) -> Self {
         Initializer {
             cfg,
-            state: std::sync::Arc::new(std::sync::Mutex::new(State::New)),
+            state: std::sync::Arc::new(std::sync::Mutex::new(Machine {
+                state: State::New,
+                read_at: None,
+            })),
             last: std::sync::Arc::new(std::sync::Mutex::new(None)),
         }
     }
@@ -515,22 +535,22 @@ impl Initializer {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn in_progress(&self) -> bool {
-        *self.lock() == State::Progress
+        self.lock().state == State::Progress
     }
 
-    /// Starts an initialization in `mode` if none ran since the last final state was read;
-    /// returns whether it started (otherwise nothing happens, as etcdbrctl).
+    /// Starts an initialization in `mode` unless one runs; returns whether it started.
     pub fn start(&self, mode: Mode) -> bool {
         let mut st = self.lock();
-        if *st != State::New {
+        if st.state == State::Progress {
             return false;
         }
-        *st = State::Progress;
+        st.state = State::Progress;
+        st.read_at = None;
         drop(st);
         let mut cfg = self.cfg.clone();
         cfg.mode = mode;
@@ -549,18 +569,82 @@ impl Initializer {
                     State::Failed
                 }
             };
-            *state.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            state.lock().unwrap_or_else(|p| p.into_inner()).state = next;
         });
         true
     }
 
-    /// The state; a final state is reported once, then the machine is `New` again.
+    /// The state, as the machine's rules above read it.
     pub fn read_status(&self) -> State {
         let mut st = self.lock();
-        let now = *st;
-        if matches!(now, State::Successful | State::Failed) {
-            *st = State::New;
+        match st.state {
+            State::Failed => {
+                st.state = State::New;
+                State::Failed
+            }
+            State::Successful => {
+                let first = *st.read_at.get_or_insert_with(Instant::now);
+                if first.elapsed() > SUCCESS_HOLD {
+                    st.state = State::New;
+                    st.read_at = None;
+                    State::New
+                } else {
+                    State::Successful
+                }
+            }
+            other => other,
         }
-        now
+    }
+
+    /// This member's etcd answers: a `Successful` that was read has been acted on.
+    pub fn etcd_running(&self) {
+        let mut st = self.lock();
+        if st.state == State::Successful && st.read_at.is_some() {
+            st.state = State::New;
+            st.read_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn initializer_in(state: State) -> Initializer {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["etcdbrctl", "initialize", "--data-dir", "d"])
+            .expect("args");
+        let Some(crate::cli::Command::Initialize(cmd)) = cli.command else {
+            panic!("initialize");
+        };
+        let i = Initializer::new(cmd.to_config(Mode::Full).expect("config"));
+        i.lock().state = state;
+        i
+    }
+
+    #[test]
+    fn a_success_is_not_taken_by_another_reader() {
+        let i = initializer_in(State::Successful);
+        // a client polling the status, then the bootstrap script: both see it
+        assert_eq!(i.read_status(), State::Successful);
+        assert_eq!(i.read_status(), State::Successful);
+        // etcd runs: the success was acted on
+        i.etcd_running();
+        assert_eq!(i.read_status(), State::New);
+        // never read: etcd running (started by someone else) does not consume it
+        let i = initializer_in(State::Successful);
+        i.etcd_running();
+        assert_eq!(i.read_status(), State::Successful);
+        // read long ago and etcd never seen: it expires
+        i.lock().read_at = Some(Instant::now() - SUCCESS_HOLD - std::time::Duration::from_secs(1));
+        assert_eq!(i.read_status(), State::New);
+    }
+
+    #[test]
+    fn a_failure_resets_when_read_as_etcdbrctl() {
+        let i = initializer_in(State::Failed);
+        assert_eq!(i.read_status(), State::Failed);
+        assert_eq!(i.read_status(), State::New);
+        assert!(!i.in_progress());
     }
 }

@@ -46,6 +46,7 @@ pub mod inspect;
 pub mod k8s;
 pub mod layout;
 pub mod leader;
+pub mod listener;
 pub mod lzw;
 pub mod metrics;
 pub mod replay;

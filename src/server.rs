@@ -647,38 +647,28 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         Some((cert, key)) => Some(crate::https::acceptor(cert, key)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| Error::io(&addr, "listen (is another process using --server-port?)", e))?;
-    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
-    let stopped = async move {
-        crate::deltasnap::flag_set(&mut http_stop_rx).await;
+    let listener = crate::listener::bind(&addr).await?;
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let app = router(st.clone()).layer(axum::middleware::from_fn(crate::listener::limit_body));
+    let app = if acceptor.is_some() {
+        // etcdbrctl's headers on TLS, except for /config and /metrics
+        app.layer(axum::middleware::map_response(tls_headers))
+    } else {
+        app
     };
-    let server = match acceptor {
-        Some(acceptor) => {
-            tracing::info!(address = addr, "HTTPS server listening");
-            // etcdbrctl's headers on TLS, except for /config and /metrics
-            let app = router(st.clone()).layer(axum::middleware::map_response(tls_headers));
-            let listener = crate::https::TlsListener {
-                tcp: listener,
-                acceptor,
-            };
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
-        }
-        None => {
-            tracing::info!(address = addr, "HTTP server listening");
-            let app = router(st.clone());
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
-        }
-    };
+    tracing::info!(
+        address = addr,
+        tls = acceptor.is_some(),
+        "{} server listening",
+        if acceptor.is_some() { "HTTPS" } else { "HTTP" }
+    );
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        acceptor,
+        app,
+        crate::listener::Limits::default(),
+        http_stop_rx,
+    ));
 
     let h2 = health.clone();
     let defrag_task = tokio::spawn(defrag::run_scheduled(
@@ -693,6 +683,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let _ = http_stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within 10s"),
         _ => {}
     }
@@ -738,6 +729,9 @@ async fn leadership_loop(
             break;
         }
         let role = probe(cfg, &endpoint, &mut client).await;
+        if role.is_ok() {
+            st.init.etcd_running();
+        }
         st.health
             .set_role(role.as_ref().copied().map_err(|e| e.to_string()));
         let now_role = match &role {

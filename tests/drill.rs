@@ -172,24 +172,17 @@ fn stored_revision(list: &[String]) -> i64 {
         .unwrap_or(0)
 }
 
-fn drill(
+/// `etcdbrctl server` next to the node's etcd (deltas every second).
+fn start_sidecar(
+    node: &Node,
+    tmp: &Path,
     store_args: Vec<String>,
     env: Vec<(String, String)>,
-    list: &dyn Fn() -> Vec<String>,
-    cycles: usize,
-) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let node = Node {
-        dir: tmp.path().to_path_buf(),
-        data: tmp.path().join("data/new.etcd"),
-        client: free_port(),
-        peer: free_port(),
-        sidecar_port: free_port(),
-    };
+) -> Proc {
     let conf = node.write_config();
-    let home = tmp.path().join("home");
+    let home = tmp.join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let log = std::fs::File::create(tmp.path().join("sidecar.log")).expect("log");
+    let log = std::fs::File::create(tmp.join("sidecar.log")).expect("log");
     let mut sidecar = etcdbrctl();
     sidecar
         .args(["server", "--endpoints", &node.endpoint()])
@@ -222,7 +215,7 @@ fn drill(
         .arg("--etcd-config")
         .arg(&conf)
         .arg("--restoration-temp-snapshots-dir")
-        .arg(tmp.path().join("rtmp"))
+        .arg(tmp.join("rtmp"))
         .arg("--etcd-binary")
         .arg(V.etcd())
         .arg("--etcd-restore-tool")
@@ -231,7 +224,24 @@ fn drill(
         .envs(env)
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
-    let _sidecar = Proc(sidecar.spawn().expect("sidecar"));
+    Proc(sidecar.spawn().expect("sidecar"))
+}
+
+fn drill(
+    store_args: Vec<String>,
+    env: Vec<(String, String)>,
+    list: &dyn Fn() -> Vec<String>,
+    cycles: usize,
+) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let node = Node {
+        dir: tmp.path().to_path_buf(),
+        data: tmp.path().join("data/new.etcd"),
+        client: free_port(),
+        peer: free_port(),
+        sidecar_port: free_port(),
+    };
+    let _sidecar = start_sidecar(&node, tmp.path(), store_args, env);
     let sidecar_log = tmp.path().join("sidecar.log");
 
     // first start: no data, no backup: a fresh cluster
@@ -376,4 +386,54 @@ fn manual_restoration_drill_s3() {
         &list,
         1,
     );
+}
+
+/// A client polling `/initialization/status` as fast as it can (etcdbrctl reset a final state
+/// when read, so such a client took `Successful` from the bootstrap script) does not keep etcd
+/// from starting.
+#[test]
+fn a_status_poller_does_not_take_the_success_from_the_script() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let node = Node {
+        dir: tmp.path().to_path_buf(),
+        data: tmp.path().join("data/new.etcd"),
+        client: free_port(),
+        peer: free_port(),
+        sidecar_port: free_port(),
+    };
+    let bk = tmp.path().join("bk");
+    let _sidecar = start_sidecar(
+        &node,
+        tmp.path(),
+        vec![
+            "--storage-provider".into(),
+            "Local".into(),
+            "--store-container".into(),
+            bk.display().to_string(),
+        ],
+        vec![],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let thief = {
+        let stop = stop.clone();
+        let port = node.sidecar_port;
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            let t = Instant::now();
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(120) {
+                if let Ok((200, body)) = http_body(port, "GET", "/initialization/status") {
+                    seen += usize::from(body == "Successful");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    let _script = node.bootstrap();
+    node.wait_healthy();
+    stop.store(true, Ordering::Relaxed);
+    let seen = thief.join().expect("thief");
+    assert!(seen > 0, "the poller saw the success too");
+    let log = std::fs::read_to_string(node.dir.join("bootstrap.log")).unwrap_or_default();
+    assert!(log.contains("initialization successful"), "{log}");
 }

@@ -574,3 +574,131 @@ fn follower_forwards_snapshot_requests_to_the_leaders_sidecar() {
     let (code, body) = follower.get("/snapshot/full?final=maybe");
     assert_eq!(code, 400, "{body}");
 }
+
+/// A self-signed certificate for 127.0.0.1 (openssl).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext"])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    (cert, key)
+}
+
+/// 100 idle connections (port scanners, TCP checks) and 50 clients sending their headers a
+/// byte at a time stall nobody: `/healthz` answers within 1 s over HTTP and HTTPS while they are
+/// open (the TLS handshake used to run in the accept loop: five idle sockets stalled every
+/// request), the idle ones are closed by the server after the header timeout, and a body is
+/// refused.
+#[test]
+fn idle_and_slow_clients_stall_nobody() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (cert, key) = self_signed(tmp.path());
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    for tls in [false, true] {
+        let mut extra: Vec<String> = Vec::new();
+        if tls {
+            extra.extend([
+                "--server-cert".to_string(),
+                cert.display().to_string(),
+                "--server-key".to_string(),
+                key.display().to_string(),
+            ]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let log = tmp.path().join(format!("server-{tls}.log"));
+        let (_server, port) = sidecar_server(&nowhere, &tmp.path().join("bk"), &log, &extra);
+        let scheme = if tls { "https" } else { "http" };
+        let curl = |path: &str, max: &str| -> (String, f64) {
+            let o = std::process::Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+                .args(["--max-time", max, "--cacert"])
+                .arg(&cert)
+                .arg(format!("{scheme}://127.0.0.1:{port}{path}"))
+                .output()
+                .expect("curl");
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            let (code, t) = out.split_once(' ').unwrap_or(("000", "99"));
+            (code.to_string(), t.parse().unwrap_or(99.0))
+        };
+        let t = Instant::now();
+        while curl("/healthz", "2").0 == "000" {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the API does not answer\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let idle: Vec<std::net::TcpStream> = (0..100)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("idle connection"))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let slow: Vec<_> = (0..50)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa";
+                    for b in head {
+                        if stop.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..5 {
+            let (code, secs) = curl("/healthz", "5");
+            assert!(
+                code != "000" && secs < 1.0,
+                "{scheme}: /healthz took {secs} s (code {code}) with 150 idle or slow clients open"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // the server closes what sent no complete request head within its timeout
+        let mut s = idle.into_iter().next().expect("one");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        use std::io::Read;
+        let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        assert!(
+            closed,
+            "{scheme}: an idle connection is closed by the server"
+        );
+        if !tls {
+            // a body: refused before any handler runs (nothing started)
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            c.write_all(
+                b"POST /snapshot/full HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+            )
+            .expect("write");
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).expect("status line");
+            assert_eq!(&head, b"HTTP/1.1 413", "a large body is refused");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in slow {
+            let _ = t.join();
+        }
+    }
+}
