@@ -683,7 +683,7 @@ impl JobArgs {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotAction {
     /// Take one full snapshot into the store, print the object's name and exit.
-    Save(SaveCmd),
+    Save(Box<SaveCmd>),
     /// Hash, revision, total keys and size of a snapshot, as `etcdctl snapshot status` prints
     /// them (without etcd, and without hanging on a running etcd's db); the effective revision
     /// and the sha256 trailer on stderr.
@@ -826,6 +826,21 @@ pub struct EtcdConnectionArgs {
         hide_default_value = true
     )]
     pub etcd_password: String,
+    /// etcdbr: a file holding the etcd username (instead of --etcd-username)
+    #[arg(
+        long = "etcd-username-file",
+        env = "ETCDBR_ETCD_USERNAME_FILE",
+        conflicts_with = "etcd_username"
+    )]
+    pub etcd_username_file: Option<PathBuf>,
+    /// etcdbr: a file holding the etcd password (instead of --etcd-password, which any local
+    /// user can read in the process list)
+    #[arg(
+        long = "etcd-password-file",
+        env = "ETCDBR_ETCD_PASSWORD_FILE",
+        conflicts_with = "etcd_password"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
     /// etcd client connection timeout
     #[arg(long = "etcd-connection-timeout", default_value = "30s", value_parser = duration, env = "ETCDBR_ETCD_CONNECTION_TIMEOUT")]
     pub connection_timeout: Duration,
@@ -869,8 +884,33 @@ pub struct EtcdConnectionArgs {
     pub cacert: String,
 }
 
+/// A credential from its flag or from its file (one line; the trailing newline dropped).
+fn secret(value: &str, file: Option<&std::path::Path>, what: &str) -> Result<String> {
+    let Some(f) = file else {
+        return Ok(value.to_string());
+    };
+    let text = std::fs::read_to_string(f).map_err(|e| {
+        Error::io(
+            f,
+            format!("read the etcd {what} file (--etcd-{what}-file)"),
+            e,
+        )
+    })?;
+    let v = text.trim_end_matches(['\n', '\r']).to_string();
+    if v.is_empty() {
+        return Err(Error::config(format!(
+            "--etcd-{what}-file {}: the file is empty",
+            f.display()
+        )));
+    }
+    Ok(v)
+}
+
 impl EtcdConnectionArgs {
     pub fn to_config(&self) -> Result<EtcdConfig> {
+        if !self.etcd_password.is_empty() && std::env::var_os("ETCDBR_ETCD_PASSWORD").is_none() {
+            tracing::warn!("--etcd-password on the command line is visible to every local user in the process list: use --etcd-password-file");
+        }
         let c = EtcdConfig {
             endpoints: self
                 .endpoints
@@ -878,8 +918,16 @@ impl EtcdConnectionArgs {
                 .map(|e| e.trim().to_string())
                 .filter(|e| !e.is_empty())
                 .collect(),
-            username: self.etcd_username.clone(),
-            password: self.etcd_password.clone(),
+            username: secret(
+                &self.etcd_username,
+                self.etcd_username_file.as_deref(),
+                "username",
+            )?,
+            password: secret(
+                &self.etcd_password,
+                self.etcd_password_file.as_deref(),
+                "password",
+            )?,
             connection_timeout: self.connection_timeout,
             snapshot_timeout: self.snapshot_timeout,
             defrag_timeout: self.defrag_timeout,
@@ -1468,6 +1516,35 @@ fn warn_if_store_shares_the_data_volume(store: &StoreConfig, data_dir: &std::pat
 
 #[cfg(test)]
 mod tests {
+    use super::secret;
+
+    #[test]
+    fn credentials_from_files_and_never_printed() {
+        let d = tempfile::tempdir().expect("tmp");
+        let f = d.path().join("pw");
+        std::fs::write(&f, "s3cr3t\n").expect("write");
+        assert_eq!(secret("", Some(&f), "password").expect("read"), "s3cr3t");
+        std::fs::write(&f, "\n").expect("write");
+        assert!(secret("", Some(&f), "password").is_err());
+        assert!(secret("", Some(&d.path().join("none")), "password").is_err());
+        assert_eq!(secret("flag", None, "password").expect("flag"), "flag");
+        let cfg = crate::etcd::EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            username: "root".into(),
+            password: "s3cr3t".into(),
+            connection_timeout: std::time::Duration::from_secs(1),
+            snapshot_timeout: std::time::Duration::from_secs(1),
+            defrag_timeout: std::time::Duration::from_secs(1),
+            insecure_transport: true,
+            insecure_skip_tls_verify: false,
+            cert: String::new(),
+            key: String::new(),
+            cacert: String::new(),
+            service_endpoints: Vec::new(),
+        };
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
     #[test]
     fn command_line_is_consistent() {
         use clap::CommandFactory;

@@ -5,7 +5,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::future::Future;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub username: String,
@@ -21,6 +21,29 @@ pub struct EtcdConfig {
     /// The cluster's client endpoints for member operations (`--service-endpoints`); empty:
     /// taken from the etcd configuration's `advertise-client-urls`, else `endpoints`.
     pub service_endpoints: Vec<String>,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("connection_timeout", &self.connection_timeout)
+            .field("insecure_transport", &self.insecure_transport)
+            .field("cert", &self.cert)
+            .field("cacert", &self.cacert)
+            .field("service_endpoints", &self.service_endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {

@@ -149,10 +149,15 @@ async fn healthz(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Resp
 /// state is `New`, else does nothing; 200 with an empty body either way (etcdbrctl's contract).
 /// An unknown mode is a 400, and starts nothing.
 async fn initialization_start(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
-    let params = match query_params(&q, &["mode"]) {
+    // `failbelowrevision`: sent by older bootstrap images, accepted by etcdbrctl and never
+    // used by it; refusing it would leave their etcd never started
+    let params = match query_params(&q, &["mode", "failbelowrevision"]) {
         Ok(p) => p,
         Err(r) => return *r,
     };
+    if let Some((_, v)) = params.iter().find(|(k, _)| k == "failbelowrevision") {
+        tracing::info!(value = %v, "/initialization/start: failbelowrevision is accepted for compatibility and ignored (etcdbrctl ignores it too)");
+    }
     let mode = match params
         .iter()
         .find(|(k, _)| k == "mode")
