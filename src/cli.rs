@@ -547,6 +547,16 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_PORT"
     )]
     pub server_port: u16,
+    /// etcdbr: minimum time between two on-demand full snapshots (`/snapshot/full`); a request
+    /// sooner gets 429 with Retry-After. Concurrent requests always share one snapshot. 0: no
+    /// minimum (etcdbrctl's)
+    #[arg(
+        long = "on-demand-full-min-interval",
+        default_value = "0s",
+        value_parser = duration,
+        env = "ETCDBR_ON_DEMAND_FULL_MIN_INTERVAL"
+    )]
+    pub on_demand_full_min_interval: std::time::Duration,
     /// address on which the HTTP server listens (etcdbr; empty: all interfaces)
     #[arg(
         long = "server-host",
@@ -1446,6 +1456,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
     let cfg = crate::server::ServerConfig {
         job,
         host: s.server_host,
+        full_min_interval: s.on_demand_full_min_interval,
         port: s.server_port,
         reelection_period: s.reelection_period,
         leader_election_timeout: s.leader_election_timeout,

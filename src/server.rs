@@ -45,6 +45,33 @@ pub struct ServerConfig {
     pub etcd_config: std::path::PathBuf,
     /// HTTPS: certificate chain and key (PEM files).
     pub tls: Option<(String, String)>,
+    /// `--on-demand-full-min-interval` (zero: none).
+    pub full_min_interval: Duration,
+}
+
+/// What an on-demand full snapshot gave, shared by every caller that asked for it meanwhile.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Done(serde_json::Value),
+    Failed(StatusCode, String),
+}
+
+impl Outcome {
+    fn response(self) -> Response {
+        match self {
+            Outcome::Done(v) => json(StatusCode::OK, &v),
+            Outcome::Failed(code, msg) => text(code, msg),
+        }
+    }
+}
+
+type SharedFull = futures::future::Shared<futures::future::BoxFuture<'static, Outcome>>;
+
+/// On-demand fulls: the one in flight (and whether it is final), when the last one ended.
+#[derive(Default)]
+struct OnDemand {
+    inflight: Option<(bool, SharedFull)>,
+    last_done: Option<std::time::Instant>,
 }
 
 struct AppState {
@@ -56,6 +83,7 @@ struct AppState {
     store: tokio::sync::Mutex<RotatingStore>,
     http: reqwest::Client,
     init: crate::initialize::Initializer,
+    on_demand: Mutex<OnDemand>,
 }
 
 impl AppState {
@@ -347,9 +375,58 @@ async fn snapshot_full(
             }
         }
     }
-    let limit = st.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
-    let make = |reply| Request::Full { is_final, reply };
-    ask_job(&st, &uri, &headers, make, limit, "full").await
+    if let Some(r) = not_leader(&st, &uri, &headers).await {
+        return r;
+    }
+    let shared = {
+        let mut od = st.on_demand.lock().unwrap_or_else(|p| p.into_inner());
+        match &od.inflight {
+            // concurrent requests share the snapshot in flight (each holds a long etcd read)
+            Some((f, fut)) if *f == is_final => fut.clone(),
+            Some(_) => return text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "another on-demand full snapshot (final or not) is being taken: retry when it ends",
+            ),
+            None => {
+                let min = st.cfg.full_min_interval;
+                if let Some(wait) = od
+                    .last_done
+                    .map(|t| t.elapsed())
+                    .filter(|e| !min.is_zero() && *e < min)
+                    .map(|e| min - e)
+                {
+                    let secs = wait.as_secs() + 1;
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [(header::RETRY_AFTER, secs.to_string())],
+                        format!(
+                            "an on-demand full snapshot was taken less than {}s ago (--on-demand-full-min-interval): retry in {secs}s",
+                            min.as_secs()
+                        ),
+                    )
+                        .into_response();
+                }
+                let st2 = st.clone();
+                use futures::FutureExt;
+                let fut: SharedFull = async move {
+                    let limit = st2.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
+                    let make = |reply| Request::Full { is_final, reply };
+                    let out = job_outcome(&st2, make, limit, "full").await;
+                    let mut od = st2.on_demand.lock().unwrap_or_else(|p| p.into_inner());
+                    od.inflight = None;
+                    od.last_done = Some(std::time::Instant::now());
+                    out
+                }
+                .boxed()
+                .shared();
+                // driven to its end even if every caller goes away
+                tokio::spawn(fut.clone());
+                od.inflight = Some((is_final, fut.clone()));
+                fut
+            }
+        }
+    };
+    shared.await.response()
 }
 
 async fn snapshot_delta(
@@ -384,6 +461,16 @@ async fn ask_job<T: serde::Serialize>(
     if let Some(r) = not_leader(st, uri, headers).await {
         return r;
     }
+    job_outcome(st, make, limit, kind).await.response()
+}
+
+/// Asks this sidecar's job for a snapshot and waits for it (at most `limit`).
+async fn job_outcome<T: serde::Serialize>(
+    st: &AppState,
+    make: impl FnOnce(oneshot::Sender<std::result::Result<T, String>>) -> Request,
+    limit: Duration,
+    kind: &str,
+) -> Outcome {
     let Some(tx) = st.job_sender() else {
         return not_active();
     };
@@ -392,13 +479,19 @@ async fn ask_job<T: serde::Serialize>(
         return not_active();
     }
     match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(Ok(snap))) => json(StatusCode::OK, &snap),
-        Ok(Ok(Err(e))) => text(
+        Ok(Ok(Ok(snap))) => match serde_json::to_value(&snap) {
+            Ok(v) => Outcome::Done(v),
+            Err(e) => Outcome::Failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the {kind} snapshot: {e}"),
+            ),
+        },
+        Ok(Ok(Err(e))) => Outcome::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("failed to take an out-of-schedule {kind} snapshot: {e}"),
         ),
         Ok(Err(_)) => not_active(),
-        Err(_) => text(
+        Err(_) => Outcome::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "the {kind} snapshot did not finish within {}s",
@@ -408,10 +501,10 @@ async fn ask_job<T: serde::Serialize>(
     }
 }
 
-fn not_active() -> Response {
-    text(
+fn not_active() -> Outcome {
+    Outcome::Failed(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "the snapshotter is not active yet (this sidecar just became the leader's, or etcd is not ready); retry in a few seconds",
+        "the snapshotter is not active yet (this sidecar just became the leader's, or etcd is not ready); retry in a few seconds".into(),
     )
 }
 
@@ -640,6 +733,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         store: tokio::sync::Mutex::new(store),
         http,
         init: crate::initialize::Initializer::new(cfg.init.clone()),
+        on_demand: Mutex::new(OnDemand::default()),
     });
     let host = if cfg.host.is_empty() {
         "0.0.0.0"

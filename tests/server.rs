@@ -702,3 +702,75 @@ fn idle_and_slow_clients_stall_nobody() {
         }
     }
 }
+
+/// 50 concurrent `/snapshot/full` share one snapshot (each would hold a long etcd read and,
+/// with LimitBased GC, a burst erased the history); with `--on-demand-full-min-interval`, a
+/// request soon after gets 429 with `Retry-After`.
+#[test]
+fn concurrent_full_requests_share_one_snapshot() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(200, 1000);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let sc = Sidecar::start(
+        &etcd.endpoint,
+        &local_store(&bk),
+        &["--on-demand-full-min-interval", "1m"],
+        tmp.path().join("sidecar.log"),
+    );
+    sc.wait_until("healthy", 30, &|| sc.get("/healthz").0 == 200);
+    let fulls = || {
+        stored_in(&bk)
+            .iter()
+            .filter(|s| s.kind == Kind::Full)
+            .count()
+    };
+    let before = fulls();
+    let port = sc.port;
+    let answers: Vec<(u16, String)> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http_body(port, "GET", "/snapshot/full").unwrap_or((0, String::new()))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    let ok: Vec<&String> = answers
+        .iter()
+        .filter(|(c, _)| *c == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(!ok.is_empty(), "{answers:?}");
+    assert!(
+        answers.iter().all(|(c, _)| *c == 200 || *c == 429),
+        "{answers:?}"
+    );
+    let names: std::collections::BTreeSet<String> = ok
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<serde_json::Value>(b).expect("json")["snapName"]
+                .as_str()
+                .expect("name")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "every caller got the same snapshot: {names:?}"
+    );
+    assert_eq!(fulls(), before + 1, "one snapshot for 50 requests");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/snapshot/full"))
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.starts_with("http/1.1 429") && out.contains("retry-after: "),
+        "{out}"
+    );
+    assert_eq!(fulls(), before + 1);
+}
