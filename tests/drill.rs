@@ -24,6 +24,16 @@ struct Node {
 }
 
 impl Node {
+    fn new(dir: &Path) -> Node {
+        Node {
+            dir: dir.to_path_buf(),
+            data: dir.join("data/new.etcd"),
+            client: free_port(),
+            peer: free_port(),
+            sidecar_port: free_port(),
+        }
+    }
+
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client)
     }
@@ -234,13 +244,7 @@ fn drill(
     cycles: usize,
 ) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let node = Node {
-        dir: tmp.path().to_path_buf(),
-        data: tmp.path().join("data/new.etcd"),
-        client: free_port(),
-        peer: free_port(),
-        sidecar_port: free_port(),
-    };
+    let node = Node::new(tmp.path());
     let _sidecar = start_sidecar(&node, tmp.path(), store_args, env);
     let sidecar_log = tmp.path().join("sidecar.log");
 
@@ -394,13 +398,7 @@ fn manual_restoration_drill_s3() {
 #[test]
 fn a_status_poller_does_not_take_the_success_from_the_script() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let node = Node {
-        dir: tmp.path().to_path_buf(),
-        data: tmp.path().join("data/new.etcd"),
-        client: free_port(),
-        peer: free_port(),
-        sidecar_port: free_port(),
-    };
+    let node = Node::new(tmp.path());
     let bk = tmp.path().join("bk");
     let _sidecar = start_sidecar(
         &node,
