@@ -585,6 +585,32 @@ pub struct ServerCmd {
         hide_default_value = true
     )]
     pub server_key: String,
+    /// etcdbr: HTTPS requests may authenticate with a client certificate signed by this CA
+    /// (PEM); re-read when it changes. With --server-token-file, either credential is enough
+    #[arg(
+        long = "server-client-ca",
+        default_value = "",
+        env = "ETCDBR_SERVER_CLIENT_CA",
+        hide_default_value = true
+    )]
+    pub server_client_ca: String,
+    /// etcdbr: requests must carry `Authorization: Bearer <token>`, a token being any
+    /// non-empty line of this file; re-read when it changes (rotation without restart)
+    #[arg(
+        long = "server-token-file",
+        default_value = "",
+        env = "ETCDBR_SERVER_TOKEN_FILE",
+        hide_default_value = true
+    )]
+    pub server_token_file: String,
+    /// etcdbr: comma-separated paths served without credentials when --server-token-file or
+    /// --server-client-ca is set (empty: none)
+    #[arg(
+        long = "server-open-paths",
+        default_value = crate::auth::DEFAULT_OPEN_PATHS,
+        env = "ETCDBR_SERVER_OPEN_PATHS"
+    )]
+    pub server_open_paths: String,
     /// period after which this sidecar checks again whether its etcd member leads
     #[arg(long = "reelection-period", default_value = "5s", value_parser = duration, env = "ETCDBR_REELECTION_PERIOD")]
     pub reelection_period: Duration,
@@ -1412,7 +1438,22 @@ async fn run_server(s: ServerCmd) -> Result<()> {
             "--server-cert and --server-key must be given together (HTTPS for the sidecar's API)",
         ));
     }
-    let tls = (!s.server_cert.is_empty()).then(|| (s.server_cert.clone(), s.server_key.clone()));
+    if !s.server_client_ca.is_empty() && s.server_cert.is_empty() {
+        return Err(Error::config(
+            "--server-client-ca needs HTTPS: give --server-cert and --server-key too",
+        ));
+    }
+    let opt_path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+    let tls = (!s.server_cert.is_empty()).then(|| crate::https::TlsFiles {
+        cert: s.server_cert.clone().into(),
+        key: s.server_key.clone().into(),
+        client_ca: opt_path(&s.server_client_ca),
+    });
+    let auth = crate::auth::AuthConfig {
+        token_file: opt_path(&s.server_token_file),
+        client_ca: opt_path(&s.server_client_ca),
+        open_paths: crate::auth::AuthConfig::parse_open_paths(&s.server_open_paths)?,
+    };
     if s.enable_profiling {
         tracing::warn!("--enable-profiling: /debug/pprof is Go-specific and not served");
     }
@@ -1464,6 +1505,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         init,
         etcd_config: s.etcd_config,
         tls,
+        auth,
     };
     crate::server::run(cfg, shutdown_signal()).await
 }

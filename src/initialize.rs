@@ -92,7 +92,11 @@ async fn initialize_locked(cfg: &InitConfig) -> Result<(Outcome, Action)> {
     let outcome = if requested {
         Outcome::RestoreRequested(request.display().to_string())
     } else {
-        validate::validate(&vcfg, &mut lock).await?
+        crate::metrics::timed(
+            crate::metrics::Op::Validation,
+            validate::validate(&vcfg, &mut lock),
+        )
+        .await?
     };
     drop(tmp);
     if requested {
@@ -193,7 +197,14 @@ async fn restore_from_store(
     looked_at: &str,
 ) -> Result<Action> {
     tracing::info!(data_dir = %rcfg.data_dir.display(), outcome = %outcome, store = %looked_at, initial_cluster = %rcfg.initial_cluster, "restoring the latest backup");
-    let report = restore::restore_locked(rcfg, Some(lock), cfg.keep_invalid_dirs).await?;
+    let op = crate::metrics::Op::Restoration {
+        single_node: cfg.cluster_size <= 1,
+    };
+    let report = crate::metrics::timed(
+        op,
+        restore::restore_locked(rcfg, Some(lock), cfg.keep_invalid_dirs),
+    )
+    .await?;
     Ok(Action::Restored {
         revision: report.revision,
     })
@@ -414,6 +425,14 @@ async fn join_as_learner(
     lock.confirm("removing this member from the cluster")?;
     if let Some(id) = old_id {
         let mut tries = 0;
+        let removing = std::time::Instant::now();
+        let removed = |ok: bool| {
+            crate::metrics::operation(
+                crate::metrics::Op::MemberRemove,
+                ok,
+                removing.elapsed().as_secs_f64(),
+            )
+        };
         loop {
             let r = crate::etcd::call(
                 &ep,
@@ -426,8 +445,14 @@ async fn join_as_learner(
                 .await
                 .map(|l| l.members().iter().any(|m| m.id() == id));
             match (r, listed) {
-                (_, Ok(false)) => break,
-                (Err(e), _) | (Ok(_), Err(e)) if tries >= 6 => return Err(e),
+                (_, Ok(false)) => {
+                    removed(true);
+                    break;
+                }
+                (Err(e), _) | (Ok(_), Err(e)) if tries >= 6 => {
+                    removed(false);
+                    return Err(e);
+                }
                 (r, _) => {
                     tries += 1;
                     tracing::warn!(error = ?r.err().map(|e| e.to_string()), "removing this member did not complete; retrying in 2 s");
@@ -445,6 +470,14 @@ async fn join_as_learner(
     }
     let opts = etcd_client::MemberAddOptions::new().with_is_learner();
     let mut tries = 0;
+    let adding = std::time::Instant::now();
+    let record_add = |ok: bool| {
+        crate::metrics::operation(
+            crate::metrics::Op::AddLearner,
+            ok,
+            adding.elapsed().as_secs_f64(),
+        )
+    };
     let added = loop {
         match crate::etcd::call(
             &ep,
@@ -454,14 +487,20 @@ async fn join_as_learner(
         )
         .await
         {
-            Ok(r) => break r,
+            Ok(r) => {
+                record_add(true);
+                break r;
+            }
             // etcd takes one learner at a time: another member may be catching up
             Err(e) if tries < 12 => {
                 tries += 1;
                 tracing::warn!(error = %e, "adding this member as a learner failed; retrying in 5 s");
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                record_add(false);
+                return Err(e);
+            }
         }
     };
     let new_id = added.member().map(|m| m.id()).unwrap_or(0);

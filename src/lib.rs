@@ -13,7 +13,8 @@
 //! * [`delta`], [`deltasnap`]: delta snapshot files and taking them from etcd's watch;
 //! * [`schedule`], [`snapshotter`], [`gc`], [`defrag`]: the scheduled job, garbage collection,
 //!   defragmentation;
-//! * [`server`], [`https`], [`health`], [`metrics`]: the sidecar's HTTP API;
+//! * [`server`], [`listener`], [`https`], [`auth`], [`health`], [`metrics`]: the sidecar's
+//!   HTTP API, its hardened listener, TLS, and who may call it;
 //! * [`replay`], [`restore`], [`revbump`], [`compact`], [`copy`]: restoring a data dir (deltas
 //!   replayed through a temporary etcd, revision bump), compacting and copying backups;
 //! * [`bbolt`], [`schema`], [`wal`]: reading etcd's files natively (db, WAL, `.snap`);
@@ -22,6 +23,7 @@
 //!   `/config` rewrite;
 //! * [`cli`]: the `etcdbrctl` command line.
 
+pub mod auth;
 pub mod bbolt;
 pub mod bootcheck;
 pub mod cli;

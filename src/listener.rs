@@ -22,6 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+/// A request's connection presented a client certificate that `--server-client-ca` verified
+/// (set on every request; `false` on plain HTTP).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertVerified(pub bool);
+
 /// No endpoint reads a body: a larger one is refused.
 pub const MAX_BODY: u64 = 64 * 1024;
 
@@ -66,11 +71,11 @@ pub async fn limit_body(
     next.run(req).await
 }
 
-/// Serves `app` on `listener` (TLS when `tls` is set) until `stop` is set; then stops
-/// accepting and lets the open connections finish their request.
+/// Serves `app` on `listener` (TLS when `tls` is set, with the configuration of the moment)
+/// until `stop` is set; then stops accepting and lets the open connections finish their request.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<crate::https::TlsReloader>>,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -111,12 +116,22 @@ pub async fn serve(
         tasks.spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(TokioIo::new(stream), app, limits, drain).await,
-                Some(acceptor) => {
+                None => connection(TokioIo::new(stream), app, false, limits, drain).await,
+                Some(reloader) => {
+                    let acceptor = TlsAcceptor::from(reloader.config());
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => connection(TokioIo::new(s), app, limits, drain).await,
+                        Ok(Ok(s)) => {
+                            // with --server-client-ca, a presented certificate was verified
+                            // during the handshake (an unverifiable one fails it)
+                            let verified = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .is_some_and(|c| !c.is_empty());
+                            connection(TokioIo::new(s), app, verified, limits, drain).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }
@@ -134,6 +149,7 @@ pub async fn serve(
 async fn connection<I>(
     io: TokioIo<I>,
     app: Router,
+    verified: bool,
     limits: Limits,
     mut drain: watch::Receiver<bool>,
 ) where
@@ -144,7 +160,12 @@ async fn connection<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    let inner = TowerToHyperService::new(app);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ClientCertVerified(verified));
+        hyper::service::Service::call(&inner, req)
+    });
+    let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -34,7 +34,30 @@ pub struct Metrics {
     pub watch_revision: IntGauge,
     pub up_seconds: Gauge,
     pub invalid_data_dirs: IntGauge,
+    pub validation_duration: HistogramVec,
+    pub restoration_duration: HistogramVec,
+    pub add_learner_duration: HistogramVec,
+    pub member_remove_duration: HistogramVec,
+    pub member_promote_duration: HistogramVec,
+    pub is_learner_count: IntCounterVec,
+    pub api_refused: IntCounterVec,
 }
+
+/// Member and data-dir operations timed as etcdbrctl times them (label `succeeded`).
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Validation,
+    /// `restore="single_node"` (a cluster of one) or `"single_member"` (one member of several).
+    Restoration {
+        single_node: bool,
+    },
+    AddLearner,
+    MemberRemove,
+    MemberPromote,
+}
+
+/// Why `/…` refused a request (label `reason` of `etcdbr_api_requests_refused_total`).
+pub const REFUSAL_REASONS: &[&str] = &["no_credentials", "wrong_token"];
 
 /// Error categories of `etcdbr_snapshotter_failure`.
 pub const ERROR_CATEGORIES: &[&str] = &[
@@ -155,6 +178,55 @@ fn build() -> prometheus::Result<Metrics> {
             "invalid_data_dirs",
             "Replaced data directories kept aside as <data-dir>.invalid-<time> (bounded by --keep-invalid-data-dirs).",
         ))?,
+        validation_duration: HistogramVec::new(
+            hist(
+                "validation_duration_seconds",
+                "Total latency distribution of validating the data directory.",
+            ),
+            &["succeeded"],
+        )?,
+        restoration_duration: HistogramVec::new(
+            hist(
+                "restoration_duration_seconds",
+                "Total latency distribution of restoring the data directory from the store.",
+            ),
+            &["restore", "succeeded"],
+        )?,
+        add_learner_duration: HistogramVec::new(
+            hist(
+                "add_learner_duration_seconds",
+                "Total latency distribution of adding this member to the cluster as a learner.",
+            ),
+            &["succeeded"],
+        )?,
+        member_remove_duration: HistogramVec::new(
+            hist(
+                "member_remove_duration_seconds",
+                "Total latency distribution of removing this member from the cluster.",
+            ),
+            &["succeeded"],
+        )?,
+        member_promote_duration: HistogramVec::new(
+            hist(
+                "member_promote_duration_seconds",
+                "Total latency distribution of promoting this learner to a voting member.",
+            ),
+            &["succeeded"],
+        )?,
+        is_learner_count: IntCounterVec::new(
+            ns(
+                "is_learner_count_total",
+                "Total number of times this member was added to the cluster as a learner.",
+            ),
+            &["succeeded"],
+        )?,
+        api_refused: IntCounterVec::new(
+            ns(
+                "api_requests_refused_total",
+                "API requests refused for missing or wrong credentials (--server-token-file, --server-client-ca).",
+            ),
+            &["reason"],
+        )?,
         registry: r,
     };
     let r = &m.registry;
@@ -177,6 +249,14 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.up_seconds.clone()))?;
     r.register(Box::new(m.watch_revision.clone()))?;
     r.register(Box::new(m.invalid_data_dirs.clone()))?;
+    r.register(Box::new(m.validation_duration.clone()))?;
+    r.register(Box::new(m.restoration_duration.clone()))?;
+    r.register(Box::new(m.add_learner_duration.clone()))?;
+    r.register(Box::new(m.member_remove_duration.clone()))?;
+    r.register(Box::new(m.member_promote_duration.clone()))?;
+    r.register(Box::new(m.is_learner_count.clone()))?;
+    r.register(Box::new(m.api_refused.clone()))?;
+    r.register(Box::new(NetworkBytes::new()?))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
@@ -195,6 +275,19 @@ fn build() -> prometheus::Result<Metrics> {
     }
     for c in ERROR_CATEGORIES {
         m.snapshotter_failure.with_label_values(&[c]);
+    }
+    for b in BOOLS {
+        m.validation_duration.with_label_values(&[b]);
+        for kind in ["single_node", "single_member"] {
+            m.restoration_duration.with_label_values(&[kind, b]);
+        }
+        m.add_learner_duration.with_label_values(&[b]);
+        m.member_remove_duration.with_label_values(&[b]);
+        m.member_promote_duration.with_label_values(&[b]);
+        m.is_learner_count.with_label_values(&[b]);
+    }
+    for r in REFUSAL_REASONS {
+        m.api_refused.with_label_values(&[r]);
     }
     m.up_seconds.set(chrono::Utc::now().timestamp() as f64);
     Ok(m)
@@ -269,6 +362,149 @@ pub fn gc_deleted(kind: &str, ok: bool) {
     }
 }
 
+fn ok_label(ok: bool) -> &'static str {
+    if ok {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// Records one timed operation.
+pub fn operation(op: Op, ok: bool, secs: f64) {
+    let Some(m) = get() else { return };
+    let b = ok_label(ok);
+    match op {
+        Op::Validation => m.validation_duration.with_label_values(&[b]).observe(secs),
+        Op::Restoration { single_node } => {
+            let kind = if single_node {
+                "single_node"
+            } else {
+                "single_member"
+            };
+            m.restoration_duration
+                .with_label_values(&[kind, b])
+                .observe(secs)
+        }
+        Op::AddLearner => {
+            m.add_learner_duration.with_label_values(&[b]).observe(secs);
+            m.is_learner_count.with_label_values(&[b]).inc();
+        }
+        Op::MemberRemove => m
+            .member_remove_duration
+            .with_label_values(&[b])
+            .observe(secs),
+        Op::MemberPromote => m
+            .member_promote_duration
+            .with_label_values(&[b])
+            .observe(secs),
+    }
+}
+
+/// Times `fut` as `op` (succeeded = it returned `Ok`).
+pub async fn timed<T, E>(
+    op: Op,
+    fut: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let t = std::time::Instant::now();
+    let r = fut.await;
+    operation(op, r.is_ok(), t.elapsed().as_secs_f64());
+    r
+}
+
+/// The defragmentation histogram's series for `endpoints` (etcdbrctl's family exists from
+/// start-up only once an endpoint is known; these are the configured ones).
+pub fn init_defrag_endpoints(endpoints: &[String]) {
+    if let Some(m) = get() {
+        for e in endpoints {
+            for b in BOOLS {
+                m.defrag_duration.with_label_values(&[b, e]);
+            }
+        }
+    }
+}
+
+/// A refused API request.
+pub fn api_refused(reason: &'static str) {
+    if let Some(m) = get() {
+        m.api_refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// `etcdbr_network_received_bytes` and `etcdbr_network_transmitted_bytes`: the sums over the
+/// interfaces of `/proc/self/net/dev`, read at each scrape (etcdbrctl's counter functions).
+struct NetworkBytes {
+    received: prometheus::IntCounter,
+    transmitted: prometheus::IntCounter,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl NetworkBytes {
+    fn new() -> prometheus::Result<Self> {
+        use prometheus::core::Collector;
+        let received = prometheus::IntCounter::with_opts(
+            Opts::new("network_received_bytes", "Bytes received over the network (all interfaces of this process's network namespace).")
+                .namespace("etcdbr"),
+        )?;
+        let transmitted = prometheus::IntCounter::with_opts(
+            Opts::new("network_transmitted_bytes", "Bytes transmitted over the network (all interfaces of this process's network namespace).")
+                .namespace("etcdbr"),
+        )?;
+        let descs = received
+            .desc()
+            .into_iter()
+            .chain(transmitted.desc())
+            .cloned()
+            .collect();
+        Ok(NetworkBytes {
+            received,
+            transmitted,
+            descs,
+        })
+    }
+}
+
+/// (received, transmitted) bytes summed over the interfaces of a `/proc/net/dev` text.
+fn net_dev_totals(text: &str) -> (u64, u64) {
+    let mut rx = 0u64;
+    let mut tx = 0u64;
+    for line in text.lines().skip(2) {
+        let Some((_, counters)) = line.split_once(':') else {
+            continue;
+        };
+        let f: Vec<u64> = counters
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if f.len() >= 9 {
+            rx = rx.saturating_add(f[0]);
+            tx = tx.saturating_add(f[8]);
+        }
+    }
+    (rx, tx)
+}
+
+impl prometheus::core::Collector for NetworkBytes {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Ok(text) = std::fs::read_to_string("/proc/self/net/dev") {
+            let (rx, tx) = net_dev_totals(&text);
+            // counters only go up (an interface that went away lowers the sum)
+            for (c, v) in [(&self.received, rx), (&self.transmitted, tx)] {
+                if v > c.get() {
+                    c.inc_by(v - c.get());
+                }
+            }
+        }
+        let mut out = self.received.collect();
+        out.extend(self.transmitted.collect());
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,8 +521,23 @@ mod tests {
             "etcdbr_snapshot_latest_revision{kind=\"Incr\"} 0",
             "etcdbr_snapstore_latest_deltas_total 0",
             "process_resident_memory_bytes",
+            "etcdbr_validation_duration_seconds_count{succeeded=\"true\"} 0",
+            "etcdbr_restoration_duration_seconds_count{restore=\"single_node\",succeeded=\"false\"} 0",
+            "etcdbr_add_learner_duration_seconds_count{succeeded=\"true\"} 0",
+            "etcdbr_member_promote_duration_seconds_count{succeeded=\"true\"} 0",
+            "etcdbr_member_remove_duration_seconds_count{succeeded=\"true\"} 0",
+            "etcdbr_is_learner_count_total{succeeded=\"true\"} 0",
+            "# TYPE etcdbr_network_received_bytes counter",
+            "# TYPE etcdbr_network_transmitted_bytes counter",
+            "etcdbr_api_requests_refused_total{reason=\"wrong_token\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn net_dev_sums_every_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:  100   2    0    0    0     0          0         0      300   2    0    0    0     0       0          0\n  eth0:   50   1    0    0    0     0          0         0       7   1    0    0    0     0       0          0\n";
+        assert_eq!(net_dev_totals(text), (150, 307));
     }
 }

@@ -43,8 +43,10 @@ pub struct ServerConfig {
     pub init: crate::initialize::InitConfig,
     /// The etcd configuration file `/config` rewrites.
     pub etcd_config: std::path::PathBuf,
-    /// HTTPS: certificate chain and key (PEM files).
-    pub tls: Option<(String, String)>,
+    /// HTTPS: certificate chain, key, client CA (PEM files).
+    pub tls: Option<crate::https::TlsFiles>,
+    /// Who may call the API.
+    pub auth: crate::auth::AuthConfig,
     /// `--on-demand-full-min-interval` (zero: none).
     pub full_min_interval: Duration,
 }
@@ -388,7 +390,13 @@ async fn snapshot_full(
                 "another on-demand full snapshot (final or not) is being taken: retry when it ends",
             ),
             None => {
-                let min = st.cfg.full_min_interval;
+                // a final snapshot (before a planned shutdown) is never put off; asked for
+                // again with nothing new, it returns the stored one (module snapshotter)
+                let min = if is_final {
+                    Duration::ZERO
+                } else {
+                    st.cfg.full_min_interval
+                };
                 if let Some(wait) = od
                     .last_done
                     .map(|t| t.elapsed())
@@ -547,13 +555,16 @@ async fn proxy_to_leader(st: &AppState, uri: &axum::http::Uri, headers: &HeaderM
     let url = format!("{target}{path}");
     let timeout = st.cfg.job.etcd.snapshot_timeout + Duration::from_secs(120);
     tracing::info!(url, "not the leader's sidecar: forwarding the request");
-    let r = st
+    let mut req = st
         .http
         .get(&url)
         .header(PROXIED_HEADER, "1")
-        .timeout(timeout)
-        .send()
-        .await;
+        .timeout(timeout);
+    // the caller's token: every sidecar of the cluster reads the same token file
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        req = req.header(reqwest::header::AUTHORIZATION, a.as_bytes());
+    }
+    let r = req.send().await;
     match r {
         Ok(resp) => {
             let code = StatusCode::from_u16(resp.status().as_u16())
@@ -741,14 +752,33 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg.host.as_str()
     };
     let addr = format!("{host}:{}", cfg.port);
-    // certificates first: a bad file is a configuration error before anything listens
+    // certificates and tokens first: a bad file is a configuration error before anything listens
     let acceptor = match &cfg.tls {
-        Some((cert, key)) => Some(crate::https::acceptor(cert, key)?),
+        Some(files) => Some(Arc::new(crate::https::TlsReloader::new(files.clone())?)),
         None => None,
     };
+    let guard = Arc::new(crate::auth::Guard::new(cfg.auth.clone())?);
+    if !cfg.auth.enabled() {
+        tracing::warn!(
+            port = cfg.port,
+            "the API takes no credentials: anyone who reaches this port can start an initialization (which may remove this member and move its data aside), take full snapshots and read /config; set --server-token-file or --server-client-ca"
+        );
+    } else {
+        tracing::info!(
+            token = cfg.auth.token_file.is_some(),
+            client_certificates = cfg.auth.client_ca.is_some(),
+            open_paths = cfg.auth.open_paths.join(","),
+            "the API requires credentials"
+        );
+    }
     let listener = crate::listener::bind(&addr).await?;
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let app = router(st.clone()).layer(axum::middleware::from_fn(crate::listener::limit_body));
+    let app = router(st.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::auth::require,
+        ))
+        .layer(axum::middleware::from_fn(crate::listener::limit_body));
     let app = if acceptor.is_some() {
         // etcdbrctl's headers on TLS, except for /config and /metrics
         app.layer(axum::middleware::map_response(tls_headers))
@@ -769,6 +799,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         http_stop_rx,
     ));
 
+    metrics::init_defrag_endpoints(&cfg.job.etcd.endpoints);
     let h2 = health.clone();
     let defrag_task = tokio::spawn(defrag::run_scheduled(
         cfg.job.etcd.clone(),
@@ -794,6 +825,7 @@ async fn promote(cfg: &ServerConfig, id: u64) {
     let Some(ecfg) = &cfg.init.cluster else {
         return;
     };
+    let t = std::time::Instant::now();
     let result = match etcd::connect_cluster(ecfg, &ecfg.endpoints).await {
         Ok((mut c, ep, _)) => etcd::call(
             &ep,
@@ -805,6 +837,11 @@ async fn promote(cfg: &ServerConfig, id: u64) {
         .map(|_| ()),
         Err(e) => Err(e),
     };
+    metrics::operation(
+        metrics::Op::MemberPromote,
+        result.is_ok(),
+        t.elapsed().as_secs_f64(),
+    );
     match result {
         Ok(()) => tracing::info!(
             member = format!("{id:x}"),

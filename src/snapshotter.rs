@@ -304,6 +304,35 @@ impl Runner {
         Ok(())
     }
 
+    /// A final full snapshot asked for again with etcd unchanged since the stored one (the
+    /// latest set is that final full alone, at etcd's current revision): that snapshot, not a
+    /// second copy (etcdbrctl's behaviour, which shutdown hooks retrying the call rely on).
+    async fn unchanged_final(&mut self) -> Result<Option<FullSnapshotReport>> {
+        let started = Instant::now();
+        let set = self.store.get().await?.latest_set().await?;
+        let Some(full) = set.full.filter(|f| f.is_final && set.deltas.is_empty()) else {
+            return Ok(None);
+        };
+        let endpoint = self.job.etcd.primary().to_string();
+        let timeout = self.job.etcd.connection_timeout;
+        let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
+        if role.revision != full.last_revision {
+            return Ok(None);
+        }
+        tracing::info!(
+            snapshot = %full.snap_name,
+            revision = role.revision,
+            "a final full snapshot at etcd's current revision is already stored: returning it"
+        );
+        Ok(Some(FullSnapshotReport {
+            key: full.snap_name.clone(),
+            snapshot: full,
+            db_bytes: 0,
+            revision_exact: true,
+            elapsed: started.elapsed(),
+        }))
+    }
+
     async fn take_full(&mut self, is_final: bool) -> Result<FullSnapshotReport> {
         let started = Instant::now();
         let fence = self.ctl.fence;
@@ -312,6 +341,11 @@ impl Runner {
             fence
                 .check(self.client().await?, &endpoint, "full snapshot")
                 .await?;
+            if is_final {
+                if let Some(report) = self.unchanged_final().await? {
+                    return Ok(report);
+                }
+            }
             let s = self.store.get().await?;
             let c = self
                 .client

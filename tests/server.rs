@@ -18,6 +18,8 @@ struct Sidecar {
     log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Sent as `Authorization: Bearer` by [`Sidecar::get`].
+    token: Option<String>,
 }
 
 impl Sidecar {
@@ -69,6 +71,7 @@ impl Sidecar {
             log,
             args,
             env,
+            token: None,
         };
         s.spawn();
         s
@@ -96,7 +99,12 @@ impl Sidecar {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        http_body(self.port, "GET", path).unwrap_or((0, String::new()))
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        http_with(self.port, "GET", path, &headers).unwrap_or((0, String::new()))
     }
 
     fn json(&self, path: &str) -> serde_json::Value {
@@ -524,24 +532,31 @@ fn follower_forwards_snapshot_requests_to_the_leaders_sidecar() {
     let bk = tmp.path().join("bk");
     let port = free_port();
     let eps = cluster.endpoints.clone();
-    let leader = Sidecar::start_at(
+    // both sidecars read one token (the chart's Secret): the forwarded request carries it
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "cluster-token\n").unwrap();
+    let token_file = token_file.display().to_string();
+    let auth = ["--server-token-file", token_file.as_str()];
+    let mut leader = Sidecar::start_at(
         "::1",
         port,
         &eps[0],
         &local_store(&bk),
-        &[],
+        &auth,
         tmp.path().join("leader.log"),
         vec![],
     );
-    let follower = Sidecar::start_at(
+    let mut follower = Sidecar::start_at(
         "127.0.0.1",
         port,
         &eps[1],
         &local_store(&bk),
-        &[],
+        &auth,
         tmp.path().join("follower.log"),
         vec![],
     );
+    leader.token = Some("cluster-token".into());
+    follower.token = Some("cluster-token".into());
     leader.wait_until("the leader's first full", 40, &|| {
         stored_in(&bk).iter().any(|s| s.kind == Kind::Full)
     });
@@ -773,4 +788,307 @@ fn concurrent_full_requests_share_one_snapshot() {
         "{out}"
     );
     assert_eq!(fulls(), before + 1);
+    // a final snapshot (before a planned shutdown) is not put off by the interval; asked for
+    // again with etcd unchanged, the stored one is returned instead of a second copy
+    etcd.put("before-shutdown", b"1");
+    let final_name = |path: &str| -> String {
+        let (code, body) = http_body(port, "POST", path).unwrap_or((0, String::new()));
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["isFinal"], true, "{v}");
+        v["snapName"].as_str().expect("name").to_string()
+    };
+    let first = final_name("/snapshot/full?final=true");
+    assert_eq!(fulls(), before + 2);
+    let again = final_name("/snapshot/full?final=true");
+    assert_eq!(first, again, "the same final snapshot");
+    assert_eq!(fulls(), before + 2, "no second final copy");
+    etcd.put("after-final", b"2");
+    let later = final_name("/snapshot/full?final=true");
+    assert_ne!(first, later, "a new revision: a new final snapshot");
+    assert_eq!(fulls(), before + 3);
+}
+
+/// Runs openssl, asserting success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<name>-ca.crt/.key`) and a client certificate it signed (`<name>.crt/.key`).
+fn client_ca_and_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca, ca_key) = (format!("{name}-ca.crt"), format!("{name}-ca.key"));
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-client-ca",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(dir, &a);
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend(["-subj", "/CN=operator", "-keyout", &key, "-out", &csr]);
+    openssl(dir, &a);
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let ext = ext.display().to_string();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ],
+    );
+    (dir.join(ca), dir.join(crt), dir.join(key))
+}
+
+/// Replaces `to` by `from`'s content in one rename (as a Secret update or cert-manager does).
+fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// `--server-token-file` and `--server-client-ca`: every endpoint but the open paths refuses a
+/// caller without credentials (401) or with a wrong token (403), before anything starts; a
+/// certificate from another CA fails the handshake; either credential is enough; refusals are
+/// counted; the token file and the server certificate are re-read when they change; no token
+/// reaches the log.
+#[test]
+fn only_authenticated_callers_reach_the_api() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(20, 100);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bk = dir.join("bk");
+    let (cert, key) = self_signed(dir);
+    let (client_ca, client_crt, client_key) = client_ca_and_cert(dir, "good");
+    let (_, rogue_crt, rogue_key) = client_ca_and_cert(dir, "rogue");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "first-secret-token\n").unwrap();
+    let paths: Vec<String> = [&cert, &key, &client_ca, &token_file]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let sc = Sidecar::start(
+        &etcd.endpoint,
+        &local_store(&bk),
+        &[
+            "--server-cert",
+            &paths[0],
+            "--server-key",
+            &paths[1],
+            "--server-client-ca",
+            &paths[2],
+            "--server-token-file",
+            &paths[3],
+        ],
+        dir.join("sidecar.log"),
+    );
+    let port = sc.port;
+    // (code, headers and body) of an HTTPS call; code 0 when no answer (handshake refused)
+    let call = |method: &str, path: &str, extra: &[&str], ca: &Path| -> (u16, String) {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "30", "-X", method, "--cacert"])
+            .arg(ca)
+            .args(extra)
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out)
+    };
+    let token = |t: &str| format!("Authorization: Bearer {t}");
+    let t = Instant::now();
+    while call("GET", "/healthz", &[], &cert).0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not healthy:\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fulls = || {
+        stored_in(&bk)
+            .iter()
+            .filter(|s| s.kind == Kind::Full)
+            .count()
+    };
+    sc.wait_until("the first full", 30, &|| fulls() == 1);
+    let good = token("first-secret-token");
+    let (ccrt, ckey) = (
+        client_crt.display().to_string(),
+        client_key.display().to_string(),
+    );
+    let (rcrt, rkey) = (
+        rogue_crt.display().to_string(),
+        rogue_key.display().to_string(),
+    );
+    // open paths need nothing
+    assert_eq!(call("GET", "/metrics", &[], &cert).0, 200);
+    let endpoints = [
+        ("GET", "/snapshot/full"),
+        ("POST", "/snapshot/full?final=true"),
+        ("GET", "/snapshot/delta"),
+        ("POST", "/snapshot/delta"),
+        ("GET", "/snapshot/latest"),
+        ("GET", "/config"),
+        ("GET", "/initialization/start"),
+        ("POST", "/initialization/start?mode=full"),
+        ("GET", "/initialization/status"),
+        ("GET", "/no/such/path"),
+        ("DELETE", "/snapshot/full"),
+    ];
+    let mut refused = 0;
+    for (m, p) in endpoints {
+        let (code, out) = call(m, p, &[], &cert);
+        assert_eq!(code, 401, "{m} {p} without credentials: {out}");
+        assert!(
+            out.to_lowercase().contains("www-authenticate: bearer"),
+            "{out}"
+        );
+        let (code, out) = call(m, p, &["-H", &token("guessed")], &cert);
+        assert_eq!(code, 403, "{m} {p} with a wrong token: {out}");
+        assert!(
+            !out.contains("guessed"),
+            "the reason never repeats the token: {out}"
+        );
+        let (code, out) = call(m, p, &["--cert", &rcrt, "--key", &rkey], &cert);
+        assert_eq!(code, 0, "{m} {p} with another CA's certificate: {out}");
+        refused += 2;
+    }
+    // nothing was started by the refused calls
+    assert_eq!(fulls(), 1, "no snapshot was taken by a refused call");
+    let (code, out) = call("GET", "/initialization/status", &["-H", &good], &cert);
+    assert_eq!(code, 200, "{out}");
+    assert!(out.ends_with("New"), "no initialization was started: {out}");
+    let metrics = call("GET", "/metrics", &[], &cert).1;
+    let count = |reason: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "etcdbr_api_requests_refused_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("no_credentials") + count("wrong_token"),
+        refused,
+        "{metrics}"
+    );
+    // either credential is enough: the token, or a client certificate of the CA
+    let (code, out) = call("GET", "/snapshot/latest", &["-H", &good], &cert);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = call(
+        "GET",
+        "/snapshot/latest",
+        &["--cert", &ccrt, "--key", &ckey],
+        &cert,
+    );
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = call("POST", "/snapshot/full", &["-H", &good], &cert);
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(fulls(), 2);
+
+    // token rotation: the new token works and the old one is refused, without a restart
+    let next = dir.join("token.next");
+    std::fs::write(&next, "second-secret-token\n").unwrap();
+    replace_file(&next, &token_file);
+    let new = token("second-secret-token");
+    let t = Instant::now();
+    while call("GET", "/snapshot/latest", &["-H", &new], &cert).0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the new token is not taken:\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        call("GET", "/snapshot/latest", &["-H", &good], &cert).0,
+        403
+    );
+
+    // certificate rotation: new connections get the new certificate
+    let renewed = dir.join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (cert2, key2) = self_signed(&renewed);
+    let old_cert = dir.join("old.crt");
+    std::fs::copy(&cert, &old_cert).unwrap();
+    replace_file(&key2, &key);
+    replace_file(&cert2, &cert);
+    let t = Instant::now();
+    while call("GET", "/healthz", &[], &cert2).0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the renewed certificate is not served:\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        call("GET", "/healthz", &[], &old_cert).0,
+        0,
+        "the old certificate is no longer served"
+    );
+    let (code, out) = call("GET", "/initialization/status", &["-H", &new], &cert2);
+    assert_eq!(code, 200, "{out}");
+    let log = sc.log();
+    assert!(log.contains("reloaded"), "{log}");
+    assert!(
+        !log.contains("secret-token"),
+        "a token reached the log:\n{log}"
+    );
 }

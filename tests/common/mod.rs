@@ -660,9 +660,23 @@ pub fn writer(
 
 /// An HTTP/1.1 request to 127.0.0.1:`port`; returns the status code and the body.
 pub fn http_body(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_with(port, method, path, &[])
+}
+
+/// [`http_body`] with extra request headers (`Authorization`, …).
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let code = buf
