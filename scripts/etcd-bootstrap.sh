@@ -25,6 +25,9 @@
 # Settings (environment):
 #   BACKUP_URL    the sidecar            (default http://127.0.0.1:8080; https:// for TLS)
 #   CURL_OPTS     extra curl options     (TLS: "--cacert /var/etcd/ssl/ca/ca.crt", client certs)
+#   TOKEN_FILE    the sidecar's API token (--server-token-file; its first line is sent as
+#                 "Authorization: Bearer", read at every call so that a rotation needs no restart;
+#                 default: none)
 #   ETCD_BIN      the etcd binary        (default: etcd on PATH)
 #   CONFIG_FILE   where /config is saved (default /tmp/etcd.conf.yaml)
 #   MARKER        the exit-code marker   (default /var/etcd/data/validation_marker)
@@ -36,6 +39,7 @@ set -u
 
 BACKUP_URL=${BACKUP_URL:-http://127.0.0.1:8080}
 CURL_OPTS=${CURL_OPTS:-}
+TOKEN_FILE=${TOKEN_FILE:-}
 ETCD_BIN=${ETCD_BIN:-etcd}
 CONFIG_FILE=${CONFIG_FILE:-/tmp/etcd.conf.yaml}
 MARKER=${MARKER:-/var/etcd/data/validation_marker}
@@ -46,13 +50,25 @@ PIDFILE=${PIDFILE:-$(dirname "$CONFIG_FILE")/etcd-bootstrap.pid}
 
 log() { echo "etcd-bootstrap: $(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >&2; }
 
+# auth_header: the Authorization header line for curl's "-H @-" (nothing without TOKEN_FILE);
+# through stdin, not argv, so that the token is not in the process list
+auth_header() {
+  [ -n "$TOKEN_FILE" ] || return 0
+  token=$(head -n 1 "$TOKEN_FILE" 2>/dev/null | tr -d ' \t\r')
+  if [ -z "$token" ]; then
+    log "no token in TOKEN_FILE $TOKEN_FILE: the sidecar will refuse the call"
+    return 0
+  fi
+  printf 'Authorization: Bearer %s\n' "$token"
+}
+
 # curl_get PATH [OUT]: body on stdout (or to OUT); non-zero on connection failure or non-2xx
 curl_get() {
   # shellcheck disable=SC2086 # CURL_OPTS is a list of options
   if [ -n "${2:-}" ]; then
-    curl -fsS --max-time 10 $CURL_OPTS -o "$2" "$BACKUP_URL$1"
+    auth_header | curl -fsS --max-time 10 $CURL_OPTS -H @- -o "$2" "$BACKUP_URL$1"
   else
-    curl -fsS --max-time 10 $CURL_OPTS "$BACKUP_URL$1"
+    auth_header | curl -fsS --max-time 10 $CURL_OPTS -H @- "$BACKUP_URL$1"
   fi
 }
 

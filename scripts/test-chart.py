@@ -50,17 +50,22 @@ SETS = {
         },
         "backup": {
             "tls": {"enabled": True, "secretName": "etcd-backup-tls"},
+            "auth": {"clientCertificates": True},
             "storageProvider": "GCS",
             "storageContainer": "etcd-backups",
         },
         "serviceMonitor": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "monitoringFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
     },
 }
 
 EXPECTED = {
-    "default": {"ConfigMap", "Service", "StatefulSet"},
-    "multi-member": {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"},
-    "tls": {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor"},
+    "default": {"ConfigMap", "Secret", "Service", "StatefulSet"},
+    "multi-member": {"ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"},
+    "tls": {"ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"},
 }
 
 
@@ -100,6 +105,33 @@ def check_crd(doc):
             for r in g["rules"]:
                 assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r
                 assert r["alert"] and r["expr"], r
+
+
+def check_api_access(name, docs, spec, backup):
+    """The sidecar's API: a token Secret mounted in both containers, passed to the sidecar
+    (--server-token-file) and to the bootstrap script (TOKEN_FILE); its port on the headless
+    peer Service only, not on the client Service that every pod can reach."""
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert len(secret["data"]["token"]) >= 48, secret
+    volume = next(v for v in spec["volumes"] if v["name"] == "api-token")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"], volume
+    etcd = next(c for c in spec["containers"] if c["name"] == "etcd")
+    for c in (etcd, backup):
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts.get("api-token") == "/var/etcd/api-token", (name, c["name"], mounts)
+    assert "--server-token-file=/var/etcd/api-token/token" in backup["args"], backup["args"]
+    assert {"name": "TOKEN_FILE", "value": "/var/etcd/api-token/token"} in etcd["env"], etcd["env"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    client = next(s for n, s in services.items() if n.endswith("-client"))
+    peer = next(s for n, s in services.items() if n.endswith("-peer"))
+    assert "backup" not in {p["name"] for p in client["spec"]["ports"]}, client
+    assert peer["spec"]["clusterIP"] == "None" and "backup" in {p["name"] for p in peer["spec"]["ports"]}, peer
+    policy = next((d for d in docs if d["kind"] == "NetworkPolicy"), None)
+    if policy:
+        rules = policy["spec"]["ingress"]
+        backup_from = [r.get("from") for r in rules if {"port": "backup"} in r["ports"]]
+        # never open to every source
+        assert backup_from and all(backup_from), rules
 
 
 def main():
@@ -146,6 +178,7 @@ def main():
         if over.get("etcd", {}).get("tls"):
             assert conf["client-transport-security"]["client-cert-auth"] is True
             assert all(u.startswith("https://") for m in members for u in [m.split("=", 1)[1]])
+        check_api_access(name, docs, spec, backup)
         print(f"chart {name}: {len(docs)} manifests valid for Kubernetes {K8S} ({', '.join(sorted(kinds))})")
     # refused: backups of a multi-member cluster on each member's own volume
     refused = merge(defaults, {"replicas": 3})
@@ -156,6 +189,13 @@ def main():
         print("chart: 3 replicas with a Local store refused")
     else:
         raise SystemExit("3 replicas with a Local store must be refused")
+    try:
+        render(renderer, merge(defaults, {"backup": {"auth": {"clientCertificates": True}}}))
+    except SystemExit as e:
+        assert "needs backup.tls.enabled" in str(e), e
+        print("chart: client certificates without TLS refused")
+    else:
+        raise SystemExit("client certificates without TLS must be refused")
 
 
 if __name__ == "__main__":

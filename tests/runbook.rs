@@ -183,6 +183,9 @@ fn every_runbook_command_runs_as_written() {
 
     let sidecar_log = tmp.path().join("sidecar.log");
     let log = std::fs::File::create(&sidecar_log).expect("log");
+    // the chart's sidecar requires its API token: the runbook passes it as written
+    let token = tmp.path().join("api-token");
+    std::fs::write(&token, "runbook-token\n").expect("token");
     let _sidecar = Proc(
         etcdbrctl()
             .args([
@@ -212,6 +215,8 @@ fn every_runbook_command_runs_as_written() {
             .args(["--initial-advertise-peer-urls", &peer])
             .arg("--restoration-temp-snapshots-dir")
             .arg(tmp.path().join("rtmp"))
+            .arg("--server-token-file")
+            .arg(&token)
             .env("PATH", &path)
             .env("HOME", &work)
             .stdout(log.try_clone().expect("log"))
@@ -235,6 +240,7 @@ fn every_runbook_command_runs_as_written() {
         &[
             ("ENDPOINTS", endpoints.clone()),
             ("SIDECAR", format!("http://127.0.0.1:{sp}")),
+            ("TOKEN", token.display().to_string()),
             ("STORE", store.display().to_string()),
             ("DATA_DIR", data.display().to_string()),
             ("NAME", "runbook".into()),

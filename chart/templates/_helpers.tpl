@@ -43,3 +43,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if eq .Values.backup.storageProvider "ABS" -}}AZURE_APPLICATION_CREDENTIALS
 {{- else -}}{{- end -}}
 {{- end -}}
+
+{{/* the Secret holding the sidecar API's bearer token */}}
+{{- define "etcdbr.tokenSecret" -}}
+{{- .Values.backup.auth.token.existingSecret | default (printf "%s-api-token" (include "etcdbr.name" .)) -}}
+{{- end -}}

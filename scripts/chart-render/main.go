@@ -7,10 +7,13 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -218,6 +221,23 @@ func main() {
 		"int64":     func(v interface{}) int64 { return int64(toInt(v)) },
 		"mul":       func(a interface{}, b interface{}) int { return toInt(a) * toInt(b) },
 		"sha256sum": func(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) },
+		"b64enc":    func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) },
+		"randAlphaNum": func(n int) (string, error) {
+			const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+			b := make([]byte, n)
+			for i := range b {
+				k, err := rand.Int(rand.Reader, big.NewInt(int64(len(letters))))
+				if err != nil {
+					return "", err
+				}
+				b[i] = letters[k.Int64()]
+			}
+			return string(b), nil
+		},
+		// no API server here, as with `helm template`: nothing exists yet
+		"lookup": func(apiVersion, kind, namespace, name string) map[string]interface{} {
+			return map[string]interface{}{}
+		},
 	}
 	root.Funcs(funcs)
 	files, _ := filepath.Glob(filepath.Join(dir, "templates", "*"))

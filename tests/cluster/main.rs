@@ -125,6 +125,45 @@ fn scenario_0_first_install_parallel() {
     assert!(stored(&moto)
         .iter()
         .any(|s| s.kind == etcdbr::layout::Kind::Full));
+    api_as_deployed(&set, &moto);
+}
+
+/// The sidecars' API as the chart deploys it: the token Secret is required (not for the
+/// probes' and scrapers' paths), a follower forwards an authorized request to the leader's
+/// sidecar, and the client Service does not publish the API.
+fn api_as_deployed(set: &StatefulSet, moto: &Moto) {
+    let l = leader(set);
+    let f = (l + 1) % 3;
+    for i in [l, f] {
+        let (code, body) = set.api(i, "/snapshot/latest", false).expect("answer");
+        assert_eq!(code, 401, "without the token: {body}");
+        let (code, body) = set.api(i, "/initialization/start", false).expect("answer");
+        assert_eq!(code, 401, "without the token: {body}");
+        assert_eq!(set.api(i, "/healthz", false).map(|a| a.0), Some(200));
+        let (code, body) = set.api(i, "/snapshot/latest", true).expect("answer");
+        assert_eq!(code, 200, "with the token: {body}");
+    }
+    let (code, body) = set.api(f, "/snapshot/full", true).expect("answer");
+    assert_eq!(
+        code, 200,
+        "forwarded by the follower with the token: {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let name = v["snapName"].as_str().expect("snapName");
+    assert!(
+        stored(moto).iter().any(|s| s.snap_name == name),
+        "{name} is in the store"
+    );
+    let published = std::net::TcpStream::connect_timeout(
+        &format!("{}:{}", set.service_ip(), set.spec.backup_port)
+            .parse()
+            .expect("addr"),
+        Duration::from_millis(300),
+    );
+    assert!(
+        published.is_err(),
+        "the client Service must not publish the sidecar API"
+    );
 }
 
 #[test]

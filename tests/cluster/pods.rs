@@ -49,6 +49,10 @@ pub struct Rendered {
     pub client_port: u16,
     pub metrics_port: u16,
     pub backup_port: u16,
+    /// The API token of the generated Secret (mounted at `/var/etcd/api-token`).
+    pub api_token: Option<String>,
+    /// The container ports the client Service publishes.
+    pub client_service_ports: Vec<u16>,
 }
 
 fn repo() -> PathBuf {
@@ -117,12 +121,25 @@ pub fn render(over: &Value) -> Rendered {
     let text = String::from_utf8(out.stdout).expect("utf8");
     let mut sts = None;
     let mut conf = None;
+    let mut api_token = None;
+    let mut client_service = None;
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         use serde::Deserialize;
         let v = Value::deserialize(doc).expect("manifest is YAML");
         match v["kind"].as_str() {
             Some("StatefulSet") => sts = Some(v),
             Some("ConfigMap") => conf = Some(v),
+            Some("Secret") if v["metadata"]["name"] == format!("{RELEASE}-api-token") => {
+                use base64::Engine;
+                let b64 = v["data"]["token"].as_str().expect("token");
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .expect("base64 token");
+                api_token = Some(String::from_utf8(raw).expect("utf8 token"));
+            }
+            Some("Service") if v["metadata"]["name"] == format!("{RELEASE}-client") => {
+                client_service = Some(v)
+            }
             _ => {}
         }
     }
@@ -182,7 +199,19 @@ pub fn render(over: &Value) -> Rendered {
             .and_then(|p| p["containerPort"].as_u64())
             .unwrap_or_else(|| panic!("port {name}")) as u16
     };
+    let client_service_ports = client_service.expect("a client Service")["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            let target = p["targetPort"].as_str().expect("named target port");
+            let c = if target == "backup" { "backup" } else { "etcd" };
+            port(c, target)
+        })
+        .collect();
     Rendered {
+        api_token,
+        client_service_ports,
         replicas: sts["spec"]["replicas"].as_u64().expect("replicas") as usize,
         etcd: container("etcd"),
         backup: container("backup"),
@@ -377,6 +406,10 @@ impl StatefulSet {
         .replace("/var/etcd/config", &root.join("config").to_string_lossy())
         .replace("/var/etcd-backup", &root.join("secret").to_string_lossy())
         .replace(
+            "/var/etcd/api-token",
+            &root.join("api-token").to_string_lossy(),
+        )
+        .replace(
             "/usr/local/bin/etcd-bootstrap.sh",
             &script.to_string_lossy(),
         )
@@ -407,6 +440,14 @@ impl StatefulSet {
         for e in std::fs::read_dir(&self.credentials).expect("secret") {
             let e = e.expect("entry");
             std::fs::copy(e.path(), root.join("secret").join(e.file_name())).expect("secret");
+        }
+        if let Some(token) = &self.spec.api_token {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = root.join("api-token");
+            std::fs::create_dir_all(&dir).expect("api-token volume");
+            let f = dir.join("token");
+            std::fs::write(&f, token).expect("token");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o440)).expect("mode");
         }
         let stop = Arc::new(AtomicBool::new(false));
         let states = [
@@ -583,7 +624,7 @@ impl StatefulSet {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }));
-        for port in [self.spec.client_port, self.spec.backup_port] {
+        for port in self.spec.client_service_ports.clone() {
             let addr = format!("{}:{port}", self.service_ip());
             let listener = std::net::TcpListener::bind(&addr).expect("bind the client service");
             listener.set_nonblocking(true).expect("nonblocking");
@@ -616,6 +657,18 @@ impl StatefulSet {
                 }
             }));
         }
+    }
+
+    /// GET on pod `i`'s sidecar API, with the chart's token when `authorized`.
+    pub fn api(&self, i: usize, path: &str, authorized: bool) -> Option<(u16, String)> {
+        let token = self.spec.api_token.as_deref().filter(|_| authorized);
+        http_get_as(
+            &self.ip(i),
+            self.spec.backup_port,
+            path,
+            token,
+            Duration::from_secs(60),
+        )
     }
 
     /// Whether pod `i` is ready.
@@ -743,13 +796,27 @@ fn health_ok(ip: &str, port: u16) -> bool {
 
 /// A bounded GET; (status, body).
 pub fn http_get(ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_as(ip, port, path, None, Duration::from_secs(2))
+}
+
+/// A bounded GET with an optional bearer token; (status, body).
+pub fn http_get_as(
+    ip: &str,
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr = format!("{ip}:{port}").parse().ok()?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\n{auth}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = String::new();
