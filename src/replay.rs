@@ -107,7 +107,7 @@ impl TempEtcd {
         let (c, p) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{c}");
         let peer = format!("http://127.0.0.1:{p}");
-        let log = std::fs::File::create(&cfg.log)
+        let log = crate::sys::append_private(&cfg.log)
             .map_err(|e| Error::io(&cfg.log, "create the temporary etcd's log", e))?;
         let log2 = log
             .try_clone()

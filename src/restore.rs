@@ -277,7 +277,7 @@ async fn download_full(
     let dest2 = dest.to_path_buf();
     let key2 = key.clone();
     let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let f = std::fs::File::create(&dest2)
+        let f = crate::sys::create_private(&dest2)
             .map_err(|e| Error::io(&dest2, "create the temporary snapshot file", e))?;
         let hasher =
             crate::fullsnap::decompress_to_file(&key2, codec, ChannelReader::new(rx), f, &dest2)?;
@@ -337,8 +337,8 @@ async fn fetch_delta(store: &SnapStore, d: &Snapshot, tmp: &Path) -> Result<(Pat
         rand::random::<u64>(),
         d.compression_suffix
     ));
-    let mut f = tokio::fs::File::create(&dest)
-        .await
+    let mut f = crate::sys::create_private(&dest)
+        .map(tokio::fs::File::from_std)
         .map_err(|e| Error::io(&dest, "create the delta download", e))?;
     let mut s = store.fetch(d).await?;
     while let Some(c) = s.next().await {

@@ -279,6 +279,8 @@ async fn config_handler(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) 
             .create(true)
             .truncate(true)
             .mode(0o600)
+            // a link planted in $HOME must not redirect the write
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&out)
             .and_then(|mut f| f.write_all(body.as_bytes()));
         if let Err(e) = written {

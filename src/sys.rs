@@ -2,11 +2,38 @@
 //! an atomic exchange of two directories (`renameat2(RENAME_EXCHANGE)`), a probe for other
 //! processes holding a file open (a write lease, `F_SETLEASE`), and SIGKILL of this process
 //! (the test-only crash points). `rustix` has the first but not the lease, so `libc` it is.
+//! Also [`create_private`], the one way temporary files are created.
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+/// Creates a new file only this user can read (0600), never through a symlink and never over an
+/// existing file (`O_CREAT|O_EXCL|O_NOFOLLOW`): temporary files (downloads, logs of temporary
+/// etcds) live in directories with unpredictable names, and must not be redirected by a link
+/// planted there.
+pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+}
+
+/// Opens a log for appending, created 0600 if missing, never through a symlink (a temporary
+/// etcd started several times on one restore appends to one log).
+pub fn append_private(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+}
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_bytes())
@@ -66,4 +93,29 @@ pub fn kill_self() -> ! {
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
     std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_refuse_links_and_existing_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("tmp: {e}"));
+        let f = d.path().join("etcd.log");
+        create_private(&f).unwrap_or_else(|e| panic!("create: {e}"));
+        let mode = std::fs::metadata(&f)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        assert_eq!(mode, 0o600);
+        assert!(create_private(&f).is_err(), "an existing file is not reused");
+        let target = d.path().join("elsewhere");
+        let link = d.path().join("planted");
+        std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|e| panic!("link: {e}"));
+        assert!(create_private(&link).is_err(), "a planted link is not followed");
+        assert!(append_private(&link).is_err(), "a planted link is not followed");
+        assert!(append_private(&f).is_ok(), "a log is appended to");
+        assert!(!target.exists());
+    }
 }

@@ -11,10 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The credential fields as strings, keyed by the JSON key (== per-field file name).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Fields {
     pub source: String,
     pub values: Map<String, Value>,
+}
+
+/// The source and the field names, never their values (keys and secrets).
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fields")
+            .field("source", &self.source)
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Fields {
@@ -151,6 +161,8 @@ mod tests {
         let f = read(&Source::JsonFile(j.clone()), &[]).unwrap();
         assert_eq!(f.get("region").as_deref(), Some("eu-1"));
         assert!(f.flag("s3ForcePathStyle"));
+        let shown = format!("{f:?}");
+        assert!(shown.contains("secretAccessKey") && !shown.contains("\"SK\""), "{shown}");
 
         let dir = d.path().join("dir");
         fs::create_dir(&dir).unwrap();

@@ -568,13 +568,7 @@ fn create_dir_all_private(dir: &Path) -> Result<()> {
 }
 
 fn open_private(p: &Path) -> Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(p)
-        .map_err(|e| Error::io(p, "create", e))
+    crate::sys::create_private(p).map_err(|e| Error::io(p, "create", e))
 }
 
 /// The synchronous end of an upload, written from the compression thread.
