@@ -262,6 +262,11 @@ pub async fn require(
         .get::<crate::listener::ClientCertVerified>()
         .is_some_and(|v| v.0);
     let path = req.uri().path().to_string();
+    // OPTIONS acts on nothing (it lists the methods; a browser's preflight carries no
+    // credentials)
+    if req.method() == axum::http::Method::OPTIONS {
+        return next.run(req).await;
+    }
     match guard.check(&path, req.headers(), verified) {
         Ok(()) => next.run(req).await,
         Err(r) => guard.refusal_response(&path, r),

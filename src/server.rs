@@ -670,41 +670,63 @@ fn wrong_method(
     }
 }
 
+/// Methods of the paths that only read. etcdbrctl's `ServeMux` takes any method on every path,
+/// and its callers use several: each path takes the usual ones.
+const READING: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+/// Methods of the paths that act (a snapshot, an initialization): as above, but HEAD (a safe
+/// method a monitor may send) and OPTIONS (a browser's preflight) never act.
+const ACTING: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// 204 with `Allow`: what OPTIONS answers, acting on nothing.
+fn allow(methods: &'static str) -> impl Fn() -> std::future::Ready<Response> + Clone {
+    move || {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, axum::http::HeaderValue::from_static(methods));
+        std::future::ready(r)
+    }
+}
+
+fn reading<H, T>(h: H) -> axum::routing::MethodRouter<Arc<AppState>>
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    // GET also answers HEAD (without the body)
+    get(h.clone())
+        .post(h.clone())
+        .put(h.clone())
+        .patch(h.clone())
+        .delete(h)
+        .options(allow(READING))
+        .fallback(wrong_method(READING))
+}
+
+fn acting<H, T>(h: H) -> axum::routing::MethodRouter<Arc<AppState>>
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    get(h.clone())
+        .post(h.clone())
+        .put(h.clone())
+        .patch(h.clone())
+        .delete(h)
+        .head(wrong_method(ACTING))
+        .options(allow(ACTING))
+        .fallback(wrong_method(ACTING))
+}
+
 fn router(st: Arc<AppState>) -> Router {
-    let (read, trigger) = ("GET, HEAD", "GET, POST");
     Router::new()
-        .route("/healthz", get(healthz).fallback(wrong_method(read)))
-        .route(
-            "/metrics",
-            get(metrics_handler).fallback(wrong_method(read)),
-        )
-        .route(
-            "/snapshot/latest",
-            get(snapshot_latest).fallback(wrong_method(read)),
-        )
-        .route(
-            "/snapshot/full",
-            get(snapshot_full)
-                .post(snapshot_full)
-                .fallback(wrong_method(trigger)),
-        )
-        .route(
-            "/snapshot/delta",
-            get(snapshot_delta)
-                .post(snapshot_delta)
-                .fallback(wrong_method(trigger)),
-        )
-        .route(
-            "/initialization/start",
-            get(initialization_start)
-                .post(initialization_start)
-                .fallback(wrong_method(trigger)),
-        )
-        .route("/config", get(config_handler).fallback(wrong_method(read)))
-        .route(
-            "/initialization/status",
-            get(initialization_status).fallback(wrong_method(read)),
-        )
+        .route("/healthz", reading(healthz))
+        .route("/metrics", reading(metrics_handler))
+        .route("/snapshot/latest", reading(snapshot_latest))
+        .route("/snapshot/full", acting(snapshot_full))
+        .route("/snapshot/delta", acting(snapshot_delta))
+        .route("/initialization/start", acting(initialization_start))
+        .route("/config", reading(config_handler))
+        .route("/initialization/status", reading(initialization_status))
         .fallback(unknown_path)
         .with_state(st)
 }
