@@ -2,7 +2,7 @@
 //! Every flag can also be set from an environment variable (`ETCDBR_<FLAG_NAME>`, shown in
 //! `--help`); the store container also reads etcdbrctl's `STORAGE_CONTAINER`.
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Compression};
 use crate::deltasnap::DeltaConfig;
 use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
@@ -704,7 +704,7 @@ impl JobArgs {
         let job = SnapshotJob {
             etcd: self.etcd.to_config()?,
             store: self.store.to_config()?,
-            codec: self.compression.codec()?,
+            compression: self.compression.compression()?,
             schedule,
             backoff: self.backoff.backoff()?,
             gc: self.snapshotter.gc()?,
@@ -1185,12 +1185,37 @@ pub struct CompressionArgs {
         env = "ETCDBR_COMPRESSION_POLICY"
     )]
     pub compression_policy: String,
+    /// etcdbr: gzip and zlib level of full snapshots, 1 (fastest) to 9 (smallest)
+    #[arg(
+        long = "compression-level",
+        default_value_t = 6,
+        value_parser = clap::value_parser!(u32).range(1..=9),
+        env = "ETCDBR_COMPRESSION_LEVEL"
+    )]
+    pub compression_level: u32,
+    /// etcdbr: threads compressing a full snapshot with gzip or zlib (independent blocks of one
+    /// ordinary stream, as pigz); 0: one per core
+    #[arg(
+        long = "compression-threads",
+        default_value_t = 0,
+        env = "ETCDBR_COMPRESSION_THREADS"
+    )]
+    pub compression_threads: usize,
 }
 
 impl CompressionArgs {
     pub fn codec(&self) -> Result<Codec> {
         Codec::from_flags(self.compress_snapshots, &self.compression_policy)
             .map_err(|e| Error::config(format!("--compression-policy: {e}")))
+    }
+
+    /// How full snapshots are compressed.
+    pub fn compression(&self) -> Result<Compression> {
+        Ok(Compression::new(
+            self.codec()?,
+            self.compression_level,
+            self.compression_threads,
+        ))
     }
 }
 
@@ -1280,8 +1305,9 @@ async fn run_command(cmd: Command) -> Result<()> {
             Some(SnapshotAction::Save(save)) => {
                 let etcd = save.etcd.to_config()?;
                 let store = save.store.to_config()?;
-                let codec = save.compression.codec()?;
-                let report = snapshotter::save_once(&etcd, store, codec, save.is_final).await?;
+                let compression = save.compression.compression()?;
+                let report =
+                    snapshotter::save_once(&etcd, store, compression, save.is_final).await?;
                 println!("{}", report.key);
                 Ok(())
             }
@@ -1321,7 +1347,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                 tracing::info!(
                     endpoint = job.etcd.primary(),
                     provider = job.store.provider.as_str(),
-                    compression = job.codec.policy_name(),
+                    compression = job.compression.policy_name(),
                     schedule = %s.job.snapshotter.schedule,
                     "starting the snapshot job"
                 );
@@ -1466,7 +1492,7 @@ async fn run_server(s: ServerCmd) -> Result<()> {
     tracing::info!(
         endpoint = job.etcd.primary(),
         provider = job.store.provider.as_str(),
-        compression = job.codec.policy_name(),
+        compression = job.compression.policy_name(),
         schedule = %s.job.snapshotter.schedule,
         port = s.server_port,
         "starting the server"

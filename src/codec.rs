@@ -58,17 +58,23 @@ impl Codec {
         }
     }
 
+    /// A single-threaded encoder at the default levels.
     pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
+        self.encoder_at(w, DEFLATE_LEVEL)
+    }
+
+    /// A single-threaded encoder; `level` is gzip's and zlib's.
+    pub fn encoder_at<W: Write>(self, w: W, level: u32) -> io::Result<Encoder<W>> {
         Ok(match self {
             Codec::None => Encoder::None(w),
             Codec::Gzip => Encoder::Gzip(
                 flate2::GzBuilder::new()
                     .operating_system(255) // Go's gzip writes OS "unknown"
-                    .write(w, flate2::Compression::new(DEFLATE_LEVEL)),
+                    .write(w, flate2::Compression::new(level)),
             ),
             Codec::Zlib => Encoder::Zlib(flate2::write::ZlibEncoder::new(
                 w,
-                flate2::Compression::new(DEFLATE_LEVEL),
+                flate2::Compression::new(level),
             )),
             Codec::Lzw => Encoder::Lzw(LzwWriter::new(w)),
             Codec::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?),
@@ -85,6 +91,66 @@ impl Codec {
             Codec::Lzw => Box::new(LzwReader::new(r)),
             Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
         })
+    }
+}
+
+/// How full snapshots are compressed: the codec, and for gzip and zlib the level and the number
+/// of threads (module `pdeflate`; 1: one stream on the calling thread, as before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub codec: Codec,
+    pub level: u32,
+    pub threads: usize,
+}
+
+impl Compression {
+    /// `threads` 0: every core.
+    pub fn new(codec: Codec, level: u32, threads: usize) -> Compression {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        Compression {
+            codec,
+            level: level.min(9),
+            threads,
+        }
+    }
+
+    pub fn suffix(self) -> &'static str {
+        self.codec.suffix()
+    }
+
+    pub fn policy_name(self) -> &'static str {
+        self.codec.policy_name()
+    }
+
+    pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
+        use crate::pdeflate::{Container, ParallelDeflate};
+        let container = match self.codec {
+            Codec::Gzip => Container::Gzip,
+            Codec::Zlib => Container::Zlib,
+            other => return other.encoder(w),
+        };
+        if self.threads <= 1 {
+            return self.codec.encoder_at(w, self.level);
+        }
+        Ok(Encoder::Parallel(ParallelDeflate::new(
+            w,
+            container,
+            self.level,
+            self.threads,
+        )?))
+    }
+}
+
+/// The codec with Go's level and every core.
+impl From<Codec> for Compression {
+    fn from(codec: Codec) -> Compression {
+        Compression::new(codec, DEFLATE_LEVEL, 0)
     }
 }
 
@@ -112,6 +178,8 @@ pub enum Encoder<W: Write> {
     Zlib(flate2::write::ZlibEncoder<W>),
     Lzw(LzwWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// gzip or zlib on several threads.
+    Parallel(crate::pdeflate::ParallelDeflate<W>),
 }
 
 impl<W: Write> Encoder<W> {
@@ -122,16 +190,7 @@ impl<W: Write> Encoder<W> {
             Encoder::Zlib(e) => e.finish(),
             Encoder::Lzw(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
-        }
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        match self {
-            Encoder::None(w) => w,
-            Encoder::Gzip(e) => e.get_mut(),
-            Encoder::Zlib(e) => e.get_mut(),
-            Encoder::Lzw(e) => e.inner_mut(),
-            Encoder::Zstd(e) => e.get_mut(),
+            Encoder::Parallel(e) => e.finish(),
         }
     }
 }
@@ -144,6 +203,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Zlib(e) => e.write(buf),
             Encoder::Lzw(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
+            Encoder::Parallel(e) => e.write(buf),
         }
     }
 
@@ -154,6 +214,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Zlib(e) => e.write_all(buf),
             Encoder::Lzw(e) => e.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
+            Encoder::Parallel(e) => e.write_all(buf),
         }
     }
 
@@ -164,6 +225,7 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::Zlib(e) => e.flush(),
             Encoder::Lzw(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
+            Encoder::Parallel(e) => e.flush(),
         }
     }
 }

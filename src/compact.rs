@@ -101,7 +101,7 @@ async fn compact_and_save(
         crate::etcd::call(&ep, "defragment", cfg.defrag_timeout, c.defragment()).await?;
         tracing::info!("defragmented");
     }
-    let r = fullsnap::take(&mut c, &ecfg, store, codec, is_final, Fence::None).await?;
+    let r = fullsnap::take(&mut c, &ecfg, store, codec.into(), is_final, Fence::None).await?;
     tracing::info!(
         object = r.key,
         replaces = set.deltas.len() + 1,

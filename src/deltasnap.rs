@@ -60,14 +60,8 @@ pub enum PhaseEnd {
     Abandoned,
 }
 
-/// What a delta phase works with, besides its configuration.
+/// The stops and requests a delta phase answers, besides its watch.
 pub struct PhaseIo<'a> {
-    pub client: &'a mut Client,
-    pub endpoint: &'a str,
-    pub store: Arc<SnapStore>,
-    pub fence: Fence,
-    pub health: &'a Health,
-    pub ttl_cache: &'a mut HashMap<i64, i64>,
     pub requests: Option<&'a mut mpsc::Receiver<Request>>,
     /// Graceful stop: write a final delta.
     pub shutdown: &'a mut watch::Receiver<bool>,
@@ -75,24 +69,205 @@ pub struct PhaseIo<'a> {
     pub abandon: &'a mut watch::Receiver<bool>,
 }
 
-struct Phase<'a> {
-    client: &'a mut Client,
+/// The delta watch and its buffer. It outlives a delta phase: while a full snapshot streams,
+/// the snapshot job keeps reading it ([`DeltaWatch::message`], [`DeltaWatch::hold`]) into a
+/// held list bounded by the memory limit (beyond it, reading pauses and etcd keeps the events),
+/// and once the full is stored at revision R ([`DeltaWatch::after_full`]) the held events after R
+/// start the next delta at R + 1. The store's layout is the same as without it: no delta
+/// straddles a full.
+pub struct DeltaWatch {
+    client: Client,
     endpoint: String,
     store: Arc<SnapStore>,
     fence: Fence,
-    health: &'a Health,
+    health: Arc<Health>,
     cfg: DeltaConfig,
+    stream: etcd_client::WatchStream,
     /// Last revision covered by the store (full or delta).
     stored: i64,
-    /// Last revision seen by the watch (buffered or stored).
+    /// Last revision seen by the watch (buffered, held or stored).
     seen: i64,
     buf: DeltaBuilder,
     leases_in_buf: HashSet<i64>,
-    ttl_cache: &'a mut HashMap<i64, i64>,
+    ttl_cache: HashMap<i64, i64>,
     in_flight: Option<InFlight>,
+    /// Events received while a full snapshot streams, and their size.
+    held: Vec<Event>,
+    held_bytes: usize,
+    /// Why the watch cannot go on (it was cancelled while a full streamed).
+    broken: Option<String>,
 }
 
-impl Phase<'_> {
+/// What the snapshot job hands a new [`DeltaWatch`].
+pub struct WatchSetup {
+    pub client: Client,
+    pub endpoint: String,
+    pub store: Arc<SnapStore>,
+    pub fence: Fence,
+    pub health: Arc<Health>,
+}
+
+impl DeltaWatch {
+    /// Starts a whole-keyspace watch from `stored + 1`.
+    pub async fn open(setup: WatchSetup, cfg: DeltaConfig, stored: i64) -> Result<DeltaWatch> {
+        let WatchSetup {
+            client,
+            endpoint,
+            store,
+            fence,
+            health,
+        } = setup;
+        let opts = WatchOptions::new()
+            .with_all_keys()
+            .with_start_revision(stored + 1)
+            .with_progress_notify();
+        let mut wc = client
+            .watch_client()
+            .max_decoding_message_size(MAX_WATCH_MESSAGE);
+        let stream = etcd::call(
+            &endpoint,
+            "start the delta watch",
+            Duration::from_secs(30),
+            wc.watch(vec![0u8], Some(opts)),
+        )
+        .await?;
+        Ok(DeltaWatch {
+            client,
+            endpoint,
+            store,
+            fence,
+            health,
+            cfg,
+            stream,
+            stored,
+            seen: stored,
+            buf: DeltaBuilder::default(),
+            leases_in_buf: HashSet::new(),
+            ttl_cache: HashMap::new(),
+            in_flight: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            broken: None,
+        })
+    }
+
+    /// The last revision the store holds, as this watch knows it.
+    pub fn stored(&self) -> i64 {
+        self.stored
+    }
+
+    /// Whether [`Self::message`] should be read while a full streams: below the memory limit
+    /// and not broken.
+    pub fn can_hold(&self) -> bool {
+        self.broken.is_none() && self.held_bytes + self.buf.len() < self.cfg.memory_limit
+    }
+
+    /// The next watch response (cancel-safe: a response is either returned or left in the
+    /// stream).
+    pub async fn message(&mut self) -> Result<Option<etcd_client::WatchResponse>> {
+        self.stream.message().await.map_err(|source| Error::Etcd {
+            endpoint: self.endpoint.clone(),
+            what: "delta watch".into(),
+            source,
+        })
+    }
+
+    /// Keeps a response received while a full snapshot streams. A failure marks the watch
+    /// broken (the job opens a new one after the full) instead of ending the full.
+    pub async fn hold(&mut self, msg: Result<Option<etcd_client::WatchResponse>>) {
+        let resp = match msg {
+            Ok(Some(r)) if !r.canceled() => r,
+            Ok(Some(r)) => {
+                self.broken = Some(format!(
+                    "the delta watch was cancelled: {}",
+                    r.cancel_reason()
+                ));
+                return;
+            }
+            Ok(None) => {
+                self.broken = Some("the delta watch closed".into());
+                return;
+            }
+            Err(e) => {
+                self.broken = Some(e.to_string());
+                return;
+            }
+        };
+        let now = Utc::now();
+        for ev in resp.events() {
+            match self.convert(ev, now).await {
+                Ok(e) => {
+                    self.held_bytes += e.key.len() + e.value.len() + 128;
+                    self.held.push(e);
+                }
+                Err(e) => {
+                    self.broken = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Some(m) = metrics::get() {
+            m.delta_events.inc_by(resp.events().len() as u64);
+            m.watch_revision.set(self.seen);
+            m.delta_buffered_bytes
+                .set((self.held_bytes + self.buf.len()) as i64);
+        }
+    }
+
+    /// After a full snapshot: stored at `revision` (the held events up to it are in it, the
+    /// others start the next delta), or failed (`None`: every held event stays for the next
+    /// delta). An error when the watch broke meanwhile: the job opens a new one.
+    pub fn after_full(&mut self, revision: Option<i64>) -> Result<()> {
+        if let Some(r) = revision {
+            self.stored = self.stored.max(r);
+        }
+        let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        let kept = held.len();
+        for e in held {
+            if e.mod_revision > self.stored {
+                if e.lease != 0 {
+                    self.leases_in_buf.insert(e.lease);
+                }
+                self.buf.push(&e);
+            }
+        }
+        if kept > 0 {
+            tracing::info!(
+                received_meanwhile = kept,
+                kept_for_the_next_delta = self.buf.events(),
+                stored = self.stored,
+                "events received while the full snapshot streamed"
+            );
+        }
+        match self.broken.take() {
+            Some(why) => Err(Error::Other(format!(
+                "etcd {}: {why}; the watch restarts after the full snapshot",
+                self.endpoint
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one delta phase until `deadline`, a stop, a request for a full, or an error; the
+    /// store's last revision ([`Self::stored`]) is exact afterwards, also on failure.
+    pub async fn run_phase(
+        &mut self,
+        io: PhaseIo<'_>,
+        deadline: DateTime<Utc>,
+    ) -> Result<PhaseEnd> {
+        let result = phase_loop(self, deadline, io).await;
+        // a write still in flight completes before the phase ends, so `stored` is exact
+        let finished = self.finish_flush().await;
+        let result = match (result, finished) {
+            (Ok(end), Ok(_)) => Ok(end),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        };
+        if let Some(m) = metrics::get() {
+            m.delta_buffered_bytes.set(self.buf.len() as i64);
+        }
+        result
+    }
     async fn lease_ttl(&mut self, lease: i64) -> Option<i64> {
         if let Some(t) = self.ttl_cache.get(&lease) {
             return Some(*t);
@@ -117,7 +292,8 @@ impl Phase<'_> {
         }
     }
 
-    async fn push(&mut self, ev: &etcd_client::Event, now: DateTime<Utc>) -> Result<()> {
+    /// An event of the watch, checked to continue the revisions seen so far.
+    async fn convert(&mut self, ev: &etcd_client::Event, now: DateTime<Utc>) -> Result<Event> {
         let Some(kv) = ev.kv() else {
             return Err(Error::Other("watch event without a key-value".into()));
         };
@@ -136,12 +312,12 @@ impl Phase<'_> {
             etcd_client::EventType::Delete => EventType::Delete,
         };
         let lease = kv.lease();
-        let lease_ttl = if lease != 0 && self.leases_in_buf.insert(lease) {
+        let lease_ttl = if lease != 0 && !self.leases_in_buf.contains(&lease) {
             self.lease_ttl(lease).await
         } else {
             None
         };
-        self.buf.push(&Event {
+        Ok(Event {
             kind,
             key: kv.key().to_vec(),
             create_revision: kv.create_revision(),
@@ -151,7 +327,19 @@ impl Phase<'_> {
             lease,
             time: now,
             lease_ttl,
-        });
+        })
+    }
+
+    /// Buffers an event for the next delta; one the store already holds (a full snapshot
+    /// taken at a later revision than the watch had reached) is skipped.
+    async fn push(&mut self, ev: &etcd_client::Event, now: DateTime<Utc>) -> Result<()> {
+        let e = self.convert(ev, now).await?;
+        if e.mod_revision > self.stored {
+            if e.lease != 0 {
+                self.leases_in_buf.insert(e.lease);
+            }
+            self.buf.push(&e);
+        }
         Ok(())
     }
 
@@ -302,7 +490,7 @@ impl DeltaWrite {
     }
 }
 
-async fn current_revision(ph: &mut Phase<'_>) -> Result<i64> {
+async fn current_revision(ph: &mut DeltaWatch) -> Result<i64> {
     let opts = etcd_client::GetOptions::new()
         .with_keys_only()
         .with_limit(1);
@@ -314,69 +502,6 @@ async fn current_revision(ph: &mut Phase<'_>) -> Result<i64> {
     )
     .await?;
     Ok(r.header().map(|h| h.revision()).unwrap_or(ph.seen))
-}
-
-/// Runs one delta phase from `stored + 1` until `deadline`, a stop, a request for a full, or
-/// an error; `stored` is advanced to the last revision written to the store, also on failure.
-pub async fn run_phase(
-    io: PhaseIo<'_>,
-    cfg: DeltaConfig,
-    stored: &mut i64,
-    deadline: DateTime<Utc>,
-) -> Result<PhaseEnd> {
-    let start = *stored;
-    let opts = WatchOptions::new()
-        .with_all_keys()
-        .with_start_revision(start + 1)
-        .with_progress_notify();
-    let mut wc = io
-        .client
-        .watch_client()
-        .max_decoding_message_size(MAX_WATCH_MESSAGE);
-    let mut stream = etcd::call(
-        io.endpoint,
-        "start the delta watch",
-        Duration::from_secs(30),
-        wc.watch(vec![0u8], Some(opts)),
-    )
-    .await?;
-    let mut ph = Phase {
-        client: io.client,
-        endpoint: io.endpoint.to_string(),
-        store: io.store,
-        fence: io.fence,
-        health: io.health,
-        cfg,
-        stored: start,
-        seen: start,
-        buf: DeltaBuilder::default(),
-        leases_in_buf: HashSet::new(),
-        ttl_cache: io.ttl_cache,
-        in_flight: None,
-    };
-    let stops = Stops {
-        requests: io.requests,
-        shutdown: io.shutdown,
-        abandon: io.abandon,
-    };
-    let result = phase_loop(&mut ph, &mut stream, deadline, stops).await;
-    // a write still in flight completes before the phase ends, so `stored` is exact
-    let finished = ph.finish_flush().await;
-    *stored = ph.stored;
-    let result = match (result, finished) {
-        (Ok(end), Ok(_)) => Ok(end),
-        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
-    };
-    if let Some(m) = metrics::get() {
-        m.delta_buffered_bytes.set(0);
-    }
-    result
-}
-
-struct Stops<'a> {
-    requests: Option<&'a mut mpsc::Receiver<Request>>,
-    shutdown: &'a mut watch::Receiver<bool>,
-    abandon: &'a mut watch::Receiver<bool>,
 }
 
 /// The next request, or never when there is no request channel (or it closed).
@@ -398,10 +523,9 @@ pub async fn flag_set(rx: &mut watch::Receiver<bool>) {
 }
 
 async fn phase_loop(
-    ph: &mut Phase<'_>,
-    stream: &mut etcd_client::WatchStream,
+    ph: &mut DeltaWatch,
     deadline: DateTime<Utc>,
-    mut stops: Stops<'_>,
+    mut stops: PhaseIo<'_>,
 ) -> Result<PhaseEnd> {
     let (cfg, endpoint, start) = (ph.cfg, ph.endpoint.clone(), ph.stored);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.period, cfg.period);
@@ -410,7 +534,7 @@ async fn phase_loop(
     tokio::pin!(stop_at);
     loop {
         tokio::select! {
-            msg = stream.message() => {
+            msg = ph.stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => return Err(Error::Other(format!("etcd {endpoint}: the delta watch closed"))),
@@ -478,7 +602,7 @@ async fn phase_loop(
                     let final_delta = async {
                         let target = current_revision(ph).await?;
                         while ph.seen < target {
-                            match stream.message().await {
+                            match ph.stream.message().await {
                                 Ok(Some(resp)) => {
                                     let now = Utc::now();
                                     for ev in resp.events() {

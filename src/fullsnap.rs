@@ -13,7 +13,7 @@
 //! value is read from the streamed pages ([`crate::snaprev`]) and accepted within those bounds;
 //! otherwise the name keeps `before`, never higher than the data.
 
-use crate::codec::Codec;
+use crate::codec::Compression;
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::layout::{Kind, Snapshot};
@@ -177,7 +177,7 @@ pub async fn take(
     client: &mut Client,
     cfg: &EtcdConfig,
     store: &SnapStore,
-    codec: Codec,
+    codec: Compression,
     is_final: bool,
     fence: Fence,
 ) -> Result<FullSnapshotReport> {

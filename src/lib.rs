@@ -5,7 +5,8 @@
 //! concept it implements:
 //!
 //! * [`layout`]: snapshot object names, parsing, ordering and the "latest snapshot set";
-//! * [`codec`], [`lzw`]: the compression policies (gzip, zlib, lzw, zstd) and their suffixes;
+//! * [`codec`], [`pdeflate`], [`lzw`]: the compression policies (gzip, zlib, lzw, zstd), their
+//!   suffixes, and gzip/zlib on every core;
 //! * [`store`]: the object stores (Local directory, S3, GCS, ABS) and their credentials;
 //! * [`etcd`], [`leader`]: connecting to etcd; which member leads (and fencing writes);
 //! * [`fullsnap`], [`snaprev`]: streaming a verified full snapshot into a store, named by the
@@ -51,6 +52,7 @@ pub mod leader;
 pub mod listener;
 pub mod lzw;
 pub mod metrics;
+pub mod pdeflate;
 pub mod replay;
 pub mod restore;
 pub mod revbump;

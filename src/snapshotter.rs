@@ -11,8 +11,8 @@
 //! etcdbrctl's "window" heuristic (section 4.3 of the reference) with the rule it approximates:
 //! a full is required exactly when the schedule promised one that the store does not have.
 
-use crate::codec::Codec;
-use crate::deltasnap::{self, DeltaConfig, PhaseEnd, PhaseIo};
+use crate::codec::Compression;
+use crate::deltasnap::{self, DeltaConfig, DeltaWatch, PhaseEnd, PhaseIo, WatchSetup};
 use crate::error::{Error, Result};
 use crate::etcd::{self, EtcdConfig};
 use crate::fullsnap::{self, FullSnapshotReport};
@@ -25,7 +25,6 @@ use crate::schedule::Schedule;
 use crate::store::{RotatingStore, SnapStore, StoreConfig};
 use chrono::{DateTime, Utc};
 use etcd_client::Client;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,7 +90,8 @@ impl Backoff {
 pub struct SnapshotJob {
     pub etcd: EtcdConfig,
     pub store: StoreConfig,
-    pub codec: Codec,
+    /// Of full snapshots (deltas use its codec, on one thread: they are small).
+    pub compression: Compression,
     pub schedule: Schedule,
     pub backoff: Backoff,
     /// Garbage collection and its period; `None` when disabled (period of 1s or less).
@@ -128,12 +128,20 @@ pub async fn run_gc(
 pub async fn save_once(
     etcd_cfg: &EtcdConfig,
     store_cfg: StoreConfig,
-    codec: Codec,
+    compression: Compression,
     is_final: bool,
 ) -> Result<FullSnapshotReport> {
     let store = SnapStore::open(store_cfg).await?;
     let mut client = etcd::connect_one(etcd_cfg, etcd_cfg.primary()).await?;
-    fullsnap::take(&mut client, etcd_cfg, &store, codec, is_final, Fence::None).await
+    fullsnap::take(
+        &mut client,
+        etcd_cfg,
+        &store,
+        compression,
+        is_final,
+        Fence::None,
+    )
+    .await
 }
 
 /// The `snapshot` command: runs until `shutdown` turns true, starting with a full snapshot.
@@ -185,7 +193,7 @@ pub async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
         failures: 0,
         next: Utc::now(),
         stored: None,
-        lease_ttls: HashMap::new(),
+        watch: None,
     };
     let result = runner.run().await;
     runner.ctl.health.job_stopped();
@@ -205,10 +213,22 @@ struct Runner {
     next: DateTime<Utc>,
     /// Last revision in the store's latest set, once known (a full taken, or the decision).
     stored: Option<i64>,
-    lease_ttls: HashMap<i64, i64>,
+    /// The delta watch, kept across phases and read while a full streams (module deltasnap).
+    watch: Option<DeltaWatch>,
 }
 
 type FullReply = oneshot::Sender<std::result::Result<Snapshot, String>>;
+
+/// The next response of the delta watch while a full streams; never when there is no watch or
+/// its held events reached the memory limit (reading pauses, etcd keeps the events).
+async fn next_watch_message(
+    w: &mut Option<DeltaWatch>,
+) -> Result<Option<etcd_client::WatchResponse>> {
+    match w {
+        Some(w) if w.can_hold() => w.message().await,
+        _ => std::future::pending().await,
+    }
+}
 
 impl Runner {
     fn stopping(&self) -> bool {
@@ -351,7 +371,7 @@ impl Runner {
                 .client
                 .as_mut()
                 .ok_or_else(|| Error::Other("no etcd client".into()))?;
-            fullsnap::take(c, &self.job.etcd, s, self.job.codec, is_final, fence).await
+            fullsnap::take(c, &self.job.etcd, s, self.job.compression, is_final, fence).await
         }
         .await;
         metrics::snapshot_taken(Kind::Full, r.is_ok(), started.elapsed().as_secs_f64());
@@ -382,15 +402,39 @@ impl Runner {
             }
             if pending_full.is_some() || Utc::now() >= self.next {
                 let (is_final, reply) = pending_full.take().unwrap_or((false, None));
+                // the delta watch keeps being read while the full streams (its events held
+                // up to the memory limit), so that it never falls behind
+                let mut watch = self
+                    .watch
+                    .take()
+                    .filter(|w| Some(w.stored()) == self.stored);
                 let result = {
                     let mut shutdown = self.ctl.shutdown.clone();
                     let mut abandon = self.ctl.abandon.clone();
-                    tokio::select! {
-                        r = self.take_full(is_final) => Some(r),
-                        _ = deltasnap::flag_set(&mut shutdown) => None,
-                        _ = deltasnap::flag_set(&mut abandon) => None,
+                    let full = self.take_full(is_final);
+                    tokio::pin!(full);
+                    loop {
+                        tokio::select! {
+                            r = &mut full => break Some(r),
+                            _ = deltasnap::flag_set(&mut shutdown) => break None,
+                            _ = deltasnap::flag_set(&mut abandon) => break None,
+                            m = next_watch_message(&mut watch) => {
+                                if let Some(w) = watch.as_mut() {
+                                    w.hold(m).await;
+                                }
+                            }
+                        }
                     }
                 };
+                if let (Some(w), Some(r)) = (watch.as_mut(), result.as_ref()) {
+                    let revision = r.as_ref().ok().map(|rep| rep.snapshot.last_revision);
+                    match w.after_full(revision) {
+                        Ok(()) => self.watch = watch,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the delta watch stopped during the full snapshot")
+                        }
+                    }
+                }
                 let Some(result) = result else {
                     tracing::info!(
                         "stopping during a full snapshot; the partial upload is discarded"
@@ -420,6 +464,7 @@ impl Runner {
                         if matches!(e, Error::Fenced(_)) {
                             need_decision = true;
                             self.stored = None;
+                            self.watch = None;
                         }
                         self.next = Utc::now()
                             + chrono::Duration::from_std(delay)
@@ -444,6 +489,7 @@ impl Runner {
                     }
                     Err(e) => {
                         let delay = self.failed(&e, "delta snapshots");
+                        self.watch = None;
                         if !matches!(e, Error::Fenced(_)) {
                             self.client = None;
                         }
@@ -480,28 +526,41 @@ impl Runner {
     }
 
     async fn delta_phase(&mut self) -> Result<PhaseEnd> {
-        let (Some(cfg), Some(mut rev)) = (self.job.delta, self.stored) else {
+        let (Some(cfg), Some(rev)) = (self.job.delta, self.stored) else {
             return Err(Error::Other("delta snapshots are not possible now".into()));
         };
-        let endpoint = self.job.etcd.primary().to_string();
-        let store = self.store.get().await?.clone();
-        let client = self
-            .client
-            .as_mut()
-            .ok_or_else(|| Error::Other("no etcd client".into()))?;
+        // the watch of the previous phase goes on where the store ends; else a new one
+        let mut watch = match self.watch.take().filter(|w| w.stored() == rev) {
+            Some(w) => w,
+            None => {
+                let client = self
+                    .client
+                    .clone()
+                    .ok_or_else(|| Error::Other("no etcd client".into()))?;
+                let setup = WatchSetup {
+                    client,
+                    endpoint: self.job.etcd.primary().to_string(),
+                    store: self.store.get().await?.clone(),
+                    fence: self.ctl.fence,
+                    health: self.ctl.health.clone(),
+                };
+                DeltaWatch::open(setup, cfg, rev).await?
+            }
+        };
         let io = PhaseIo {
-            client,
-            endpoint: &endpoint,
-            store,
-            fence: self.ctl.fence,
-            health: &self.ctl.health,
-            ttl_cache: &mut self.lease_ttls,
             requests: self.ctl.requests.as_mut(),
             shutdown: &mut self.ctl.shutdown,
             abandon: &mut self.ctl.abandon,
         };
-        let r = deltasnap::run_phase(io, cfg, &mut rev, self.next).await;
-        self.stored = Some(rev);
+        let r = watch.run_phase(io, self.next).await;
+        self.stored = Some(watch.stored());
+        // a phase that ended for a full keeps its watch, to be read while the full streams
+        if matches!(
+            r,
+            Ok(PhaseEnd::Deadline { .. }) | Ok(PhaseEnd::FullRequested { .. })
+        ) {
+            self.watch = Some(watch);
+        }
         r
     }
 

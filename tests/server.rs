@@ -1096,3 +1096,60 @@ fn only_authenticated_callers_reach_the_api() {
         "a token reached the log:\n{log}"
     );
 }
+
+/// The delta watch is read while full snapshots stream (a 40 MiB db under a write load, fulls
+/// on demand): the events received meanwhile continue the chain right after each full's
+/// revision, with no gap and no delta straddling a full, and the log says they were held.
+#[test]
+fn the_watch_keeps_reading_while_a_full_streams() {
+    let etcd = Etcd::start(EtcdVersion::V35);
+    etcd.fill(4000, 10_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let bk = tmp.path().join("bk");
+    let sc = Sidecar::start(
+        &etcd.endpoint,
+        &local_store(&bk),
+        &[],
+        tmp.path().join("sidecar.log"),
+    );
+    sc.wait_until("healthy", 60, &|| sc.get("/healthz").0 == 200);
+    let (stop, w) = writers(vec![etcd.endpoint.clone()], 3);
+    let mut fulls = Vec::new();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (code, body) = sc.get("/snapshot/full");
+        assert_eq!(code, 200, "{body}");
+        fulls.push(body);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop_writers(stop, w);
+    let end = etcd.revision();
+    sc.wait_until("the chain to reach the end of the load", 30, &|| {
+        stored_in(&bk)
+            .last()
+            .is_some_and(|s| s.last_revision >= end)
+    });
+    let all = stored_in(&bk);
+    // every delta continues the snapshot before it (a full or a delta): none straddles a full
+    check_chain(&all, &read_local(&bk));
+    let last_full = all
+        .iter()
+        .rfind(|s| s.kind == Kind::Full)
+        .expect("a full")
+        .last_revision;
+    let after: Vec<&Snapshot> = all
+        .iter()
+        .filter(|s| s.kind == Kind::Incr && s.last_revision > last_full)
+        .collect();
+    assert!(
+        after
+            .first()
+            .is_some_and(|d| d.start_revision == last_full + 1),
+        "the deltas after the last full start right after it: {all:?}"
+    );
+    let log = sc.log();
+    assert!(
+        log.contains("events received while the full snapshot streamed"),
+        "the watch was read during the fulls:\n{log}"
+    );
+}
