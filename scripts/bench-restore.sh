@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Benchmark of restore: fills a fresh etcd (3.5.1 by default, VERSION=3.4 for Debian's 3.4.23) with
-# SIZE_MIB MiB of 4 KiB values (default 600: a db > 512 MiB), takes an uncompressed full snapshot
-# with `etcdbrctl snapshot`, then records DELTA_REVS single puts of 512 B (default 100000) as
+# SIZE_MIB MiB of 4 KiB values (default 600: a db > 512 MiB), takes a full snapshot with
+# `etcdbrctl snapshot` (COMPRESSION: gzip by default, as etcdbrctl and the chart; none, zlib, zstd), then records DELTA_REVS single puts of 512 B (default 100000) as
 # deltas. In the same run it times etcd's own tool restoring the full alone (`etcdutl`/`etcdctl
 # snapshot restore`), then `etcdbrctl restore` of the full plus every delta, and prints the base
 # ratio, the replay rate (revisions/s) and etcdbrctl's peak RSS; finally boots etcd on the result
 # and checks its revision. DELTA_LIMIT (bytes, default etcdbrctl's 10485760) is the sidecar's
 # --delta-snapshot-memory-limit, i.e. the size of each delta (104857600: the chart's).
-# usage: [VERSION=3.5|3.4] [DELTA_LIMIT=N] scripts/bench-restore.sh [SIZE_MIB] [DELTA_REVS]
+# usage: [VERSION=3.5|3.4] [DELTA_LIMIT=N] [COMPRESSION=gzip|none|zlib|zstd] scripts/bench-restore.sh [SIZE_MIB] [DELTA_REVS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-600}
 DELTA_REVS=${2:-100000}
 VERSION=${VERSION:-3.5}
 DELTA_LIMIT=${DELTA_LIMIT:-10485760}
+COMPRESSION=${COMPRESSION:-gzip}
+if [ "$COMPRESSION" = none ]; then CFLAGS=(--compress-snapshots=false); else CFLAGS=(--compression-policy "$COMPRESSION"); fi
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
 if [ "$VERSION" = 3.5 ]; then
   [ -x "$TOOLS/etcd-3.5.1/etcd" ] || scripts/install-test-deps.sh
@@ -38,7 +40,7 @@ trap 'kill $JOB_PID $ETCD_PID 2>/dev/null || true; wait 2>/dev/null || true; rm 
 export ETCDCTL_API=3
 for _ in $(seq 1 100); do "$CTL" --endpoints "$EP" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 target/release/examples/etcd_fill --endpoint "$EP" --mib "$SIZE_MIB"
-"$BIN" snapshot --endpoints "$EP" --store-container "$W/bk" --compress-snapshots=false \
+"$BIN" snapshot --endpoints "$EP" --store-container "$W/bk" "${CFLAGS[@]}" \
   --schedule "0 0 1 1 *" --garbage-collection-period 0s \
   --delta-snapshot-memory-limit "$DELTA_LIMIT" --delta-snapshot-period 10m >/dev/null 2>"$W/job.log" &
 JOB_PID=$!
@@ -53,10 +55,21 @@ kill -TERM $JOB_PID; wait $JOB_PID || true; JOB_PID=""
 covered || { echo "the deltas do not reach revision $END"; exit 1; }
 kill $ETCD_PID; wait $ETCD_PID 2>/dev/null || true
 FULL=$(ls "$W/bk/v2" | grep '^Full' | head -1)
+# etcd's tool restores the plain db (decompressed here untimed: "plus download" is ours only);
+# gzip -d reading the object also shows the parallel gzip stream is an ordinary one
+case $COMPRESSION in
+  none) DB_FILE=$W/bk/v2/$FULL ;;
+  gzip) gzip -dc <"$W/bk/v2/$FULL" >"$W/full.db"; DB_FILE=$W/full.db ;;
+  zstd) zstd -qdc <"$W/bk/v2/$FULL" >"$W/full.db"; DB_FILE=$W/full.db ;;
+  zlib) python3 -c 'import sys, zlib
+d = zlib.decompressobj()
+for b in iter(lambda: sys.stdin.buffer.read(1 << 20), b""): sys.stdout.buffer.write(d.decompress(b))
+sys.stdout.buffer.write(d.flush())' <"$W/bk/v2/$FULL" >"$W/full.db"; DB_FILE=$W/full.db ;;
+esac
 NDELTAS=$(ls "$W/bk/v2" | grep -c '^Incr' || true)
-DB_MIB=$(( $(stat -c %s "$W/bk/v2/$FULL") / 1048576 ))
+DB_MIB=$(( $(stat -c %s "$DB_FILE") / 1048576 ))
 DELTA_MIB=$(ls -l "$W/bk/v2" | awk '/ Incr-/ {s+=$5; n++} END {if (n) printf "%.1f", s/n/1048576; else print 0}')
-echo "etcd $VERSION: full $FULL ($DB_MIB MiB), $NDELTAS deltas of $DELTA_MIB MiB on average up to revision $END"
+echo "etcd $VERSION: full $FULL ($DB_MIB MiB db, $(( $(stat -c %s "$W/bk/v2/$FULL") / 1048576 )) MiB stored, $COMPRESSION), $NDELTAS deltas of $DELTA_MIB MiB on average up to revision $END"
 
 # Two rounds, best of each, etcd's tool first in round 1 and etcdbrctl first in round 2: a step
 # that follows another ~1 GB write runs slower here (writeback), whichever program it is; every
@@ -64,7 +77,7 @@ echo "etcd $VERSION: full $FULL ($DB_MIB MiB), $NDELTAS deltas of $DELTA_MIB MiB
 T0=""; OUT=""
 tool_step() {
   rm -rf "$W/base"; sync
-  /usr/bin/time -f "%e %M" -o "$W/t0" "$TOOL" snapshot restore "$W/bk/v2/$FULL" --data-dir "$W/base" \
+  /usr/bin/time -f "%e %M" -o "$W/t0" "$TOOL" snapshot restore "$DB_FILE" --data-dir "$W/base" \
     --name r --initial-cluster r=http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 >/dev/null 2>"$W/t0.err" \
     || { cat "$W/t0.err"; exit 1; }
   read -r t0 M0 <"$W/t0"

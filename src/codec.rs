@@ -85,8 +85,14 @@ impl Codec {
     pub fn decoder<'a, R: BufRead + 'a>(self, r: R) -> io::Result<Box<dyn Read + 'a>> {
         Ok(match self {
             Codec::None => Box::new(r),
-            // Multi-member gzip is valid and Go reads it; accept it too.
-            Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+            // Multi-member gzip is valid and Go reads it; ours (module pdeflate) inflate on
+            // every core, anyone else's as one stream.
+            Codec::Gzip => Box::new(crate::pdeflate::ParallelGzipReader::new(
+                r,
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            )),
             Codec::Zlib => Box::new(flate2::bufread::ZlibDecoder::new(r)),
             Codec::Lzw => Box::new(LzwReader::new(r)),
             Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),

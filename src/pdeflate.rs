@@ -1,17 +1,23 @@
-//! gzip and zlib compression on every core, the way pigz does it: the input is cut into blocks
-//! that worker threads deflate independently (each primed with the previous block's last 32 KiB
-//! as its dictionary, so the ratio stays that of one stream), each but the last ending with a
-//! sync flush on a byte boundary; their concatenation is one ordinary deflate stream, wrapped in
-//! one ordinary gzip or zlib header and trailer. Go's `compress/gzip` and `compress/zlib`
-//! (etcdbrctl) and `gzip -d` read it like any other. The checksum (CRC-32 or Adler-32) is
-//! computed per block by the workers and combined in order.
+//! gzip and zlib compression on every core, the way pigz and bgzip do it: the input is cut into
+//! blocks that worker threads deflate independently, and the writer puts them out in order.
+//!
+//! * **gzip**: each block is a complete gzip member (its own CRC-32 and size), and its header
+//!   carries an extra field (`eb`, RFC 1952 FEXTRA) with the member's length, as BGZF does.
+//!   Concatenated members are one gzip file (RFC 1952 §2.2): Go's `compress/gzip` (etcdbrctl's
+//!   reader, multistream by default) and `gzip -d` read it whole. Knowing each member's length,
+//!   [`ParallelGzipReader`] inflates several at once; a gzip file without the field (etcdbrctl's,
+//!   or anyone's) is read as one stream, as before.
+//! * **zlib** has a single checksum and no members: blocks are deflated with the previous
+//!   block's last 32 KiB as dictionary, sync-flushed on a byte boundary, concatenated into one
+//!   ordinary deflate stream, and their Adler-32 values combined in order (pigz's framing).
+//!   It decompresses on one thread.
 //!
 //! Memory is bounded whatever the input size: at most `2 × threads` blocks in flight, each
 //! [`BLOCK`] bytes in and about as much out. A single-threaded deflate was the slowest stage of a
-//! gzip snapshot by far (3x `etcdctl snapshot save`).
+//! gzip snapshot by far (3x `etcdctl snapshot save`), and a single-threaded inflate of a restore.
 //!
-//! zlib-rs (through which flate2 already compresses) gives the deflate state, the dictionary,
-//! and the checksum combination; no crate offers the parallel framing as a maintained `Write`.
+//! zlib-rs (through which flate2 already compresses) gives the deflate state, the dictionary and
+//! the checksums; no maintained crate offers this framing as a `Write` and a `Read`.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -39,7 +45,7 @@ struct Job {
     reply: SyncSender<io::Result<Done>>,
 }
 
-/// A compressed block and its input's checksum.
+/// A compressed block (a whole member for gzip) and, for zlib, its input's Adler-32.
 struct Done {
     out: Vec<u8>,
     check: u32,
@@ -57,18 +63,35 @@ pub struct ParallelDeflate<W: Write> {
     pending: VecDeque<Receiver<io::Result<Done>>>,
     max_pending: usize,
     check: u32,
-    total: u64,
     header_written: bool,
     finished: bool,
+}
+
+/// The gzip extra subfield that carries a member's total length (header to trailer).
+const SUBFIELD: [u8; 2] = *b"eb";
+/// A gzip member header with the extra field: ID1 ID2 CM FLG(FEXTRA) MTIME(4) XFL OS, XLEN,
+/// then SI1 SI2 LEN(4) and the member length (u32 LE).
+const MEMBER_HEADER: usize = 10 + 2 + 4 + 4;
+
+fn member_header(total: u32) -> [u8; MEMBER_HEADER] {
+    let mut h = [0u8; MEMBER_HEADER];
+    // FLG FEXTRA; no mtime; XFL 0; OS unknown (255), as Go's gzip.Writer
+    h[..10].copy_from_slice(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255]);
+    h[10..12].copy_from_slice(&8u16.to_le_bytes());
+    h[12..14].copy_from_slice(&SUBFIELD);
+    h[14..16].copy_from_slice(&4u16.to_le_bytes());
+    h[16..20].copy_from_slice(&total.to_le_bytes());
+    h
 }
 
 fn compress_block(d: &mut Deflate, job: &Job, container: Container) -> io::Result<Done> {
     let err = |e: zlib_rs::DeflateError| io::Error::other(format!("deflate: {}", e.as_str()));
     d.reset();
-    if !job.dict.is_empty() {
+    // gzip members stand alone (no dictionary), so that they inflate in parallel
+    if container == Container::Zlib && !job.dict.is_empty() {
         d.set_dictionary(&job.dict).map_err(err)?;
     }
-    let flush = if job.last {
+    let flush = if job.last || container == Container::Gzip {
         DeflateFlush::Finish
     } else {
         DeflateFlush::SyncFlush
@@ -93,15 +116,31 @@ fn compress_block(d: &mut Deflate, job: &Job, container: Container) -> io::Resul
         out.resize(out.len() + 64 * 1024, 0);
     }
     out.truncate(used);
-    let check = match container {
-        Container::Gzip => zlib_rs::crc32::crc32(0, &job.data),
-        Container::Zlib => zlib_rs::adler32::adler32(1, &job.data),
-    };
-    Ok(Done {
-        out,
-        check,
-        len: job.data.len() as u64,
-    })
+    let len = job.data.len() as u64;
+    match container {
+        Container::Gzip => {
+            let crc = zlib_rs::crc32::crc32(0, &job.data);
+            // ISIZE: the block's size (below 4 GiB: a block is BLOCK bytes)
+            let total = MEMBER_HEADER + out.len() + 8;
+            let total32 =
+                u32::try_from(total).map_err(|_| io::Error::other("a gzip member over 4 GiB"))?;
+            let mut member = Vec::with_capacity(total);
+            member.extend_from_slice(&member_header(total32));
+            member.extend_from_slice(&out);
+            member.extend_from_slice(&crc.to_le_bytes());
+            member.extend_from_slice(&(len as u32).to_le_bytes());
+            Ok(Done {
+                out: member,
+                check: crc,
+                len,
+            })
+        }
+        Container::Zlib => Ok(Done {
+            out,
+            check: zlib_rs::adler32::adler32(1, &job.data),
+            len,
+        }),
+    }
 }
 
 impl<W: Write> ParallelDeflate<W> {
@@ -142,11 +181,7 @@ impl<W: Write> ParallelDeflate<W> {
             workers,
             pending: VecDeque::new(),
             max_pending: 2 * threads,
-            check: match container {
-                Container::Gzip => 0,
-                Container::Zlib => 1,
-            },
-            total: 0,
+            check: 1,
             header_written: false,
             finished: false,
         })
@@ -163,20 +198,19 @@ impl<W: Write> ParallelDeflate<W> {
             return Ok(());
         }
         self.header_written = true;
-        let header: &[u8] = match self.container {
-            // no name, no mtime, XFL 0, OS unknown (255): what Go's gzip.Writer writes
-            Container::Gzip => &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255],
+        match self.container {
+            // every gzip member carries its own header
+            Container::Gzip => Ok(()),
             // deflate, 32 KiB window, default level: what Go's zlib.Writer writes at level 6
-            Container::Zlib => &[0x78, 0x9c],
-        };
-        self.inner()?.write_all(header)
+            Container::Zlib => self.inner()?.write_all(&[0x78, 0x9c]),
+        }
     }
 
     /// Hands the current block to a worker; `last` ends the stream.
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
         self.write_header()?;
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-        let next_dict = if data.len() >= WINDOW {
+        let next_dict = if self.container == Container::Zlib && data.len() >= WINDOW {
             Arc::new(data[data.len() - WINDOW..].to_vec())
         } else {
             // a short block (only the last can be): its dictionary is never used
@@ -210,11 +244,9 @@ impl<W: Write> ParallelDeflate<W> {
         let done = rx
             .recv()
             .map_err(|_| io::Error::other("a compression worker stopped"))??;
-        self.check = match self.container {
-            Container::Gzip => zlib_rs::crc32::crc32_combine(self.check, done.check, done.len),
-            Container::Zlib => zlib_rs::adler32::adler32_combine(self.check, done.check, done.len),
-        };
-        self.total += done.len;
+        if self.container == Container::Zlib {
+            self.check = zlib_rs::adler32::adler32_combine(self.check, done.check, done.len);
+        }
         self.inner()?.write_all(&done.out)
     }
 
@@ -235,15 +267,10 @@ impl<W: Write> ParallelDeflate<W> {
         while !self.pending.is_empty() {
             self.collect_one()?;
         }
-        let (check, total, container) = (self.check, self.total, self.container);
-        let w = self.inner()?;
-        match container {
-            Container::Gzip => {
-                w.write_all(&check.to_le_bytes())?;
-                // ISIZE: the input size modulo 2^32
-                w.write_all(&(total as u32).to_le_bytes())?;
-            }
-            Container::Zlib => w.write_all(&check.to_be_bytes())?,
+        // a gzip member carries its own trailer; zlib's is the stream's Adler-32
+        if self.container == Container::Zlib {
+            let check = self.check;
+            self.inner()?.write_all(&check.to_be_bytes())?;
         }
         Ok(())
     }
@@ -276,6 +303,195 @@ impl<W: Write> Write for ParallelDeflate<W> {
 impl<W: Write> Drop for ParallelDeflate<W> {
     fn drop(&mut self) {
         // closing the job channel stops the workers once they are idle
+        self.jobs = None;
+        self.pending.clear();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The largest member [`ParallelGzipReader`] takes from the extra field; a larger claim is
+/// read as an ordinary gzip stream instead (bounded memory whatever the input says).
+const MAX_MEMBER: usize = 64 << 20;
+
+type Inflated = Receiver<io::Result<Vec<u8>>>;
+/// A member to inflate and where its output goes.
+type InflateJob = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
+
+/// Reads a gzip file, inflating the members written by [`ParallelDeflate`] (those whose header
+/// gives their length) on several threads, in order; from the first member without that field
+/// on (any other gzip writer's), one multi-member stream on the calling thread. Each member's
+/// CRC-32 and size are checked; a cut inside a member is an error.
+pub struct ParallelGzipReader<R: io::BufRead> {
+    src: Option<R>,
+    threads: usize,
+    jobs: Option<SyncSender<InflateJob>>,
+    workers: Vec<JoinHandle<()>>,
+    pending: VecDeque<Inflated>,
+    out: Vec<u8>,
+    pos: usize,
+    /// Header bytes of a member without the length field: the rest is read sequentially.
+    switch: Option<Vec<u8>>,
+    sequential: Option<flate2::bufread::MultiGzDecoder<io::Chain<io::Cursor<Vec<u8>>, R>>>,
+    src_done: bool,
+}
+
+fn inflate_member(member: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut d = flate2::read::GzDecoder::new(member);
+    let mut out = Vec::with_capacity(BLOCK);
+    d.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+impl<R: io::BufRead> ParallelGzipReader<R> {
+    pub fn new(src: R, threads: usize) -> Self {
+        ParallelGzipReader {
+            src: Some(src),
+            threads: threads.max(1),
+            jobs: None,
+            workers: Vec::new(),
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            pos: 0,
+            switch: None,
+            sequential: None,
+            src_done: false,
+        }
+    }
+
+    fn start_workers(&mut self) -> io::Result<()> {
+        if self.jobs.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::sync_channel::<InflateJob>(self.threads);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.threads {
+            let rx = rx.clone();
+            self.workers.push(
+                std::thread::Builder::new()
+                    .name(format!("inflate-{i}"))
+                    .spawn(move || loop {
+                        let job = {
+                            let Ok(rx) = rx.lock() else { return };
+                            match rx.recv() {
+                                Ok(j) => j,
+                                Err(_) => return,
+                            }
+                        };
+                        let _ = job.1.send(inflate_member(&job.0));
+                    })?,
+            );
+        }
+        self.jobs = Some(tx);
+        Ok(())
+    }
+
+    /// Reads the next member from the source: `Ok(true)` when one was handed to a worker,
+    /// `Ok(false)` at the end of the source or at a member without the length field (then
+    /// [`Self::switch`] holds its bytes read so far).
+    fn next_member(&mut self) -> io::Result<bool> {
+        let Some(src) = self.src.as_mut() else {
+            return Ok(false);
+        };
+        if src.fill_buf()?.is_empty() {
+            self.src_done = true;
+            return Ok(false);
+        }
+        let mut head = vec![0u8; 10];
+        read_full(src, &mut head)?;
+        let ours = head[..3] == [0x1f, 0x8b, 8] && head[3] == 4;
+        if !ours {
+            self.switch = Some(head);
+            return Ok(false);
+        }
+        let mut xlen = [0u8; 2];
+        read_full(src, &mut xlen)?;
+        head.extend_from_slice(&xlen);
+        let xlen = u16::from_le_bytes(xlen) as usize;
+        let mut extra = vec![0u8; xlen];
+        read_full(src, &mut extra)?;
+        head.extend_from_slice(&extra);
+        let total = (xlen == 8 && extra[..2] == SUBFIELD && extra[2..4] == 4u16.to_le_bytes())
+            .then(|| u32::from_le_bytes([extra[4], extra[5], extra[6], extra[7]]) as usize)
+            .filter(|t| *t > head.len() + 8 && *t <= MAX_MEMBER);
+        let Some(total) = total else {
+            self.switch = Some(head);
+            return Ok(false);
+        };
+        let mut member = head;
+        let at = member.len();
+        member.resize(total, 0);
+        read_full(src, &mut member[at..])?;
+        self.start_workers()?;
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no inflate workers"))?
+            .send((member, reply))
+            .map_err(|_| io::Error::other("the inflate workers stopped"))?;
+        self.pending.push_back(rx);
+        Ok(true)
+    }
+}
+
+/// `read_exact` with an error that says the gzip stream was cut.
+fn read_full<R: io::Read>(r: &mut R, buf: &mut [u8]) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the gzip stream ends inside a member (truncated object?)",
+            )
+        } else {
+            e
+        }
+    })
+}
+
+impl<R: io::BufRead> io::Read for ParallelGzipReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.out.len() {
+                let n = buf.len().min(self.out.len() - self.pos);
+                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if let Some(d) = self.sequential.as_mut() {
+                return d.read(buf);
+            }
+            // keep 2 members per thread in flight
+            while self.switch.is_none()
+                && !self.src_done
+                && self.pending.len() < 2 * self.threads
+                && self.next_member()?
+            {}
+            if let Some(rx) = self.pending.pop_front() {
+                self.out = rx
+                    .recv()
+                    .map_err(|_| io::Error::other("an inflate worker stopped"))??;
+                self.pos = 0;
+                continue;
+            }
+            if let Some(prefix) = self.switch.take() {
+                let src = self
+                    .src
+                    .take()
+                    .ok_or_else(|| io::Error::other("the gzip source is gone"))?;
+                self.sequential = Some(flate2::bufread::MultiGzDecoder::new(
+                    io::Cursor::new(prefix).chain(src),
+                ));
+                continue;
+            }
+            return Ok(0);
+        }
+    }
+}
+
+impl<R: io::BufRead> Drop for ParallelGzipReader<R> {
+    fn drop(&mut self) {
         self.jobs = None;
         self.pending.clear();
         for h in self.workers.drain(..) {
@@ -321,11 +537,26 @@ mod tests {
         let out = e.finish().unwrap_or_else(|e| panic!("finish: {e}"));
         let mut back = Vec::new();
         match container {
-            Container::Gzip => flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back),
+            // what Go's multistream gzip.Reader does
+            Container::Gzip => flate2::read::MultiGzDecoder::new(&out[..]).read_to_end(&mut back),
             Container::Zlib => flate2::read::ZlibDecoder::new(&out[..]).read_to_end(&mut back),
         }
         .unwrap_or_else(|e| panic!("decode {container:?} {n}: {e}"));
         assert!(back == data, "{container:?} {n} bytes, {threads} threads");
+        if container == Container::Gzip {
+            let mut par = Vec::new();
+            ParallelGzipReader::new(&out[..], threads)
+                .read_to_end(&mut par)
+                .unwrap_or_else(|e| panic!("parallel inflate {n}: {e}"));
+            assert!(par == data, "parallel inflate of {n} bytes");
+            // cut inside the last member: an error, never a short read
+            if out.len() > 40 {
+                let mut cut = Vec::new();
+                let r =
+                    ParallelGzipReader::new(&out[..out.len() - 20], threads).read_to_end(&mut cut);
+                assert!(r.is_err(), "a truncated stream of {n} bytes must fail");
+            }
+        }
     }
 
     #[test]
@@ -336,6 +567,32 @@ mod tests {
                     roundtrip(c, n, t);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn other_gzip_writers_are_read_as_one_stream() {
+        // Go's and flate2's gzip: no length field; then a mix (ours, then foreign)
+        let data = sample(3 * BLOCK + 5);
+        let mut foreign = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        foreign.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
+        let foreign = foreign.finish().unwrap_or_else(|e| panic!("{e}"));
+        let mut ours = ParallelDeflate::new(Vec::new(), Container::Gzip, 1, 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        ours.write_all(&data).unwrap_or_else(|e| panic!("{e}"));
+        let ours = ours.finish().unwrap_or_else(|e| panic!("{e}"));
+        for (input, want) in [
+            (foreign.clone(), data.clone()),
+            (
+                [ours.clone(), foreign.clone()].concat(),
+                [data.clone(), data.clone()].concat(),
+            ),
+        ] {
+            let mut back = Vec::new();
+            ParallelGzipReader::new(&input[..], 2)
+                .read_to_end(&mut back)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(back == want);
         }
     }
 

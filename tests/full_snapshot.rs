@@ -142,25 +142,49 @@ fn codecs_interoperate_with_go() {
             .read_to_end(&mut got)
             .unwrap();
         assert!(got == data, "{policy}: Go-written data decoded differently");
-        // we write, Go reads
-        let mut e = codec.encoder(Vec::new()).unwrap();
-        for c in data.chunks(32 * 1024) {
-            e.write_all(c).unwrap();
+        // we write (one stream, and blocks on several threads), Go reads; gzip -d too
+        for threads in [1, 3] {
+            let mut e = etcdbr::codec::Compression::new(codec, 6, threads)
+                .encoder(Vec::new())
+                .unwrap();
+            for c in data.chunks(32 * 1024) {
+                e.write_all(c).unwrap();
+            }
+            let ours = tmp.path().join(format!("ours-{threads}.{policy}"));
+            std::fs::write(&ours, e.finish().unwrap()).unwrap();
+            let back = tmp.path().join(format!("back-{threads}.{policy}"));
+            assert!(std::process::Command::new(gocompat())
+                .args(["decompress", policy])
+                .arg(&ours)
+                .arg(&back)
+                .status()
+                .unwrap()
+                .success());
+            assert!(
+                std::fs::read(&back).unwrap() == data,
+                "{policy}, {threads} threads: Go decoded our data differently"
+            );
+            if codec == Codec::Gzip {
+                let out = std::process::Command::new("gzip")
+                    .args(["-dc"])
+                    .arg(&ours)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success() && out.stdout == data,
+                    "gzip -d, {threads} threads"
+                );
+            }
+            // and we read it back
+            let enc = std::fs::read(&ours).unwrap();
+            let mut got = Vec::new();
+            codec
+                .decoder(&enc[..])
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            assert!(got == data, "{policy}, {threads} threads: round trip");
         }
-        let ours = tmp.path().join(format!("ours.{policy}"));
-        std::fs::write(&ours, e.finish().unwrap()).unwrap();
-        let back = tmp.path().join(format!("back.{policy}"));
-        assert!(std::process::Command::new(gocompat())
-            .args(["decompress", policy])
-            .arg(&ours)
-            .arg(&back)
-            .status()
-            .unwrap()
-            .success());
-        assert!(
-            std::fs::read(&back).unwrap() == data,
-            "{policy}: Go decoded our data differently"
-        );
     }
 }
 
