@@ -42,7 +42,7 @@ struct Job {
     data: Vec<u8>,
     dict: Arc<Vec<u8>>,
     last: bool,
-    reply: SyncSender<io::Result<Done>>,
+    container: Container,
 }
 
 /// A compressed block (a whole member for gzip) and, for zlib, its input's Adler-32.
@@ -52,14 +52,80 @@ struct Done {
     len: u64,
 }
 
+/// Worker threads taking jobs from one queue; each job's result comes back on its own channel,
+/// so that the caller collects them in the order it submitted them. Dropping the pool stops
+/// the workers once they finish what they hold.
+struct Pool<J: Send + 'static, O: Send + 'static> {
+    jobs: Option<SyncSender<(J, SyncSender<io::Result<O>>)>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl<J: Send + 'static, O: Send + 'static> Pool<J, O> {
+    /// `threads` workers named `<name>-<i>`, each with the state `init` makes, running `work`.
+    fn new<S: 'static>(
+        threads: usize,
+        name: &str,
+        init: impl Fn() -> S + Send + Clone + 'static,
+        work: fn(&mut S, J) -> io::Result<O>,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<(J, SyncSender<io::Result<O>>)>(threads);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads.max(1) {
+            let (rx, init) = (rx.clone(), init.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || {
+                        let mut state = init();
+                        loop {
+                            let (job, reply) = {
+                                let Ok(rx) = rx.lock() else { return };
+                                match rx.recv() {
+                                    Ok(j) => j,
+                                    Err(_) => return,
+                                }
+                            };
+                            let _ = reply.send(work(&mut state, job));
+                        }
+                    })?,
+            );
+        }
+        Ok(Pool {
+            jobs: Some(tx),
+            workers,
+        })
+    }
+
+    /// Queues `job` (blocking while every worker is busy and the queue is full).
+    fn submit(&self, job: J) -> io::Result<Receiver<io::Result<O>>> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the worker pool is stopped"))?
+            .send((job, reply))
+            .map_err(|_| io::Error::other("the worker threads stopped"))?;
+        Ok(rx)
+    }
+}
+
+impl<J: Send + 'static, O: Send + 'static> Drop for Pool<J, O> {
+    fn drop(&mut self) {
+        // closing the queue stops the workers once they are idle
+        self.jobs = None;
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
 /// A compressing writer (gzip or zlib) that deflates blocks on `threads` workers.
 pub struct ParallelDeflate<W: Write> {
     inner: Option<W>,
     container: Container,
     block: Vec<u8>,
     dict: Arc<Vec<u8>>,
-    jobs: Option<SyncSender<Job>>,
-    workers: Vec<JoinHandle<()>>,
+    pool: Pool<Job, Done>,
     pending: VecDeque<Receiver<io::Result<Done>>>,
     max_pending: usize,
     check: u32,
@@ -84,7 +150,8 @@ fn member_header(total: u32) -> [u8; MEMBER_HEADER] {
     h
 }
 
-fn compress_block(d: &mut Deflate, job: &Job, container: Container) -> io::Result<Done> {
+fn compress_block(d: &mut Deflate, job: Job) -> io::Result<Done> {
+    let container = job.container;
     let err = |e: zlib_rs::DeflateError| io::Error::other(format!("deflate: {}", e.as_str()));
     d.reset();
     // gzip members stand alone (no dictionary), so that they inflate in parallel
@@ -147,38 +214,20 @@ impl<W: Write> ParallelDeflate<W> {
     /// `level` 0-9 (zlib's); `threads` at least 1.
     pub fn new(inner: W, container: Container, level: u32, threads: usize) -> io::Result<Self> {
         let threads = threads.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Job>(threads);
-        let rx = Arc::new(Mutex::new(rx));
-        let mut workers = Vec::with_capacity(threads);
-        for i in 0..threads {
-            let rx = rx.clone();
-            let level = level.min(9) as i32;
-            let h = std::thread::Builder::new()
-                .name(format!("deflate-{i}"))
-                .spawn(move || {
-                    // raw deflate: the container's header and trailer are written once
-                    let mut d = Deflate::new(level, false, 15);
-                    loop {
-                        let job = {
-                            let Ok(rx) = rx.lock() else { return };
-                            match rx.recv() {
-                                Ok(j) => j,
-                                Err(_) => return,
-                            }
-                        };
-                        let r = compress_block(&mut d, &job, container);
-                        let _ = job.reply.send(r);
-                    }
-                })?;
-            workers.push(h);
-        }
+        let level = level.min(9) as i32;
+        // raw deflate: the container's headers and trailers are written around it
+        let pool = Pool::new(
+            threads,
+            "deflate",
+            move || Deflate::new(level, false, 15),
+            compress_block,
+        )?;
         Ok(ParallelDeflate {
             inner: Some(inner),
             container,
             block: Vec::with_capacity(BLOCK),
             dict: Arc::new(Vec::new()),
-            jobs: Some(tx),
-            workers,
+            pool,
             pending: VecDeque::new(),
             max_pending: 2 * threads,
             check: 1,
@@ -216,19 +265,12 @@ impl<W: Write> ParallelDeflate<W> {
             // a short block (only the last can be): its dictionary is never used
             Arc::new(Vec::new())
         };
-        let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job {
+        let rx = self.pool.submit(Job {
             data,
             dict: std::mem::replace(&mut self.dict, next_dict),
             last,
-            reply,
-        };
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the compressor was already finished"))?;
-        jobs.send(job)
-            .map_err(|_| io::Error::other("the compression workers stopped"))?;
+            container: self.container,
+        })?;
         self.pending.push_back(rx);
         while self.pending.len() > self.max_pending {
             self.collect_one()?;
@@ -300,24 +342,11 @@ impl<W: Write> Write for ParallelDeflate<W> {
     }
 }
 
-impl<W: Write> Drop for ParallelDeflate<W> {
-    fn drop(&mut self) {
-        // closing the job channel stops the workers once they are idle
-        self.jobs = None;
-        self.pending.clear();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
-
 /// The largest member [`ParallelGzipReader`] takes from the extra field; a larger claim is
 /// read as an ordinary gzip stream instead (bounded memory whatever the input says).
 const MAX_MEMBER: usize = 64 << 20;
 
 type Inflated = Receiver<io::Result<Vec<u8>>>;
-/// A member to inflate and where its output goes.
-type InflateJob = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 
 /// Reads a gzip file, inflating the members written by [`ParallelDeflate`] (those whose header
 /// gives their length) on several threads, in order; from the first member without that field
@@ -326,8 +355,8 @@ type InflateJob = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 pub struct ParallelGzipReader<R: io::BufRead> {
     src: Option<R>,
     threads: usize,
-    jobs: Option<SyncSender<InflateJob>>,
-    workers: Vec<JoinHandle<()>>,
+    /// Started at the first member that can be inflated apart.
+    pool: Option<Pool<Vec<u8>, Vec<u8>>>,
     pending: VecDeque<Inflated>,
     out: Vec<u8>,
     pos: usize,
@@ -337,9 +366,9 @@ pub struct ParallelGzipReader<R: io::BufRead> {
     src_done: bool,
 }
 
-fn inflate_member(member: &[u8]) -> io::Result<Vec<u8>> {
+fn inflate_member(_: &mut (), member: Vec<u8>) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut d = flate2::read::GzDecoder::new(member);
+    let mut d = flate2::read::GzDecoder::new(&member[..]);
     let mut out = Vec::with_capacity(BLOCK);
     d.read_to_end(&mut out)?;
     Ok(out)
@@ -350,8 +379,7 @@ impl<R: io::BufRead> ParallelGzipReader<R> {
         ParallelGzipReader {
             src: Some(src),
             threads: threads.max(1),
-            jobs: None,
-            workers: Vec::new(),
+            pool: None,
             pending: VecDeque::new(),
             out: Vec::new(),
             pos: 0,
@@ -359,33 +387,6 @@ impl<R: io::BufRead> ParallelGzipReader<R> {
             sequential: None,
             src_done: false,
         }
-    }
-
-    fn start_workers(&mut self) -> io::Result<()> {
-        if self.jobs.is_some() {
-            return Ok(());
-        }
-        let (tx, rx) = mpsc::sync_channel::<InflateJob>(self.threads);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..self.threads {
-            let rx = rx.clone();
-            self.workers.push(
-                std::thread::Builder::new()
-                    .name(format!("inflate-{i}"))
-                    .spawn(move || loop {
-                        let job = {
-                            let Ok(rx) = rx.lock() else { return };
-                            match rx.recv() {
-                                Ok(j) => j,
-                                Err(_) => return,
-                            }
-                        };
-                        let _ = job.1.send(inflate_member(&job.0));
-                    })?,
-            );
-        }
-        self.jobs = Some(tx);
-        Ok(())
     }
 
     /// Reads the next member from the source: `Ok(true)` when one was handed to a worker,
@@ -424,13 +425,14 @@ impl<R: io::BufRead> ParallelGzipReader<R> {
         let at = member.len();
         member.resize(total, 0);
         read_full(src, &mut member[at..])?;
-        self.start_workers()?;
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.jobs
+        if self.pool.is_none() {
+            self.pool = Some(Pool::new(self.threads, "inflate", || (), inflate_member)?);
+        }
+        let pool = self
+            .pool
             .as_ref()
-            .ok_or_else(|| io::Error::other("no inflate workers"))?
-            .send((member, reply))
-            .map_err(|_| io::Error::other("the inflate workers stopped"))?;
+            .ok_or_else(|| io::Error::other("no inflate workers"))?;
+        let rx = pool.submit(member)?;
         self.pending.push_back(rx);
         Ok(true)
     }
@@ -486,16 +488,6 @@ impl<R: io::BufRead> io::Read for ParallelGzipReader<R> {
                 continue;
             }
             return Ok(0);
-        }
-    }
-}
-
-impl<R: io::BufRead> Drop for ParallelGzipReader<R> {
-    fn drop(&mut self) {
-        self.jobs = None;
-        self.pending.clear();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
         }
     }
 }

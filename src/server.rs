@@ -687,17 +687,25 @@ fn allow(methods: &'static str) -> impl Fn() -> std::future::Ready<Response> + C
     }
 }
 
-fn reading<H, T>(h: H) -> axum::routing::MethodRouter<Arc<AppState>>
+/// `h` for GET (which also answers HEAD, without the body), POST, PUT, PATCH and DELETE.
+fn usual_methods<H, T>(h: H) -> axum::routing::MethodRouter<Arc<AppState>>
 where
     H: axum::handler::Handler<T, Arc<AppState>>,
     T: 'static,
 {
-    // GET also answers HEAD (without the body)
     get(h.clone())
         .post(h.clone())
         .put(h.clone())
         .patch(h.clone())
         .delete(h)
+}
+
+fn reading<H, T>(h: H) -> axum::routing::MethodRouter<Arc<AppState>>
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    usual_methods(h)
         .options(allow(READING))
         .fallback(wrong_method(READING))
 }
@@ -707,11 +715,7 @@ where
     H: axum::handler::Handler<T, Arc<AppState>>,
     T: 'static,
 {
-    get(h.clone())
-        .post(h.clone())
-        .put(h.clone())
-        .patch(h.clone())
-        .delete(h)
+    usual_methods(h)
         .head(wrong_method(ACTING))
         .options(allow(ACTING))
         .fallback(wrong_method(ACTING))

@@ -14,25 +14,22 @@ use std::path::Path;
 /// etcds) live in directories with unpredictable names, and must not be redirected by a link
 /// planted there.
 pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
+    private_options().write(true).create_new(true).open(p)
+}
+
+/// 0600 when created, never through a symlink.
+fn private_options() -> std::fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
 }
 
 /// Opens a log for appending, created 0600 if missing, never through a symlink (a temporary
 /// etcd started several times on one restore appends to one log).
 pub fn append_private(p: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
+    private_options().append(true).create(true).open(p)
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {

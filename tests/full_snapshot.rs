@@ -134,14 +134,20 @@ fn codecs_interoperate_with_go() {
             .status()
             .unwrap()
             .success());
-        let enc = std::fs::read(&go_out).unwrap();
-        let mut got = Vec::new();
-        codec
-            .decoder(&enc[..])
-            .unwrap()
-            .read_to_end(&mut got)
-            .unwrap();
-        assert!(got == data, "{policy}: Go-written data decoded differently");
+        let decode = |file: &std::path::Path| {
+            let enc = std::fs::read(file).unwrap();
+            let mut got = Vec::new();
+            codec
+                .decoder(&enc[..])
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            got
+        };
+        assert!(
+            decode(&go_out) == data,
+            "{policy}: Go-written data decoded differently"
+        );
         // we write (one stream, and blocks on several threads), Go reads; gzip -d too
         for threads in [1, 3] {
             let mut e = etcdbr::codec::Compression::new(codec, 6, threads)
@@ -176,14 +182,10 @@ fn codecs_interoperate_with_go() {
                 );
             }
             // and we read it back
-            let enc = std::fs::read(&ours).unwrap();
-            let mut got = Vec::new();
-            codec
-                .decoder(&enc[..])
-                .unwrap()
-                .read_to_end(&mut got)
-                .unwrap();
-            assert!(got == data, "{policy}, {threads} threads: round trip");
+            assert!(
+                decode(&ours) == data,
+                "{policy}, {threads} threads: round trip"
+            );
         }
     }
 }
