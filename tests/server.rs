@@ -744,6 +744,10 @@ fn concurrent_full_requests_share_one_snapshot() {
             .filter(|s| s.kind == Kind::Full)
             .count()
     };
+    sc.wait_until("the start-up full", 30, &|| fulls() == 1);
+    // a new revision: a full at the start-up full's revision in the same second would have its
+    // very name (and replace it with the same content)
+    etcd.put("before-the-burst", b"1");
     let before = fulls();
     let port = sc.port;
     let answers: Vec<(u16, String)> = (0..50)
