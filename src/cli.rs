@@ -1610,18 +1610,12 @@ mod tests {
         assert!(secret("", Some(&d.path().join("none")), "password").is_err());
         assert_eq!(secret("flag", None, "password").expect("flag"), "flag");
         let cfg = crate::etcd::EtcdConfig {
-            endpoints: vec!["http://127.0.0.1:2379".into()],
             username: "root".into(),
             password: "s3cr3t".into(),
-            connection_timeout: std::time::Duration::from_secs(1),
-            snapshot_timeout: std::time::Duration::from_secs(1),
-            defrag_timeout: std::time::Duration::from_secs(1),
-            insecure_transport: true,
-            insecure_skip_tls_verify: false,
-            cert: String::new(),
-            key: String::new(),
-            cacert: String::new(),
-            service_endpoints: Vec::new(),
+            ..crate::etcd::EtcdConfig::plain(
+                "http://127.0.0.1:2379".into(),
+                std::time::Duration::from_secs(1),
+            )
         };
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
     }

@@ -58,13 +58,9 @@ impl Codec {
         }
     }
 
-    /// A single-threaded encoder at the default levels.
+    /// A single-stream encoder at the default levels (deltas: small objects).
     pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
-        self.encoder_at(w, DEFLATE_LEVEL)
-    }
-
-    /// A single-threaded encoder; `level` is gzip's and zlib's.
-    pub fn encoder_at<W: Write>(self, w: W, level: u32) -> io::Result<Encoder<W>> {
+        let level = DEFLATE_LEVEL;
         Ok(match self {
             Codec::None => Encoder::None(w),
             Codec::Gzip => Encoder::Gzip(
@@ -101,7 +97,7 @@ impl Codec {
 }
 
 /// How full snapshots are compressed: the codec, and for gzip and zlib the level and the number
-/// of threads (module `pdeflate`; 1: one stream on the calling thread, as before).
+/// of threads deflating blocks (module `pdeflate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
     pub codec: Codec,
@@ -141,9 +137,7 @@ impl Compression {
             Codec::Zlib => Container::Zlib,
             other => return other.encoder(w),
         };
-        if self.threads <= 1 {
-            return self.codec.encoder_at(w, self.level);
-        }
+        // one thread too writes blocks: a gzip full restores on every core whoever wrote it
         Ok(Encoder::Parallel(ParallelDeflate::new(
             w,
             container,

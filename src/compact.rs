@@ -67,18 +67,9 @@ async fn compact_and_save(
     is_final: bool,
 ) -> Result<FullSnapshotReport> {
     let ecfg = EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        username: String::new(),
-        password: String::new(),
-        connection_timeout: Duration::from_secs(30),
         snapshot_timeout: cfg.snapshot_timeout.max(Duration::from_secs(30)),
         defrag_timeout: cfg.defrag_timeout,
-        insecure_transport: true,
-        insecure_skip_tls_verify: false,
-        cert: String::new(),
-        key: String::new(),
-        cacert: String::new(),
-        service_endpoints: Vec::new(),
+        ..EtcdConfig::plain(etcd.endpoint.clone(), Duration::from_secs(30))
     };
     let ep = etcd.endpoint.clone();
     let mut c = crate::etcd::connect_one(&ecfg, &ep).await?;

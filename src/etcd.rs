@@ -47,6 +47,25 @@ impl std::fmt::Debug for EtcdConfig {
 }
 
 impl EtcdConfig {
+    /// One plain-HTTP endpoint without credentials (a temporary etcd on loopback), every
+    /// timeout `timeout`.
+    pub fn plain(endpoint: String, timeout: Duration) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![endpoint],
+            username: String::new(),
+            password: String::new(),
+            connection_timeout: timeout,
+            snapshot_timeout: timeout,
+            defrag_timeout: timeout,
+            insecure_transport: true,
+            insecure_skip_tls_verify: false,
+            cert: String::new(),
+            key: String::new(),
+            cacert: String::new(),
+            service_endpoints: Vec::new(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(Error::config(

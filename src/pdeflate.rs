@@ -121,16 +121,15 @@ impl<J: Send + 'static, O: Send + 'static> Drop for Pool<J, O> {
 
 /// A compressing writer (gzip or zlib) that deflates blocks on `threads` workers.
 pub struct ParallelDeflate<W: Write> {
-    inner: Option<W>,
+    inner: W,
     container: Container,
     block: Vec<u8>,
     dict: Arc<Vec<u8>>,
     pool: Pool<Job, Done>,
     pending: VecDeque<Receiver<io::Result<Done>>>,
     max_pending: usize,
+    /// zlib: the Adler-32 of what was collected so far.
     check: u32,
-    header_written: bool,
-    finished: bool,
 }
 
 /// The gzip extra subfield that carries a member's total length (header to trailer).
@@ -196,9 +195,10 @@ fn compress_block(d: &mut Deflate, job: Job) -> io::Result<Done> {
             member.extend_from_slice(&out);
             member.extend_from_slice(&crc.to_le_bytes());
             member.extend_from_slice(&(len as u32).to_le_bytes());
+            // the member carries its own checksum: none to combine
             Ok(Done {
                 out: member,
-                check: crc,
+                check: 0,
                 len,
             })
         }
@@ -212,7 +212,7 @@ fn compress_block(d: &mut Deflate, job: Job) -> io::Result<Done> {
 
 impl<W: Write> ParallelDeflate<W> {
     /// `level` 0-9 (zlib's); `threads` at least 1.
-    pub fn new(inner: W, container: Container, level: u32, threads: usize) -> io::Result<Self> {
+    pub fn new(mut inner: W, container: Container, level: u32, threads: usize) -> io::Result<Self> {
         let threads = threads.max(1);
         let level = level.min(9) as i32;
         // raw deflate: the container's headers and trailers are written around it
@@ -222,8 +222,13 @@ impl<W: Write> ParallelDeflate<W> {
             move || Deflate::new(level, false, 15),
             compress_block,
         )?;
+        if container == Container::Zlib {
+            // deflate, 32 KiB window, default level: what Go's zlib.Writer writes at level 6
+            // (every gzip member carries its own header)
+            inner.write_all(&[0x78, 0x9c])?;
+        }
         Ok(ParallelDeflate {
-            inner: Some(inner),
+            inner,
             container,
             block: Vec::with_capacity(BLOCK),
             dict: Arc::new(Vec::new()),
@@ -231,33 +236,11 @@ impl<W: Write> ParallelDeflate<W> {
             pending: VecDeque::new(),
             max_pending: 2 * threads,
             check: 1,
-            header_written: false,
-            finished: false,
         })
-    }
-
-    fn inner(&mut self) -> io::Result<&mut W> {
-        self.inner
-            .as_mut()
-            .ok_or_else(|| io::Error::other("the compressor was already finished"))
-    }
-
-    fn write_header(&mut self) -> io::Result<()> {
-        if self.header_written {
-            return Ok(());
-        }
-        self.header_written = true;
-        match self.container {
-            // every gzip member carries its own header
-            Container::Gzip => Ok(()),
-            // deflate, 32 KiB window, default level: what Go's zlib.Writer writes at level 6
-            Container::Zlib => self.inner()?.write_all(&[0x78, 0x9c]),
-        }
     }
 
     /// Hands the current block to a worker; `last` ends the stream.
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
-        self.write_header()?;
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
         let next_dict = if self.container == Container::Zlib && data.len() >= WINDOW {
             Arc::new(data[data.len() - WINDOW..].to_vec())
@@ -289,36 +272,20 @@ impl<W: Write> ParallelDeflate<W> {
         if self.container == Container::Zlib {
             self.check = zlib_rs::adler32::adler32_combine(self.check, done.check, done.len);
         }
-        self.inner()?.write_all(&done.out)
+        self.inner.write_all(&done.out)
     }
 
     /// Compresses what is buffered, writes the trailer, and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.finish_stream()?;
-        self.inner
-            .take()
-            .ok_or_else(|| io::Error::other("the compressor was already finished"))
-    }
-
-    fn finish_stream(&mut self) -> io::Result<()> {
-        if self.finished {
-            return Ok(());
-        }
-        self.finished = true;
         self.dispatch(true)?;
         while !self.pending.is_empty() {
             self.collect_one()?;
         }
         // a gzip member carries its own trailer; zlib's is the stream's Adler-32
         if self.container == Container::Zlib {
-            let check = self.check;
-            self.inner()?.write_all(&check.to_be_bytes())?;
+            self.inner.write_all(&self.check.to_be_bytes())?;
         }
-        Ok(())
-    }
-
-    pub fn get_mut(&mut self) -> Option<&mut W> {
-        self.inner.as_mut()
+        Ok(self.inner)
     }
 }
 
@@ -335,10 +302,7 @@ impl<W: Write> Write for ParallelDeflate<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         // blocks are written as they complete; nothing is held back but the current block
-        match self.inner.as_mut() {
-            Some(w) => w.flush(),
-            None => Ok(()),
-        }
+        self.inner.flush()
     }
 }
 

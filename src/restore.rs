@@ -261,6 +261,25 @@ fn chain_after(
     (full, deltas, covered)
 }
 
+/// Decompresses `input` (the full snapshot `key`) into a new private file at `dest`, checking
+/// the sha256 trailer when asked; the decompressed size.
+fn decompress_full(
+    key: &str,
+    codec: Codec,
+    input: impl std::io::Read,
+    dest: &Path,
+    check_hash: bool,
+) -> Result<u64> {
+    let f = crate::sys::create_private(dest)
+        .map_err(|e| Error::io(dest, "create the temporary snapshot file", e))?;
+    let hasher = crate::fullsnap::decompress_to_file(key, codec, input, f, dest)?;
+    let total = hasher.total();
+    if check_hash {
+        hasher.verify(key)?;
+    }
+    Ok(total)
+}
+
 /// Streams a full snapshot into `dest`, decompressed, checking the sha256 trailer.
 async fn download_full(
     store: &SnapStore,
@@ -271,21 +290,14 @@ async fn download_full(
     let key = store.key_of(full);
     let codec =
         Codec::from_suffix(&full.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+    let (dest2, key2) = (dest.to_path_buf(), key.clone());
     // a Local store's file is read directly: through the store's stream (small chunks over a
     // channel) it cost a third more time in system calls
     if let Some(src) = store.local_path(full).filter(|p| p.is_file()) {
-        let (dest2, key2) = (dest.to_path_buf(), key.clone());
         return tokio::task::spawn_blocking(move || -> Result<u64> {
             let input = std::fs::File::open(&src)
                 .map_err(|e| Error::io(&src, "open the full snapshot", e))?;
-            let f = crate::sys::create_private(&dest2)
-                .map_err(|e| Error::io(&dest2, "create the temporary snapshot file", e))?;
-            let hasher = crate::fullsnap::decompress_to_file(&key2, codec, input, f, &dest2)?;
-            let total = hasher.total();
-            if check_hash {
-                hasher.verify(&key2)?;
-            }
-            Ok(total)
+            decompress_full(&key2, codec, input, &dest2, check_hash)
         })
         .await
         .map_err(|e| Error::Other(format!("snapshot decompression worker failed: {e}")))?;
@@ -293,18 +305,8 @@ async fn download_full(
     let total = store.size(full).await.unwrap_or(0);
     let mut stream = store.fetch(full).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
-    let dest2 = dest.to_path_buf();
-    let key2 = key.clone();
-    let worker = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let f = crate::sys::create_private(&dest2)
-            .map_err(|e| Error::io(&dest2, "create the temporary snapshot file", e))?;
-        let hasher =
-            crate::fullsnap::decompress_to_file(&key2, codec, ChannelReader::new(rx), f, &dest2)?;
-        let total = hasher.total();
-        if check_hash {
-            hasher.verify(&key2)?;
-        }
-        Ok(total)
+    let worker = tokio::task::spawn_blocking(move || {
+        decompress_full(&key2, codec, ChannelReader::new(rx), &dest2, check_hash)
     });
     let (started, mut last_log, mut got) = (Instant::now(), Instant::now(), 0u64);
     while let Some(chunk) = stream.next().await {

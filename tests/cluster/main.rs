@@ -459,15 +459,23 @@ fn scenario_e_all_members_lost_etcd_3_4() {
     all_members_lost(EtcdVersion::V34);
 }
 
+/// Writes for 5 s and waits until the store holds every write, then starts a second load (keys
+/// from 1,000,000, running for 2 s already) for the disaster to interrupt: what the first load
+/// acknowledged, and the second load.
+fn backed_up_then_loaded(set: &StatefulSet, moto: &Moto) -> (BTreeMap<String, i64>, Load) {
+    let w = load(set, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    let acked = w.finish();
+    let (rev, _) = converged(set, Duration::from_secs(30));
+    stored_up_to(moto, rev, set);
+    let w = load(set, 1_000_000);
+    std::thread::sleep(Duration::from_secs(2));
+    (acked, w)
+}
+
 fn all_members_lost(version: EtcdVersion) {
     let (moto, mut set) = first_install_on(version, false);
-    let w = load(&set, 0);
-    std::thread::sleep(Duration::from_secs(5));
-    let acked_before = w.finish();
-    let (rev, _) = converged(&set, Duration::from_secs(30));
-    stored_up_to(&moto, rev, &set);
-    let w = load(&set, 1_000_000);
-    std::thread::sleep(Duration::from_secs(2));
+    let (acked_before, w) = backed_up_then_loaded(&set, &moto);
     let lost_at = Instant::now();
     for i in 0..3 {
         set.delete_pod(i, Duration::from_secs(0));
@@ -502,13 +510,7 @@ fn all_members_lost(version: EtcdVersion) {
 #[test]
 fn scenario_d_quorum_lost() {
     let (moto, mut set) = first_install(false);
-    let w = load(&set, 0);
-    std::thread::sleep(Duration::from_secs(5));
-    let acked_before = w.finish();
-    let (rev, _) = converged(&set, Duration::from_secs(30));
-    stored_up_to(&moto, rev, &set);
-    let w = load(&set, 1_000_000);
-    std::thread::sleep(Duration::from_secs(2));
+    let (acked_before, w) = backed_up_then_loaded(&set, &moto);
     let survivor = 1;
     let lost_at = Instant::now();
     for i in [0, 2] {
