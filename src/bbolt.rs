@@ -126,6 +126,53 @@ fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
+/// A bbolt file as `bolt.Open` creates it (two meta pages, an empty freelist, a root leaf)
+/// holding the named empty buckets (inline): the template [`crate::membership`] hands etcd's
+/// restore tool.
+pub fn empty_file(page_size: u32, buckets: &[&[u8]]) -> Vec<u8> {
+    let ps = page_size as usize;
+    let mut out = vec![0u8; 4 * ps];
+    let header = |id: u64, flags: u16| {
+        let mut h = [0u8; PAGE_HEADER];
+        h[..8].copy_from_slice(&id.to_le_bytes());
+        h[8..10].copy_from_slice(&flags.to_le_bytes());
+        h
+    };
+    for id in 0..2u64 {
+        let at = id as usize * ps;
+        out[at..at + PAGE_HEADER].copy_from_slice(&header(id, FLAG_META));
+        let mut m = Vec::with_capacity(META_SIZE);
+        for v in [MAGIC, VERSION, page_size, 0] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        // root bucket {page 3, sequence 0}, freelist page 2, high-water mark 4, txid = id
+        for v in [3u64, 0, 2, 4, id] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        let sum = fnv1a64(&m);
+        m.extend_from_slice(&sum.to_le_bytes());
+        out[at + PAGE_HEADER..at + PAGE_HEADER + META_SIZE].copy_from_slice(&m);
+    }
+    out[2 * ps..2 * ps + PAGE_HEADER].copy_from_slice(&header(2, FLAG_FREELIST));
+    let mut empty_bucket = vec![0u8; BUCKET_HEADER + PAGE_HEADER];
+    empty_bucket[BUCKET_HEADER..].copy_from_slice(&header(0, FLAG_LEAF));
+    let mut names = buckets.to_vec();
+    names.sort();
+    let root = RootLeaf {
+        id: 3,
+        span: ps,
+        header: header(3, FLAG_LEAF).to_vec(),
+        elements: names
+            .into_iter()
+            .map(|n| (BUCKET_LEAF, n.to_vec(), empty_bucket.clone()))
+            .collect(),
+    };
+    if let Some(page) = root.encode() {
+        out[3 * ps..4 * ps].copy_from_slice(&page);
+    }
+    out
+}
+
 /// Parses and validates the meta struct of a meta page (`p` starts at the page header).
 fn parse_meta(p: &[u8], page: u64) -> std::result::Result<Meta, String> {
     let m = p
@@ -277,6 +324,51 @@ impl<'a> Page<'a> {
         let child = u64_at(d, e + 8).unwrap_or(0);
         let key = self.slice(e + pos, ksize, &format!("key of element {i}"))?;
         Ok((key, child))
+    }
+}
+
+/// The root bucket's leaf page, as read (see [`Db::root_leaf`]).
+#[derive(Debug, Clone)]
+pub struct RootLeaf {
+    pub id: u64,
+    /// Bytes of the page with its overflow pages.
+    pub span: usize,
+    /// The page header as stored (id, flags, count, overflow).
+    pub header: Vec<u8>,
+    /// (flags, key, value) in key order.
+    pub elements: Vec<(u32, Vec<u8>, Vec<u8>)>,
+}
+
+impl RootLeaf {
+    /// The page rebuilt with `elements` (same keys and order: only values change), laid out
+    /// as bbolt writes a leaf (elements, then each key followed by its value), zero-padded to
+    /// the span; `None` when it does not fit.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let data: usize = self
+            .elements
+            .iter()
+            .map(|(_, k, v)| k.len() + v.len())
+            .sum();
+        let start = PAGE_HEADER + self.elements.len() * ELEMENT;
+        if start + data > self.span || self.elements.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        let mut out = vec![0u8; self.span];
+        out[..PAGE_HEADER].copy_from_slice(&self.header);
+        out[10..12].copy_from_slice(&(self.elements.len() as u16).to_le_bytes());
+        let mut at = start;
+        for (i, (flags, k, v)) in self.elements.iter().enumerate() {
+            let e = PAGE_HEADER + i * ELEMENT;
+            let fields = [*flags, (at - e) as u32, k.len() as u32, v.len() as u32];
+            for (j, f) in fields.iter().enumerate() {
+                out[e + 4 * j..e + 4 * j + 4].copy_from_slice(&f.to_le_bytes());
+            }
+            out[at..at + k.len()].copy_from_slice(k);
+            at += k.len();
+            out[at..at + v.len()].copy_from_slice(v);
+            at += v.len();
+        }
+        Some(out)
     }
 }
 
@@ -483,6 +575,30 @@ impl Db {
                 .map_err(|e| problem(Some(id), format!("read of its overflow failed: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The root bucket's page when it is a single leaf (etcd's ten buckets fit in one):
+    /// its id, its bytes (overflow included) and its elements (flags, key, value). `None` when
+    /// the root is a branch page.
+    pub fn root_leaf(&self) -> Result<Option<RootLeaf>> {
+        let mut buf = Vec::new();
+        self.read_page(self.meta.root, &mut buf)
+            .map_err(|p| self.corrupt(p))?;
+        let page = Page::parse(Some(self.meta.root), &buf).map_err(|p| self.corrupt(p))?;
+        if page.flags != FLAG_LEAF {
+            return Ok(None);
+        }
+        let mut elements = Vec::with_capacity(page.count);
+        for i in 0..page.count {
+            let (flags, k, v) = page.leaf(i).map_err(|p| self.corrupt(p))?;
+            elements.push((flags, k.to_vec(), v.to_vec()));
+        }
+        Ok(Some(RootLeaf {
+            id: self.meta.root,
+            span: buf.len(),
+            header: buf[..PAGE_HEADER].to_vec(),
+            elements,
+        }))
     }
 
     /// The buckets of the root bucket, in key order.
@@ -1094,6 +1210,33 @@ fn hex(k: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_file_with_buckets_reads_back_sound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("db");
+        std::fs::write(&p, empty_file(4096, &[b"meta", b"key"])).expect("write");
+        let db = Db::open(&p).expect("open");
+        assert!(db.check().is_empty(), "{:?}", db.check());
+        let names: Vec<Vec<u8>> = db
+            .buckets()
+            .expect("buckets")
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, vec![b"key".to_vec(), b"meta".to_vec()]);
+        let root = db.root_leaf().expect("root").expect("a leaf");
+        // re-encoding what was read gives the page back byte for byte
+        let page = root.encode().expect("fits");
+        let file = std::fs::read(&p).expect("read");
+        assert_eq!(&file[3 * 4096..4 * 4096], &page[..]);
+        let mut big = root.clone();
+        big.elements[0].2 = vec![0u8; 5000];
+        assert!(
+            big.encode().is_none(),
+            "a value larger than the page must not fit"
+        );
+    }
 
     #[test]
     fn fnv_matches_reference_vectors() {

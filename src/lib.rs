@@ -16,8 +16,9 @@
 //!   defragmentation;
 //! * [`server`], [`listener`], [`https`], [`auth`], [`health`], [`metrics`]: the sidecar's
 //!   HTTP API, its hardened listener, TLS, and who may call it;
-//! * [`replay`], [`restore`], [`revbump`], [`compact`], [`copy`]: restoring a data dir (deltas
-//!   replayed through a temporary etcd, revision bump), compacting and copying backups;
+//! * [`replay`], [`restore`], [`membership`], [`revbump`], [`compact`], [`copy`]: restoring a
+//!   data dir (the db written once with the new membership, deltas replayed through a
+//!   temporary etcd, revision bump), compacting and copying backups;
 //! * [`bbolt`], [`schema`], [`wal`]: reading etcd's files natively (db, WAL, `.snap`);
 //! * [`inspect`], [`k8s`]: `snapshot status|verify|ls|get`;
 //! * [`validate`], [`initialize`], [`etcdconf`]: start-up validation, initialization and the
@@ -51,6 +52,7 @@ pub mod layout;
 pub mod leader;
 pub mod listener;
 pub mod lzw;
+pub mod membership;
 pub mod metrics;
 pub mod pdeflate;
 pub mod replay;

@@ -439,6 +439,9 @@ fn restore_tool(cfg: &RestoreConfig) -> Result<PathBuf> {
     }
 }
 
+/// Runs etcd's tool on `db`, always with `--skip-hash-check`: the sha256 trailer was checked
+/// here on the way (or the operator skipped the check), and the tool only strips it (etcd's
+/// 3.4/3.5 builds hash without SHA-NI: their check cost 2 s per GiB).
 fn run_restore_tool(
     cfg: &RestoreConfig,
     tool: &Path,
@@ -459,9 +462,7 @@ fn run_restore_tool(
             "--initial-advertise-peer-urls",
             &cfg.initial_advertise_peer_urls.join(","),
         ]);
-    if cfg.skip_hash_check {
-        cmd.arg("--skip-hash-check");
-    }
+    cmd.arg("--skip-hash-check");
     if plan == BumpPlan::Tool {
         cmd.args(["--bump-revision", &cfg.bump_revision.to_string()]);
         if cfg.mark_compacted {
@@ -642,28 +643,7 @@ async fn restore_into(
     let replay_needed = !(set.deltas.is_empty() || full.last_revision >= target);
     let tool = restore_tool(cfg)?;
     let plan = bump_plan(cfg, &tool, replay_needed)?;
-    // An uncompressed object in a Local store is etcd's file as is: the tool reads it in place
-    // and checks its sha256 trailer itself (the same check, unless --skip-hash-check).
-    let in_place = store
-        .local_path(full)
-        .filter(|p| full.compression_suffix.is_empty() && p.is_file());
-    let db = match &in_place {
-        Some(p) => p.clone(),
-        None => {
-            let db = tmp.join("snapshot.db");
-            let bytes = download_full(store, full, &db, !cfg.skip_hash_check).await?;
-            tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
-            db
-        }
-    };
-    let (cfg2, db2, part2) = (cfg.clone(), db.clone(), part.to_path_buf());
-    tokio::task::spawn_blocking(move || run_restore_tool(&cfg2, &tool, plan, &db2, &part2))
-        .await
-        .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))??;
-    if in_place.is_none() {
-        std::fs::remove_file(&db)
-            .map_err(|e| Error::io(&db, "remove the temporary snapshot", e))?;
-    }
+    restore_base(cfg, store, full, tool, plan, part, tmp).await?;
     datadir::crash_point("restore:base-restored");
     let base_revision = match plan {
         BumpPlan::Tool => full.last_revision + cfg.bump_revision,
@@ -742,6 +722,76 @@ async fn restore_into(
         "revision bumped and marked compacted (reads and watches below it answer \"compacted\")"
     );
     Ok((n, revs, replay_elapsed, new))
+}
+
+/// Restores the full snapshot into `part`: the db downloaded (verified, decompressed) straight
+/// into `member/snap/db`, and the new membership transplanted from etcd's tool run on an empty
+/// template ([`crate::membership`]), so that the db is written once. The whole db goes through
+/// the tool when the tool bumps its revision or the transplant does not apply.
+async fn restore_base(
+    cfg: &RestoreConfig,
+    store: &SnapStore,
+    full: &Snapshot,
+    tool: PathBuf,
+    plan: BumpPlan,
+    part: &Path,
+    tmp: &Path,
+) -> Result<()> {
+    let verify = !cfg.skip_hash_check;
+    let key = store.key_of(full);
+    let run_tool = |db: PathBuf| {
+        let (cfg, tool, part) = (cfg.clone(), tool.clone(), part.to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || run_restore_tool(&cfg, &tool, plan, &db, &part))
+                .await
+                .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))?
+        }
+    };
+    let whole = tmp.join("snapshot.db");
+    if plan == BumpPlan::Tool {
+        // the tool bumps the revision of the db it copies
+        let bytes = download_full(store, full, &whole, verify).await?;
+        tracing::info!(object = %key, bytes, "full snapshot downloaded and verified");
+        run_tool(whole.clone()).await?;
+        return std::fs::remove_file(&whole)
+            .map_err(|e| Error::io(&whole, "remove the temporary snapshot", e));
+    }
+    let template = tmp.join("template.db");
+    crate::membership::write_template(&template)?;
+    run_tool(template).await?;
+    let db = part.join("member/snap/db.download");
+    let bytes = download_full(store, full, &db, verify).await?;
+    if bytes % 512 == 32 {
+        // what the tool does: the trailer is not part of the db
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .and_then(|f| f.set_len(bytes - 32))
+            .map_err(|e| Error::io(&db, "strip the sha256 trailer", e))?;
+    }
+    tracing::info!(object = %key, bytes, "full snapshot downloaded and verified");
+    let (part2, db2) = (part.to_path_buf(), db.clone());
+    let transplanted =
+        tokio::task::spawn_blocking(move || crate::membership::transplant(&part2, &db2))
+            .await
+            .map_err(|e| Error::Other(format!("membership writer failed: {e}")))??;
+    match transplanted {
+        crate::membership::Transplant::Done => {
+            let live = part.join("member/snap/db");
+            std::fs::rename(&db, &live)
+                .map_err(|e| Error::io(&live, "move the restored db into place", e))
+        }
+        crate::membership::Transplant::Unpatchable(why) => {
+            tracing::info!(reason = %why, "the membership cannot be written into this db in place: etcd's tool copies the whole db");
+            std::fs::rename(&db, &whole)
+                .map_err(|e| Error::io(&whole, "move the downloaded db", e))?;
+            std::fs::remove_dir_all(part)
+                .map_err(|e| Error::io(part, "remove the template's restore", e))?;
+            run_tool(whole.clone()).await?;
+            std::fs::remove_file(&whole)
+                .map_err(|e| Error::io(&whole, "remove the temporary snapshot", e))
+        }
+    }
 }
 
 /// The revision of a restored backend, and its auth revision when authentication is enabled,
