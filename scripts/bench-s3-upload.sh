@@ -4,8 +4,8 @@
 #   etcdctl snapshot save                  (the baseline)
 #   etcdbrctl snapshot save to Local       (gzip, level 1, every core: the compression alone)
 #   etcdbrctl snapshot save to S3          (the same, uploaded as it is compressed)
-# against s3s-fs 0.14.1 (it checks request signatures and stores on disk; built here on first
-# use, ~2 min; not moto, whose ~11 MB/s would measure moto). Prints the ratios
+# against s3s-fs 0.14.1 (it checks request signatures and stores on disk; installed by
+# scripts/install-test-deps.sh; not moto, whose ~11 MB/s would measure moto). Prints the ratios
 # (S3 to Local: the upload adds nothing when parts go up while the next are compressed) and
 # peak RSS. usage: [COMPRESSION=gzip|zlib|zstd|none] scripts/bench-s3-upload.sh [SIZE_MIB] [RUNS]
 set -euo pipefail
@@ -14,7 +14,7 @@ SIZE_MIB=${1:-900}
 RUNS=${2:-2}
 COMPRESSION=${COMPRESSION:-gzip}
 TOOLS=${ETCDBR_TOOLS_DIR:-$HOME/.cache/etcdbr-tools}
-[ -x "$TOOLS/s3s/bin/s3s-fs" ] || cargo install -q s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS/s3s"
+[ -x "$TOOLS/s3s/bin/s3s-fs" ] || scripts/install-test-deps.sh
 for p in etcd-server etcd-client protobuf-compiler time; do
   dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client protobuf-compiler time >/dev/null; break; }
 done

