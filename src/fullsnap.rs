@@ -76,6 +76,16 @@ impl TrailerHasher {
         (self.h.finalize().to_vec(), self.tail)
     }
 
+    /// Bytes of the db itself: all but the trailer when the length says there is one (etcd's
+    /// rule, `% 512 == 32`, which `snapshot restore` also follows).
+    pub fn db_len(&self) -> u64 {
+        if self.total % 512 == TRAILER as u64 {
+            self.total - TRAILER as u64
+        } else {
+            self.total
+        }
+    }
+
     /// Checks etcd's rules: length % 512 == 32 and the trailer equals the SHA-256 of the rest.
     pub fn verify(self, object: &str) -> Result<()> {
         if self.total % 512 != TRAILER as u64 {

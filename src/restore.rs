@@ -262,7 +262,8 @@ fn chain_after(
 }
 
 /// Decompresses `input` (the full snapshot `key`) into a new private file at `dest`, checking
-/// the sha256 trailer when asked; the decompressed size.
+/// the sha256 trailer when asked, then cutting it off as etcd's tool does (the tool, always
+/// given `--skip-hash-check`, takes the db with or without it); the db's size.
 fn decompress_full(
     key: &str,
     codec: Codec,
@@ -272,15 +273,23 @@ fn decompress_full(
 ) -> Result<u64> {
     let f = crate::sys::create_private(dest)
         .map_err(|e| Error::io(dest, "create the temporary snapshot file", e))?;
+    let cut = f
+        .try_clone()
+        .map_err(|e| Error::io(dest, "open the snapshot file", e))?;
     let hasher = crate::fullsnap::decompress_to_file(key, codec, input, f, dest)?;
-    let total = hasher.total();
+    let (total, db) = (hasher.total(), hasher.db_len());
     if check_hash {
         hasher.verify(key)?;
     }
-    Ok(total)
+    if db < total {
+        cut.set_len(db)
+            .map_err(|e| Error::io(dest, "strip the sha256 trailer", e))?;
+    }
+    Ok(db)
 }
 
-/// Streams a full snapshot into `dest`, decompressed, checking the sha256 trailer.
+/// Streams a full snapshot into `dest`, decompressed, checking the sha256 trailer; the db's
+/// size.
 async fn download_full(
     store: &SnapStore,
     full: &Snapshot,
@@ -738,7 +747,6 @@ async fn restore_base(
     tmp: &Path,
 ) -> Result<()> {
     let verify = !cfg.skip_hash_check;
-    let key = store.key_of(full);
     let run_tool = |db: PathBuf| {
         let (cfg, tool, part) = (cfg.clone(), tool.clone(), part.to_path_buf());
         async move {
@@ -747,11 +755,15 @@ async fn restore_base(
                 .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))?
         }
     };
+    let download = |dest: PathBuf| async move {
+        let bytes = download_full(store, full, &dest, verify).await?;
+        tracing::info!(object = %store.key_of(full), bytes, "full snapshot downloaded and verified");
+        Ok::<(), Error>(())
+    };
     let whole = tmp.join("snapshot.db");
     if plan == BumpPlan::Tool {
         // the tool bumps the revision of the db it copies
-        let bytes = download_full(store, full, &whole, verify).await?;
-        tracing::info!(object = %key, bytes, "full snapshot downloaded and verified");
+        download(whole.clone()).await?;
         run_tool(whole.clone()).await?;
         return std::fs::remove_file(&whole)
             .map_err(|e| Error::io(&whole, "remove the temporary snapshot", e));
@@ -760,16 +772,7 @@ async fn restore_base(
     crate::membership::write_template(&template)?;
     run_tool(template).await?;
     let db = part.join("member/snap/db.download");
-    let bytes = download_full(store, full, &db, verify).await?;
-    if bytes % 512 == 32 {
-        // what the tool does: the trailer is not part of the db
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&db)
-            .and_then(|f| f.set_len(bytes - 32))
-            .map_err(|e| Error::io(&db, "strip the sha256 trailer", e))?;
-    }
-    tracing::info!(object = %key, bytes, "full snapshot downloaded and verified");
+    download(db.clone()).await?;
     let (part2, db2) = (part.to_path_buf(), db.clone());
     let transplanted =
         tokio::task::spawn_blocking(move || crate::membership::transplant(&part2, &db2))
