@@ -1046,6 +1046,8 @@ fn only_authenticated_callers_reach_the_api() {
         &cert,
     );
     assert_eq!(code, 200, "{out}");
+    // a new revision: a full at the first one's revision in the same second has its very name
+    etcd.put("before-the-requested-full", b"1");
     let (code, out) = call("POST", "/snapshot/full", &["-H", &good], &cert);
     assert_eq!(code, 200, "{out}");
     assert_eq!(fulls(), 2);
