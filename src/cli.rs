@@ -2,14 +2,14 @@
 //! Every flag can also be set from an environment variable (`ETCDBR_<FLAG_NAME>`, shown in
 //! `--help`); the store container also reads etcdbrctl's `STORAGE_CONTAINER`.
 
-use crate::codec::{Codec, Compression};
-use crate::deltasnap::DeltaConfig;
 use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdConfig;
-use crate::gc::{GcConfig, Policy};
+use crate::format::codec::{Codec, Compression};
 use crate::schedule::Schedule;
-use crate::snapshotter::{self, Backoff, SnapshotJob};
+use crate::snapshot::delta::DeltaConfig;
+use crate::snapshot::gc::{GcConfig, Policy};
+use crate::snapshot::job::{self, Backoff, SnapshotJob};
 use crate::store::{Provider, StoreConfig};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -189,6 +189,7 @@ impl SourceStoreArgs {
                 PathBuf::from(&self.source_temp_dir)
             },
             env_prefix: "SOURCE_".into(),
+            credentials: None,
         };
         c.validate()
             .map_err(|e| Error::config(format!("source store: {e}")))?;
@@ -239,7 +240,10 @@ pub struct InitializeCmd {
 }
 
 impl InitializeCmd {
-    pub fn to_config(&self, mode: crate::validate::Mode) -> Result<crate::initialize::InitConfig> {
+    pub fn to_config(
+        &self,
+        mode: crate::initialize::validate::Mode,
+    ) -> Result<crate::initialize::InitConfig> {
         let mut cluster = self.etcd.to_config()?;
         if !cluster.service_endpoints.is_empty() {
             cluster.endpoints = cluster.service_endpoints.clone();
@@ -255,7 +259,7 @@ impl RestorationArgs {
     pub fn init_config(
         &self,
         store: &SnapstoreArgs,
-        mode: crate::validate::Mode,
+        mode: crate::initialize::validate::Mode,
         cluster: Option<EtcdConfig>,
     ) -> Result<crate::initialize::InitConfig> {
         let has_store = !(store.storage_provider.is_empty() && store.store_container.is_empty());
@@ -271,6 +275,7 @@ impl RestorationArgs {
                 min_chunk_size: store.min_chunk_size,
                 temp_dir: store.snapstore_temp_directory.clone(),
                 env_prefix: String::new(),
+                credentials: None,
             }
         };
         Ok(crate::initialize::InitConfig {
@@ -414,7 +419,7 @@ pub struct RestorationArgs {
         default_value = "wal",
         env = "ETCDBR_REPLAY_METHOD"
     )]
-    pub replay_method: crate::replay::Method,
+    pub replay_method: crate::restore::replay::Method,
     /// etcdbr: when revisions are missing from the backups, restore up to the last revision
     /// before the gap (logged as a warning) instead of failing
     #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
@@ -607,7 +612,7 @@ pub struct ServerCmd {
     /// --server-client-ca is set (empty: none)
     #[arg(
         long = "server-open-paths",
-        default_value = crate::auth::DEFAULT_OPEN_PATHS,
+        default_value = crate::server::auth::DEFAULT_OPEN_PATHS,
         env = "ETCDBR_SERVER_OPEN_PATHS"
     )]
     pub server_open_paths: String,
@@ -1059,6 +1064,7 @@ impl SnapstoreArgs {
             min_chunk_size: self.min_chunk_size,
             temp_dir: self.snapstore_temp_directory.clone(),
             env_prefix: String::new(),
+            credentials: None,
         };
         c.validate()?;
         Ok(c)
@@ -1308,8 +1314,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                 let etcd = save.etcd.to_config()?;
                 let store = save.store.to_config()?;
                 let compression = save.compression.compression()?;
-                let report =
-                    snapshotter::save_once(&etcd, store, compression, save.is_final).await?;
+                let report = job::save_once(&etcd, store, compression, save.is_final).await?;
                 println!("{}", report.key);
                 Ok(())
             }
@@ -1354,13 +1359,13 @@ async fn run_command(cmd: Command) -> Result<()> {
                     "starting the snapshot job"
                 );
                 let shutdown = shutdown_signal();
-                let defrag = tokio::spawn(crate::defrag::run_scheduled(
+                let defrag = tokio::spawn(crate::etcd::defrag::run_scheduled(
                     job.etcd.clone(),
                     defrag_schedule,
                     || true,
                     shutdown.clone(),
                 ));
-                let r = snapshotter::run_scheduled(job, shutdown).await;
+                let r = job::run_scheduled(job, shutdown).await;
                 defrag.abort();
                 r
             }
@@ -1377,7 +1382,7 @@ async fn run_command(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Compact(c) => {
-            let cfg = crate::compact::CompactConfig {
+            let cfg = crate::snapshot::compact::CompactConfig {
                 restore: c.restoration.to_config(c.store.to_config()?)?,
                 defragment: c.defragment,
                 snapshot_timeout: c.snapshot_timeout,
@@ -1393,7 +1398,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                     "compact always compacts the latest set: --to-revision, --to-time and --snapshot do not apply",
                 ));
             }
-            let r = crate::compact::compact(&cfg).await?;
+            let r = crate::snapshot::compact::compact(&cfg).await?;
             println!("{}", r.key);
             if !c.metrics_scrape_wait.is_zero() {
                 tokio::time::sleep(c.metrics_scrape_wait).await;
@@ -1402,7 +1407,7 @@ async fn run_command(cmd: Command) -> Result<()> {
         }
         Command::Copy(c) => {
             let dest = c.store.to_config()?;
-            let cfg = crate::copy::CopyConfig {
+            let cfg = crate::store::copy::CopyConfig {
                 source: c.source.to_config(&dest)?,
                 dest,
                 max_backups: (c.max_backups_to_copy >= 0).then_some(c.max_backups_to_copy as usize),
@@ -1413,7 +1418,7 @@ async fn run_command(cmd: Command) -> Result<()> {
                         .then_some(c.wait_for_final_snapshot_timeout),
                 ),
             };
-            let r = crate::copy::copy(&cfg).await?;
+            let r = crate::store::copy::copy(&cfg).await?;
             println!(
                 "copied {} objects ({} bytes), skipped {} already in the destination",
                 r.copied, r.bytes, r.skipped
@@ -1472,15 +1477,15 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         ));
     }
     let opt_path = |p: &str| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
-    let tls = (!s.server_cert.is_empty()).then(|| crate::https::TlsFiles {
+    let tls = (!s.server_cert.is_empty()).then(|| crate::server::https::TlsFiles {
         cert: s.server_cert.clone().into(),
         key: s.server_key.clone().into(),
         client_ca: opt_path(&s.server_client_ca),
     });
-    let auth = crate::auth::AuthConfig {
+    let auth = crate::server::auth::AuthConfig {
         token_file: opt_path(&s.server_token_file),
         client_ca: opt_path(&s.server_client_ca),
-        open_paths: crate::auth::AuthConfig::parse_open_paths(&s.server_open_paths)?,
+        open_paths: crate::server::auth::AuthConfig::parse_open_paths(&s.server_open_paths)?,
     };
     if s.enable_profiling {
         tracing::warn!("--enable-profiling: /debug/pprof is Go-specific and not served");
@@ -1504,8 +1509,8 @@ async fn run_server(s: ServerCmd) -> Result<()> {
     // URLs from the etcd configuration; else --endpoints
     let mut cluster = job.etcd.clone();
     let mut others = cluster.service_endpoints.clone();
-    if let Ok(conf) = crate::etcdconf::read(&s.etcd_config) {
-        for u in crate::etcdconf::other_client_urls(&conf, &s.restoration.name) {
+    if let Ok(conf) = crate::server::etcdconf::read(&s.etcd_config) {
+        for u in crate::server::etcdconf::other_client_urls(&conf, &s.restoration.name) {
             if !others.contains(&u) {
                 others.push(u);
             }
@@ -1515,12 +1520,14 @@ async fn run_server(s: ServerCmd) -> Result<()> {
         cluster.endpoints = others;
     }
     warn_if_store_shares_the_data_volume(&job.store, &s.restoration.data_dir);
-    let init =
-        s.restoration
-            .init_config(&s.job.store, crate::validate::Mode::Full, Some(cluster))?;
+    let init = s.restoration.init_config(
+        &s.job.store,
+        crate::initialize::validate::Mode::Full,
+        Some(cluster),
+    )?;
     // moved-aside data directories from earlier initializations, visible before the next one
     crate::metrics::set_invalid_data_dirs(
-        crate::datadir::invalid_dirs(&init.restore.data_dir).len(),
+        crate::ondisk::datadir::invalid_dirs(&init.restore.data_dir).len(),
     );
     let cfg = crate::server::ServerConfig {
         job,

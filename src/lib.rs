@@ -1,72 +1,46 @@
 //! etcdbr: a backup-restore sidecar for etcd, compatible with gardener's etcdbrctl.
 //!
-//! Data flows one way: etcd -> [`fullsnap`] / [`deltasnap`] -> [`codec`] -> [`store`], and
-//! [`store`] -> [`codec`] -> [`restore`] -> data dir. Each module is named after the domain
-//! concept it implements:
+//! Data flows one way: etcd -> [`snapshot`] -> [`format`] -> [`store`], and [`store`] ->
+//! [`format`] -> [`restore`] -> data dir. The folders follow that flow; a folder only uses the
+//! folders before it in this list (no module cycles):
 //!
-//! * [`layout`]: snapshot object names, parsing, ordering and the "latest snapshot set";
-//! * [`codec`], [`pdeflate`], [`lzw`]: the compression policies (gzip, zlib, lzw, zstd), their
-//!   suffixes, and gzip/zlib on every core;
-//! * [`store`]: the object stores (Local directory, S3, GCS, ABS) and their credentials;
-//! * [`etcd`], [`leader`]: connecting to etcd; which member leads (and fencing writes);
-//! * [`fullsnap`], [`snaprev`]: streaming a verified full snapshot into a store, named by the
-//!   revision of its data;
-//! * [`delta`], [`deltasnap`]: delta snapshot files and taking them from etcd's watch;
-//! * [`schedule`], [`snapshotter`], [`gc`], [`defrag`]: the scheduled job, garbage collection,
-//!   defragmentation;
-//! * [`server`], [`listener`], [`https`], [`auth`], [`health`], [`metrics`]: the sidecar's
-//!   HTTP API, its hardened listener, TLS, and who may call it;
-//! * [`replay`], [`restore`], [`membership`], [`revbump`], [`compact`], [`copy`]: restoring a
-//!   data dir (the db written once with the new membership, deltas replayed through a
-//!   temporary etcd, revision bump), compacting and copying backups;
-//! * [`bbolt`], [`schema`], [`wal`]: reading etcd's files natively (db, WAL, `.snap`);
-//! * [`inspect`], [`k8s`]: `snapshot status|verify|ls|get`;
-//! * [`validate`], [`initialize`], [`etcdconf`]: start-up validation, initialization and the
+//! * [`error`], [`duration`], [`schedule`], [`sys`], [`stop`]: the crate error, Go durations
+//!   and cron schedules as etcdbrctl parses them, the Linux calls std lacks, stop flags;
+//! * [`format`]: the bytes of a backup: object names and the latest snapshot set, delta files,
+//!   the compression policies, the sha256 trailer;
+//! * [`metrics`]: the Prometheus registry (etcdbrctl's metric names);
+//! * [`ondisk`]: etcd's own files read natively (bbolt db, WAL, `.snap`), whether etcd would
+//!   boot a data dir, and the data dir's locks and durable swap;
+//! * [`store`]: the object stores (Local directory, S3, GCS, ABS), their credentials, and
+//!   copying backups between stores;
+//! * [`etcd`]: connecting to etcd, which member leads (and fencing writes), the cluster's
+//!   membership, defragmentation;
+//! * [`restore`]: restoring a data dir from a snapshot set (the db written once with the new
+//!   membership, deltas replayed through a temporary etcd, revision bump);
+//! * [`snapshot`]: full and delta snapshots, garbage collection, compaction, and the scheduled
+//!   job with its start-up decision and the health of the backups;
+//! * [`initialize`]: start-up validation of the data dir and the restore that replaces it;
+//! * [`inspect`]: `snapshot status|verify|ls|get`, natively;
+//! * [`server`]: the sidecar's HTTP API, its hardened listener, TLS, who may call it, and the
 //!   `/config` rewrite;
-//! * [`cli`]: the `etcdbrctl` command line.
+//! * [`cli`]: the `etcdbrctl` command line, one file per subcommand; the only place that
+//!   prints.
 
-pub mod auth;
-pub mod bbolt;
-pub mod bootcheck;
 pub mod cli;
-pub mod cluster;
-pub mod codec;
-pub mod compact;
-pub mod copy;
-pub mod datadir;
-pub mod defrag;
-pub mod delta;
-pub mod deltasnap;
 pub mod duration;
 pub mod error;
 pub mod etcd;
-pub mod etcdconf;
-pub mod fullsnap;
-pub mod gc;
-pub mod health;
-pub mod https;
+pub mod format;
 pub mod initialize;
 pub mod inspect;
-pub mod k8s;
-pub mod layout;
-pub mod leader;
-pub mod listener;
-pub mod lzw;
-pub mod membership;
 pub mod metrics;
-pub mod pdeflate;
-pub mod replay;
+pub mod ondisk;
 pub mod restore;
-pub mod revbump;
 pub mod schedule;
-pub mod schema;
 pub mod server;
-pub mod snaprev;
-pub mod snapshotter;
+pub mod snapshot;
+pub mod stop;
 pub mod store;
-pub mod streamio;
 pub mod sys;
-pub mod validate;
-pub mod wal;
 
 pub use error::{Error, Result};

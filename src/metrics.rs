@@ -5,7 +5,7 @@
 //! `etcdbr_snapshotter_failure` is labelled with an error *category* rather than etcdbrctl's raw
 //! error string, whose unbounded cardinality grows the registry with every distinct message.
 
-use crate::layout::Kind;
+use crate::format::layout::Kind;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,

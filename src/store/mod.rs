@@ -1,4 +1,4 @@
-//! The snapshot store: etcdbrctl's object layout ([`crate::layout`]) over a Local directory or an
+//! The snapshot store: etcdbrctl's object layout ([`crate::format::layout`]) over a Local directory or an
 //! object store (S3, GCS, ABS) through `object_store`.
 //!
 //! Writes are two-phase: [`SnapStore::begin_upload`] gives a synchronous [`UploadSink`] (fed from
@@ -8,10 +8,12 @@
 //! upload open and complete it only on commit (an interrupted upload is never listed).
 //! `object_store`'s own local writer does not fsync, hence our own Local write path.
 
+pub mod copy;
+
 pub mod credentials;
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Snapshot, SnapshotSet};
+use crate::format::layout::{self, Snapshot, SnapshotSet};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{
@@ -83,9 +85,20 @@ pub struct StoreConfig {
     pub temp_dir: PathBuf,
     /// "", "SOURCE_" or "SECONDARY_": prefix of the credential environment variables.
     pub env_prefix: String,
+    /// Where the credentials are, when the caller says so (a library caller, the tests);
+    /// `None`: from the environment variables under `env_prefix`, as etcdbrctl.
+    pub credentials: Option<credentials::Source>,
 }
 
 impl StoreConfig {
+    /// The credentials of kind `base` ("AWS_APPLICATION_CREDENTIALS", ...): the configured
+    /// source, else `<env_prefix><base>[_JSON]` from the environment.
+    pub fn credential_source(&self, base: &str) -> Option<credentials::Source> {
+        self.credentials
+            .clone()
+            .or_else(|| credentials::source(&self.env_prefix, base))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.max_parallel_chunk_uploads == 0 {
             return Err(Error::config(
@@ -309,7 +322,7 @@ impl SnapStore {
             // Only a dead writer's files are leftovers: a living one holds a flock on its temp
             // file (PIDs prove nothing: in a container this process is PID 1 after every
             // restart, and this process opens stores again while its uploads are in flight).
-            if !crate::datadir::is_held(&e.path()) {
+            if !crate::ondisk::datadir::is_held(&e.path()) {
                 match fs::remove_file(e.path()) {
                     Ok(()) => {
                         tracing::info!(file = %e.path().display(), "removed the temp file of an interrupted upload")

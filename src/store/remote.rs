@@ -54,7 +54,7 @@ fn store_err(cfg: &StoreConfig, e: object_store::Error) -> Error {
 }
 
 pub(super) fn build_s3(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
-    let src = credentials::source(&cfg.env_prefix, "AWS_APPLICATION_CREDENTIALS");
+    let src = cfg.credential_source("AWS_APPLICATION_CREDENTIALS");
     let fields = src
         .as_ref()
         .map(|s| credentials::read(s, S3_KEYS))
@@ -128,7 +128,7 @@ pub(super) fn build_s3(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
 }
 
 pub(super) fn build_abs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
-    let src = credentials::source(&cfg.env_prefix, "AZURE_APPLICATION_CREDENTIALS");
+    let src = cfg.credential_source("AZURE_APPLICATION_CREDENTIALS");
     let fields = src
         .as_ref()
         .map(|s| credentials::read(s, ABS_KEYS))
@@ -164,16 +164,20 @@ pub(super) fn build_abs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
 
 pub(super) fn build_gcs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
     let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&cfg.container);
-    let cred_var = format!("{}GOOGLE_APPLICATION_CREDENTIALS", cfg.env_prefix);
-    if let Some(p) = std::env::var_os(&cred_var) {
-        let p = std::path::PathBuf::from(p);
-        if !p.is_file() {
+    match credential_source(cfg) {
+        Some(Source::JsonFile(p)) if p.is_file() => {
+            b = b.with_service_account_path(p.display().to_string());
+        }
+        Some(Source::JsonFile(p) | Source::Dir(p)) => {
             return Err(Error::Credentials {
                 path: p.display().to_string(),
-                reason: format!("{cred_var} does not name a file"),
+                reason: format!(
+                    "{}GOOGLE_APPLICATION_CREDENTIALS does not name a file",
+                    cfg.env_prefix
+                ),
             });
         }
-        b = b.with_service_account_path(p.display().to_string());
+        None => {}
     }
     if !cfg.endpoint_override.is_empty() {
         b = b.with_base_url(cfg.endpoint_override.trim_end_matches('/'));
@@ -190,15 +194,13 @@ pub(super) fn build_gcs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
 /// The credential source to watch for rotation (see [`credentials::modified`]).
 pub fn credential_source(cfg: &StoreConfig) -> Option<Source> {
     match cfg.provider {
-        super::Provider::S3 => credentials::source(&cfg.env_prefix, "AWS_APPLICATION_CREDENTIALS"),
-        super::Provider::Abs => {
-            credentials::source(&cfg.env_prefix, "AZURE_APPLICATION_CREDENTIALS")
-        }
-        super::Provider::Gcs => {
+        super::Provider::S3 => cfg.credential_source("AWS_APPLICATION_CREDENTIALS"),
+        super::Provider::Abs => cfg.credential_source("AZURE_APPLICATION_CREDENTIALS"),
+        super::Provider::Gcs => cfg.credentials.clone().or_else(|| {
             std::env::var(format!("{}GOOGLE_APPLICATION_CREDENTIALS", cfg.env_prefix))
                 .ok()
                 .map(|p| Source::JsonFile(p.into()))
-        }
+        }),
         super::Provider::Local => None,
     }
 }

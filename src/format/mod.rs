@@ -1,0 +1,12 @@
+//! The bytes of a backup, independent of where they are stored: object names and the latest
+//! snapshot set ([`layout`]), delta snapshot files ([`delta`]), the compression policies
+//! ([`codec`], [`pdeflate`], [`lzw`]), the sha256 trailer of a full snapshot ([`trailer`]),
+//! and the bridges between async streams and the blocking codecs ([`streamio`]).
+
+pub mod codec;
+pub mod delta;
+pub mod layout;
+pub mod lzw;
+pub mod pdeflate;
+pub mod streamio;
+pub mod trailer;

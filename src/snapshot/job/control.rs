@@ -1,0 +1,53 @@
+//! How the snapshot job is driven: by whom (the schedule, or a request over HTTP), fenced how,
+//! stopped how.
+
+use crate::etcd::leader::Fence;
+use crate::format::layout::Snapshot;
+use crate::snapshot::health::Health;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// An out-of-schedule snapshot asked for over HTTP.
+#[derive(Debug)]
+pub enum Request {
+    Full {
+        is_final: bool,
+        reply: oneshot::Sender<std::result::Result<Snapshot, String>>,
+    },
+    /// `Ok(None)`: no events were buffered (etcdbrctl answers `null`).
+    Delta {
+        reply: oneshot::Sender<std::result::Result<Option<Snapshot>, String>>,
+    },
+}
+
+/// How the job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A full snapshot at once (the `snapshot` command).
+    Full,
+    /// The start-up decision (the `server` command); see the module doc.
+    Decide,
+}
+
+/// How the job is driven: by whom, fenced how, stopped how.
+pub struct Control {
+    pub start: StartMode,
+    pub fence: Fence,
+    pub health: Arc<Health>,
+    pub requests: Option<mpsc::Receiver<Request>>,
+    /// Graceful stop (SIGTERM): the final delta is written.
+    pub shutdown: watch::Receiver<bool>,
+    /// Leadership lost: stop at once, write nothing more.
+    pub abandon: watch::Receiver<bool>,
+}
+
+/// The next request, or never when there is no request channel (or it closed).
+pub async fn next_request(rx: &mut Option<&mut mpsc::Receiver<Request>>) -> Request {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(req) => req,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,22 @@
+//! The integration tests, one binary (one link on 2 cores instead of one per file): each module
+//! tests one part of the product from the outside, against real etcd and real object-store
+//! servers started on loopback ([`common`]).
+
+#[allow(dead_code)]
+mod common;
+
+mod api_contract;
+mod cluster;
+mod copy;
+mod damage;
+mod datadir;
+mod delta_snapshot;
+mod drill;
+mod full_snapshot;
+mod initialize;
+mod inspect;
+mod restore;
+mod runbook;
+mod server;
+mod snaprev;
+mod store_conformance;
