@@ -63,8 +63,41 @@ pub enum Error {
     #[error("cancelled: {0}")]
     Cancelled(String),
 
+    /// The store holds no snapshot to do this from (no full, none named so, none at that
+    /// revision or time).
     #[error("{0}")]
-    Other(String),
+    NoSnapshot(String),
+
+    /// The revisions of the stored chain do not continue each other (a delta missing or out of
+    /// order), or do not reach the revision asked for.
+    #[error("{0}")]
+    RevisionGap(String),
+
+    /// etcd's restore tool or the temporary etcd of a restore failed.
+    #[error("{tool} {reason}")]
+    ToolFailed { tool: String, reason: String },
+
+    /// etcd answered something its protocol does not allow (a response without a header, a
+    /// watch closed or cancelled under us, an event without its key-value).
+    #[error("etcd {endpoint}: {reason}")]
+    EtcdProtocol { endpoint: String, reason: String },
+
+    /// The cluster's state does not allow the step now (no quorum, no leader reachable, the
+    /// member that restores first has not yet); it may once the other members are back.
+    #[error("{0}")]
+    Cluster(String),
+
+    /// A safety rule refused the step; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+
+    /// A worker thread or task of ours failed (a panic: a bug); the message names it.
+    #[error("{what} failed: {reason}")]
+    Task { what: String, reason: String },
+
+    /// What should not happen did (a bug); the message says what.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// The innermost cause of an error chain (e.g. "Connection refused" under gRPC and transport
@@ -126,6 +159,54 @@ impl Error {
         Error::Config(msg.into())
     }
 
+    /// A worker (`what`: "snapshot worker", ...) that panicked or was cancelled.
+    pub fn task(what: &str, e: impl std::fmt::Display) -> Self {
+        Error::Task {
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub fn etcd_protocol(endpoint: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::EtcdProtocol {
+            endpoint: endpoint.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn tool_failed(tool: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::ToolFailed {
+            tool: tool.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the same call may succeed later, unchanged: etcd or the store unreachable or
+    /// slow, a local I/O error (a full disk), the cluster not ready yet. Retry loops retry
+    /// these and stop at the others (a wrong flag, a refusal, damaged data, a bug).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Etcd { source, .. } => etcd_transient(source),
+            Error::EtcdTimeout { .. } | Error::EtcdProtocol { .. } | Error::Cluster(_) => true,
+            Error::Store { source, .. } => store_transient(source),
+            Error::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ),
+            Error::Config(_)
+            | Error::Integrity { .. }
+            | Error::Credentials { .. }
+            | Error::Fenced(_)
+            | Error::Cancelled(_)
+            | Error::NoSnapshot(_)
+            | Error::RevisionGap(_)
+            | Error::ToolFailed { .. }
+            | Error::Refused(_)
+            | Error::Task { .. }
+            | Error::Internal(_) => false,
+        }
+    }
+
     /// A bounded category, for the `etcdbr_snapshotter_failure` metric.
     pub fn category(&self) -> &'static str {
         match self {
@@ -138,7 +219,85 @@ impl Error {
             Error::Credentials { .. } => "credentials",
             Error::Fenced(_) => "fenced",
             Error::Cancelled(_) => "cancelled",
-            Error::Other(_) => "other",
+            Error::NoSnapshot(_) => "no_snapshot",
+            Error::RevisionGap(_) => "revision_gap",
+            Error::ToolFailed { .. } => "tool",
+            Error::EtcdProtocol { .. } => "etcd",
+            Error::Cluster(_) => "cluster",
+            Error::Refused(_) => "refused",
+            Error::Task { .. } | Error::Internal(_) => "other",
         }
+    }
+}
+
+/// etcd errors worth retrying: the member unreachable, overloaded, electing, or the call cut;
+/// not a request etcd refuses for what it is (bad argument, permission, compacted revision).
+fn etcd_transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => !matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::Unimplemented
+                | Code::OutOfRange
+                | Code::AlreadyExists
+                | Code::NotFound
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Store errors worth retrying: the network or the server, not a missing object, a refused
+/// credential or a precondition.
+fn store_transient(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::UnknownConfigurationKey { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_are_those_a_retry_can_fix() {
+        let io = |kind| Error::io("/x", "write", std::io::Error::from(kind));
+        assert!(io(std::io::ErrorKind::StorageFull).is_transient());
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_transient());
+        let status = |code| Error::Etcd {
+            endpoint: "e".into(),
+            what: "get".into(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x")),
+        };
+        assert!(status(tonic::Code::Unavailable).is_transient());
+        assert!(status(tonic::Code::DeadlineExceeded).is_transient());
+        assert!(!status(tonic::Code::PermissionDenied).is_transient());
+        assert!(!status(tonic::Code::OutOfRange).is_transient());
+        let store = |source| Error::store("s3://b/k", "get", source);
+        assert!(!store(object_store::Error::NotFound {
+            path: "k".into(),
+            source: "gone".into()
+        })
+        .is_transient());
+        assert!(store(object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into()
+        })
+        .is_transient());
+        assert!(!Error::config("--x").is_transient());
+        assert!(Error::Cluster("no quorum".into()).is_transient());
+        assert!(!Error::RevisionGap("11 after 9".into()).is_transient());
     }
 }

@@ -25,7 +25,7 @@ async fn plan(cfg: &EtcdConfig) -> Result<Vec<String>> {
     let mut leader = None;
     for m in members {
         let Some(url) = m.client_urls().first().cloned() else {
-            return Err(Error::Other(format!(
+            return Err(Error::Cluster(format!(
                 "member {} ({:x}) has no client URL (not started yet?): not defragmenting",
                 m.name(),
                 m.id()

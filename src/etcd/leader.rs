@@ -32,11 +32,11 @@ impl Role {
 /// Reads the role of the member at `endpoint`; a cluster without leader is an error.
 pub async fn probe(client: &mut Client, endpoint: &str, timeout: Duration) -> Result<Role> {
     let s = etcd::call(endpoint, "status", timeout, client.status()).await?;
-    let header = s.header().ok_or_else(|| {
-        Error::Other(format!("etcd {endpoint}: status response without a header"))
-    })?;
+    let header = s
+        .header()
+        .ok_or_else(|| Error::etcd_protocol(endpoint, "status response without a header"))?;
     if s.leader() == 0 {
-        return Err(Error::Other(format!(
+        return Err(Error::Cluster(format!(
             "etcd {endpoint} has no leader (lost quorum?)"
         )));
     }

@@ -70,6 +70,8 @@ impl EtcdConfig {
         }
     }
 
+    /// Checks the values no connection can work with; called once, where the configuration
+    /// is built from the command line.
     pub fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(Error::config(

@@ -105,7 +105,7 @@ async fn initialize_locked(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         tracing::warn!(request = %request.display(), "an operator asked to give up this member's data: it is moved aside and the member is rebuilt from the cluster or the store");
         let (empty, looked_at) = store_state(cfg).await?;
         if empty && cfg.cluster_size <= 1 {
-            return Err(Error::Other(format!(
+            return Err(Error::Refused(format!(
                 "{}: a restore was requested ({}), but {looked_at} holds no backup: nothing was changed; remove the request file to start etcd on its data",
                 data_dir.display(),
                 request.display()
@@ -123,7 +123,7 @@ async fn initialize_locked(cfg: &InitConfig) -> Result<(Outcome, Action)> {
         return Ok((outcome, Action::Kept));
     }
     if outcome.is_fatal() {
-        return Err(Error::Other(format!(
+        return Err(Error::Refused(format!(
             "{}: {outcome}; nothing was changed",
             data_dir.display()
         )));
@@ -324,7 +324,7 @@ async fn multi_member(cfg: &InitConfig, outcome: &Outcome, lock: &mut DbLock) ->
             tracing::info!(cluster = %view.describe(), "no running cluster and no backup: this member bootstraps the new cluster with the others");
             start_fresh(cfg, outcome, lock, &looked_at)
         }
-        View::NoQuorum { .. } => Err(Error::Other(format!(
+        View::NoQuorum { .. } => Err(Error::Cluster(format!(
             "{}: {outcome}; {}. This member cannot rejoin a cluster without a leader, and restoring it alone would split the cluster. Bring the other members back, or follow the runbook's 'quorum lost' procedure",
             data_dir.display(),
             view.describe()
@@ -347,7 +347,7 @@ async fn multi_member(cfg: &InitConfig, outcome: &Outcome, lock: &mut DbLock) ->
                 if let View::Quorum { .. } = &view {
                     return join_as_learner(cfg, outcome, lock, &view).await;
                 }
-                return Err(Error::Other(format!(
+                return Err(Error::Cluster(format!(
                     "{}: {outcome}; no member of the cluster runs and the store has backups: waiting for {seed} to restore the cluster from {looked_at}; this member then joins it",
                     data_dir.display()
                 )));
@@ -361,7 +361,7 @@ async fn multi_member(cfg: &InitConfig, outcome: &Outcome, lock: &mut DbLock) ->
                     match v {
                         View::Quorum { .. } => return join_as_learner(cfg, outcome, lock, &v).await,
                         View::NoQuorum { .. } => {
-                            return Err(Error::Other(format!(
+                            return Err(Error::Cluster(format!(
                                 "{}: {outcome}; {}: not restoring a new cluster beside members that hold data. Bring the other members back, or follow the runbook's 'quorum lost' procedure",
                                 data_dir.display(),
                                 v.describe()
@@ -408,7 +408,7 @@ async fn join_as_learner(
     let (mut c, ep, list) = crate::etcd::connect_cluster(ecfg, &endpoints)
         .await
         .map_err(|e| {
-            Error::Other(format!(
+            Error::Cluster(format!(
                 "{}: {outcome}; cannot reach the rest of the cluster to re-add this member: {e}",
                 data_dir.display()
             ))
@@ -451,7 +451,8 @@ async fn join_as_learner(
                     removed(true);
                     break;
                 }
-                (Err(e), _) | (Ok(_), Err(e)) if tries >= 6 => {
+                // a refusal (permission, bad request) is final; the rest may pass
+                (Err(e), _) | (Ok(_), Err(e)) if tries >= 6 || !e.is_transient() => {
                     removed(false);
                     return Err(e);
                 }
@@ -494,7 +495,7 @@ async fn join_as_learner(
                 break r;
             }
             // etcd takes one learner at a time: another member may be catching up
-            Err(e) if tries < 12 => {
+            Err(e) if tries < 12 && e.is_transient() => {
                 tries += 1;
                 tracing::warn!(error = %e, "adding this member as a learner failed; retrying in 5 s");
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -652,13 +653,16 @@ mod tests {
     use super::*;
 
     fn initializer_in(state: State) -> Initializer {
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from(["etcdbrctl", "initialize", "--data-dir", "d"])
-            .expect("args");
-        let Some(crate::cli::Command::Initialize(cmd)) = cli.command else {
-            panic!("initialize");
-        };
-        let i = Initializer::new(cmd.to_config(Mode::Full).expect("config"));
+        let restore = RestoreConfig::for_tests();
+        let i = Initializer::new(InitConfig {
+            restore,
+            mode: Mode::Full,
+            has_store: false,
+            cluster_size: 1,
+            pod_namespace: None,
+            cluster: None,
+            keep_invalid_dirs: 1,
+        });
         i.lock().state = state;
         i
     }

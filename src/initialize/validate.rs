@@ -160,7 +160,7 @@ async fn validate_inner(cfg: &ValidateConfig, lock: &mut DbLock) -> Result<Outco
     let m2 = member.clone();
     let plan = tokio::task::spawn_blocking(move || bootcheck::check(&m2))
         .await
-        .map_err(|e| Error::Other(format!("validation worker failed: {e}")))?;
+        .map_err(|e| Error::task("validation worker", e))?;
     let plan = match plan {
         Ok(p) => p,
         Err(refusal) => return Ok(Outcome::DataDirectoryCorrupt(refusal)),

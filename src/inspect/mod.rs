@@ -16,7 +16,7 @@ use crate::ondisk::schema::{self, KeyValue, Status};
 use crate::store::{SnapStore, StoreConfig};
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The sha256 trailer etcd appends to a snapshot it streams.
@@ -96,7 +96,7 @@ impl Opened {
         if let Some(h) = self.pending.take() {
             let t = h
                 .join()
-                .map_err(|_| Error::Other("the sha256 thread panicked".into()))??;
+                .map_err(|_| Error::task("the sha256 thread", "panicked"))??;
             self.trailer = Some(t);
         }
         Ok(self.trailer.get_or_insert(Trailer::Absent))
@@ -193,7 +193,7 @@ pub async fn open(
         let (p2, t2) = (path.clone(), temp_dir.to_path_buf());
         return tokio::task::spawn_blocking(move || open_local(&p2, check_hash, &t2))
             .await
-            .map_err(|e| Error::Other(format!("inspect worker failed: {e}")))?;
+            .map_err(|e| Error::task("inspect worker", e))?;
     }
     let Some(cfg) = store else {
         return Err(Error::config(format!(
@@ -233,7 +233,7 @@ pub async fn open(
     drop(tx);
     let (tmp, trailer) = worker
         .await
-        .map_err(|e| Error::Other(format!("inspect worker failed: {e}")))??;
+        .map_err(|e| Error::task("inspect worker", e))??;
     let db = open_db(&tmp, &key)?;
     Ok(Opened {
         db,
@@ -396,16 +396,29 @@ pub enum ListFormat {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Other(format!("inspect worker failed: {e}")))?
+        .map_err(|e| Error::task("inspect worker", e))?
+}
+
+/// Where `snapshot status|verify|ls|get` write: what etcdctl prints on stdout (`out`), and
+/// the notes it does not print (`notes`, stderr for the command line).
+pub struct Output {
+    pub out: Box<dyn Write + Send>,
+    pub notes: Box<dyn Write + Send>,
+}
+
+impl Output {
+    fn error(e: std::io::Error) -> Error {
+        Error::io("<output>", "write the result", e)
+    }
 }
 
 /// `snapshot status`: etcdctl's output on stdout; fails like etcdctl when the structure is
 /// damaged. What etcdctl leaves out goes to stderr.
-pub async fn print_status(mut o: Opened, format: Format) -> Result<()> {
-    blocking(move || status_blocking(&mut o, format)).await
+pub async fn write_status(mut o: Opened, format: Format, mut w: Output) -> Result<()> {
+    blocking(move || status_blocking(&mut o, format, &mut w)).await
 }
 
-fn status_blocking(o: &mut Opened, format: Format) -> Result<()> {
+fn status_blocking(o: &mut Opened, format: Format, w: &mut Output) -> Result<()> {
     let (st, problems) = schema::status_checked(&o.db);
     if let Some(first) = problems.first() {
         return Err(Error::integrity(
@@ -416,7 +429,7 @@ fn status_blocking(o: &mut Opened, format: Format) -> Result<()> {
             ),
         ));
     }
-    print!("{}", render_status(&st, format));
+    write!(w.out, "{}", render_status(&st, format)).map_err(Output::error)?;
     let compacted = match (st.finished_compact, st.scheduled_compact) {
         (Some(f), Some(s)) if s > f => format!("compacted at {f}, compaction to {s} unfinished"),
         (None, Some(s)) => format!("compaction to {s} unfinished"),
@@ -425,11 +438,13 @@ fn status_blocking(o: &mut Opened, format: Format) -> Result<()> {
     };
     let label = o.label.clone();
     let trailer = o.trailer()?;
-    eprintln!(
+    writeln!(
+        w.notes,
         "effective revision: {} ({compacted}); live keys: {}; sha256 trailer: {trailer}",
         st.effective_revision(),
         st.live_keys,
-    );
+    )
+    .map_err(Output::error)?;
     if trailer.is_bad() {
         return Err(Error::integrity(
             &label,
@@ -440,12 +455,12 @@ fn status_blocking(o: &mut Opened, format: Format) -> Result<()> {
 }
 
 /// `snapshot verify`: every problem on its own line; an error if there is any.
-pub async fn print_verify(mut o: Opened) -> Result<()> {
+pub async fn write_verify(mut o: Opened, mut w: Output) -> Result<()> {
     blocking(move || {
         let v = verify(&mut o)?;
-        println!("sha256 trailer: {}", v.trailer);
+        writeln!(w.out, "sha256 trailer: {}", v.trailer).map_err(Output::error)?;
         for p in &v.problems {
-            println!("problem: {p}");
+            writeln!(w.out, "problem: {p}").map_err(Output::error)?;
         }
         let bad = v.problems.len() + usize::from(v.trailer.is_bad());
         if bad > 0 {
@@ -455,14 +470,16 @@ pub async fn print_verify(mut o: Opened) -> Result<()> {
             ));
         }
         let st = v.status;
-        println!(
+        writeln!(
+            w.out,
             "OK: {} pages of {} bytes checked, revision {} (effective {}), {} live keys",
             o.db.meta().hwm,
             o.db.meta().page_size,
             st.revision,
             st.effective_revision(),
             st.live_keys
-        );
+        )
+        .map_err(Output::error)?;
         Ok(())
     })
     .await
@@ -531,7 +548,8 @@ fn kv_json(kv: &KeyValue, kubernetes: bool) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn print_kvs(
+fn write_kvs(
+    w: &mut Output,
     kvs: &mut dyn Iterator<Item = Result<KeyValue>>,
     format: ListFormat,
     kubernetes: bool,
@@ -539,7 +557,7 @@ fn print_kvs(
     match format {
         ListFormat::Json => {
             for kv in kvs {
-                println!("{}", kv_json(&kv?, kubernetes));
+                writeln!(w.out, "{}", kv_json(&kv?, kubernetes)).map_err(Output::error)?;
             }
         }
         ListFormat::Table if kubernetes => {
@@ -573,7 +591,8 @@ fn print_kvs(
                     ])
                 })
                 .collect::<Result<_>>()?;
-            print!(
+            write!(
+                w.out,
                 "{}",
                 table(
                     &[
@@ -588,7 +607,8 @@ fn print_kvs(
                     ],
                     &rows
                 )
-            );
+            )
+            .map_err(Output::error)?;
         }
         ListFormat::Table => {
             let rows: Vec<Vec<String>> = kvs
@@ -608,7 +628,8 @@ fn print_kvs(
                     ])
                 })
                 .collect::<Result<_>>()?;
-            print!(
+            write!(
+                w.out,
                 "{}",
                 table(
                     &[
@@ -621,15 +642,17 @@ fn print_kvs(
                     ],
                     &rows
                 )
-            );
+            )
+            .map_err(Output::error)?;
         }
     }
     Ok(())
 }
 
 /// `snapshot ls`.
-pub async fn print_ls(
+pub async fn write_ls(
     o: Opened,
+    mut w: Output,
     prefix: Vec<u8>,
     revision: Option<i64>,
     format: ListFormat,
@@ -638,20 +661,23 @@ pub async fn print_ls(
     blocking(move || {
         let listing = keys_at(&o, &prefix, revision)?;
         let mut kvs = listing.keys.values().map(|l| listing.load(&o, l));
-        print_kvs(&mut kvs, format, kubernetes)?;
-        eprintln!(
+        write_kvs(&mut w, &mut kvs, format, kubernetes)?;
+        writeln!(
+            w.notes,
             "{} keys at revision {}",
             listing.keys.len(),
             listing.revision
-        );
+        )
+        .map_err(Output::error)?;
         Ok(())
     })
     .await
 }
 
 /// `snapshot get`.
-pub async fn print_get(
+pub async fn write_get(
     o: Opened,
+    mut w: Output,
     key: Vec<u8>,
     revision: Option<i64>,
     format: ListFormat,
@@ -675,13 +701,15 @@ pub async fn print_get(
                 _ => kv.value.clone(),
             };
             std::fs::write(&path, bytes).map_err(|e| Error::io(&path, "write the value", e))?;
-            eprintln!(
+            writeln!(
+                w.notes,
                 "wrote the value of {} to {}",
                 printable(&key),
                 path.display()
-            );
+            )
+            .map_err(Output::error)?;
         }
-        print_kvs(&mut std::iter::once(Ok(kv)), format, kubernetes)
+        write_kvs(&mut w, &mut std::iter::once(Ok(kv)), format, kubernetes)
     })
     .await
 }

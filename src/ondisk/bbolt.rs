@@ -92,6 +92,19 @@ pub enum BoltError {
 
 pub type Result<T> = std::result::Result<T, BoltError>;
 
+/// A file that cannot be read is an I/O error of the crate; a damaged one an integrity error.
+impl From<BoltError> for crate::Error {
+    fn from(e: BoltError) -> crate::Error {
+        match e {
+            BoltError::Io { path, what, source } => crate::Error::Io { path, what, source },
+            BoltError::Corrupt { path, problem } => crate::Error::Integrity {
+                object: path.display().to_string(),
+                reason: format!("not a valid bbolt file: {problem}"),
+            },
+        }
+    }
+}
+
 /// The selected meta page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {

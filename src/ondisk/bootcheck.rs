@@ -1,7 +1,7 @@
 //! Would etcd start on this data directory, and serve its data? The answer etcd itself gives,
 //! computed from the files without starting it. The start-up code involved is the same in etcd
 //! 3.4.23 and 3.5.x (`etcdserver.NewServer`, `wal`, `snap`, bbolt 1.3.6); each step below is
-//! one of theirs, and `tests/damage.rs` checks the verdicts against real etcd on a matrix of
+//! one of theirs, and `tests/it/damage.rs` checks the verdicts against real etcd on a matrix of
 //! damaged directories.
 //!
 //! 1. `member/wal` must hold files (`wal.Exist`); without a WAL etcd would start the member as

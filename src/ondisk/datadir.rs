@@ -348,7 +348,7 @@ pub fn swap_in(
     keep: usize,
 ) -> Result<Replaced> {
     if !has_marker(part) {
-        return Err(Error::Other(format!(
+        return Err(Error::Refused(format!(
             "{} is not sealed as complete: refusing to put it in place",
             part.display()
         )));
@@ -545,7 +545,7 @@ impl TempDir {
             .map_err(|e| Error::io(temp_dir, "create a temp dir", e))?;
         let lock = File::open(dir.path()).map_err(|e| Error::io(dir.path(), "open", e))?;
         if !try_flock(&lock).map_err(|e| Error::io(dir.path(), "lock", e))? {
-            return Err(Error::Other(format!(
+            return Err(Error::Refused(format!(
                 "{} is locked by another process",
                 dir.path().display()
             )));

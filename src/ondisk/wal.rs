@@ -125,6 +125,16 @@ impl std::fmt::Display for WalError {
     }
 }
 
+/// Damage in etcd's files is an integrity error of the file, at its offset.
+impl From<WalError> for crate::Error {
+    fn from(e: WalError) -> crate::Error {
+        crate::Error::Integrity {
+            object: e.file.display().to_string(),
+            reason: format!("at byte {}: {}", e.offset, e.message),
+        }
+    }
+}
+
 pub(crate) fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, WalError> {
     let rd = std::fs::read_dir(dir).map_err(|e| WalError {
         file: dir.to_path_buf(),

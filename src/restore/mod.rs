@@ -9,19 +9,21 @@
 //! must not hold etcd data: the target is never touched by a failed restore.
 
 pub mod membership;
+pub mod plan;
 pub mod replay;
 pub mod revbump;
 
 use crate::error::{Error, Result};
 use crate::format::codec::Codec;
 use crate::format::delta;
-use crate::format::layout::{Kind, Snapshot, SnapshotSet};
+use crate::format::layout::{Snapshot, SnapshotSet};
 use crate::format::streamio::ChannelReader;
 use crate::ondisk::datadir::{self, DbLock, WorkLock};
 use crate::restore::replay::{Method, Replayer, TempEtcd, TempEtcdConfig};
 use crate::store::{SnapStore, StoreConfig};
 use bytes::Bytes;
 use futures::StreamExt;
+use plan::{BumpPlan, Plan};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,73 +63,70 @@ pub struct RestoreConfig {
     pub allow_rewind: bool,
 }
 
-/// How `--bump-revision` is carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BumpPlan {
-    None,
-    /// By etcd's restore tool (it supports the flags and no delta follows the base).
-    Tool,
-    /// By moving the compaction marks after the replay ([`crate::restore::revbump`]).
-    Patch,
-}
-
-/// Whether etcd's restore tool knows `--bump-revision` (etcdutl 3.5.10+, etcdctl 3.4.27+).
-fn tool_supports_bump(tool: &Path) -> bool {
-    std::process::Command::new(tool)
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore", "--help"])
-        .output()
-        .map(|o| {
-            let text = [o.stdout, o.stderr].concat();
-            String::from_utf8_lossy(&text).contains("bump-revision")
-        })
-        .unwrap_or(false)
-}
-
-fn bump_plan(cfg: &RestoreConfig, tool: &Path, replay_needed: bool) -> Result<BumpPlan> {
-    if cfg.bump_revision == 0 {
-        return Ok(BumpPlan::None);
-    }
-    if !replay_needed && tool_supports_bump(tool) {
-        return Ok(BumpPlan::Tool);
-    }
-    if cfg.mark_compacted {
-        return Ok(BumpPlan::Patch);
-    }
-    Err(Error::config(format!(
-        "--bump-revision without --mark-compacted needs a restore tool that supports it (etcdutl >= 3.5.10, etcdctl >= 3.4.27) and no deltas after the full; {} {}. Add --mark-compacted (what Kubernetes needs anyway).",
-        tool.display(),
-        if replay_needed {
-            "would restore only the full, and deltas follow it"
-        } else {
-            "does not support it"
+#[cfg(test)]
+impl RestoreConfig {
+    /// A valid configuration: Local store, default flags, data dir `d`.
+    pub(crate) fn for_tests() -> RestoreConfig {
+        let store = crate::store::StoreConfig {
+            provider: crate::store::Provider::Local,
+            container: String::new(),
+            endpoint_override: String::new(),
+            prefix: String::new(),
+            max_parallel_chunk_uploads: 1,
+            min_chunk_size: 5 << 20,
+            temp_dir: std::env::temp_dir(),
+            env_prefix: String::new(),
+            credentials: None,
+        };
+        RestoreConfig {
+            store,
+            data_dir: "d".into(),
+            name: "default".into(),
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            skip_hash_check: false,
+            max_fetchers: 6,
+            temp_dir: std::env::temp_dir(),
+            restore_tool: None,
+            etcd_binary: None,
+            quota_bytes: 8 << 30,
+            max_txn_ops: 10240,
+            max_request_bytes: 10 << 20,
+            default_lease_ttl: 3600,
+            target: crate::restore::Target::Latest,
+            bump_revision: 0,
+            mark_compacted: false,
+            replay_method: crate::restore::replay::Method::Wal,
+            stop_at_gap: false,
+            max_delta_bytes: 1 << 30,
+            allow_rewind: false,
         }
-    )))
+    }
 }
 
-/// A restore that ends at `reached`, below the store's `newest` revision, rewinds history: an
-/// etcd started on it reuses revisions the store already holds for other data, so that backups
-/// taken afterwards on the same prefix sort before the abandoned later ones, which restores,
-/// validation and garbage collection would then prefer. Refused unless the revision is bumped
-/// past `newest` and marked compacted (the new history then sorts after the abandoned one, and
-/// the sidecar's catch-up from the store's revision falls back to a new full snapshot), or the
-/// operator says the result will not be backed up to this prefix (`--allow-rewind`).
-fn rewind_guard(cfg: &RestoreConfig, store: &SnapStore, reached: i64, newest: i64) -> Result<()> {
-    let bumped = reached + cfg.bump_revision.max(0);
-    if reached >= newest || cfg.allow_rewind || (bumped > newest && cfg.mark_compacted) {
-        return Ok(());
+impl RestoreConfig {
+    /// Checks the values no restore can run with; called once, where the configuration is
+    /// built from the command line.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_fetchers == 0 {
+            return Err(Error::config("--max-fetchers must be greater than 0"));
+        }
+        if self.quota_bytes == 0 {
+            return Err(Error::config(
+                "--embedded-etcd-quota-bytes must be greater than 0",
+            ));
+        }
+        if self.bump_revision < 0 {
+            return Err(Error::config("--bump-revision must not be negative"));
+        }
+        if self.mark_compacted && self.bump_revision == 0 {
+            return Err(Error::config(
+                "--mark-compacted needs --bump-revision (as etcdutl): e.g. --bump-revision 1000000000 --mark-compacted",
+            ));
+        }
+        Ok(())
     }
-    Err(Error::config(format!(
-        "this restore ends at revision {reached}, but {} holds backups up to revision {newest}: \
-         an etcd started on it would reuse revisions {}..{newest} for other data, and backups \
-         it then takes on this prefix would sort before the abandoned ones (restores, \
-         validation and garbage collection would prefer those). To put it in service on this \
-         store prefix, add --bump-revision {} --mark-compacted (or more; Kubernetes needs it \
-         anyway); to restore for inspection only, add --allow-rewind",
-        store.describe(),
-        reached + 1,
-        (newest - reached + 1).max(1_000_000_000)
-    )))
 }
 
 /// The point to restore.
@@ -155,114 +154,24 @@ pub struct RestoreReport {
     pub replay_elapsed: Duration,
 }
 
+/// Whether etcd's restore tool knows `--bump-revision` (etcdutl 3.5.10+, etcdctl 3.4.27+).
+fn tool_supports_bump(tool: &Path) -> bool {
+    std::process::Command::new(tool)
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore", "--help"])
+        .output()
+        .map(|o| {
+            let text = [o.stdout, o.stderr].concat();
+            String::from_utf8_lossy(&text).contains("bump-revision")
+        })
+        .unwrap_or(false)
+}
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-/// The snapshots to restore for `target`, and the revision to stop at (`None`: as far as the
-/// deltas go, for [`Target::Latest`] and [`Target::Time`]).
-pub fn select(list: &[Snapshot], target: &Target) -> Result<(SnapshotSet, Option<i64>)> {
-    let is_full = |s: &Snapshot| s.kind == Kind::Full && !s.is_chunk;
-    match target {
-        Target::Latest => {
-            let set = crate::format::layout::latest_set(list);
-            if set.full.is_none() {
-                return Err(Error::Other(
-                    "no base snapshot found: the store holds no full snapshot to restore from"
-                        .into(),
-                ));
-            }
-            Ok((set, None))
-        }
-        Target::Snapshot(name) => {
-            let Some(s) = list
-                .iter()
-                .find(|s| s.snap_name == *name || s.name_without_final() == name)
-            else {
-                return Err(Error::Other(format!(
-                    "no snapshot named {name:?} in the store (list them with /snapshot/latest or the store's listing)"
-                )));
-            };
-            if is_full(s) {
-                let set = SnapshotSet {
-                    full: Some(s.clone()),
-                    deltas: Vec::new(),
-                };
-                return Ok((set, Some(s.last_revision)));
-            }
-            select(list, &Target::Revision(s.last_revision))
-        }
-        Target::Revision(to) => {
-            let to = *to;
-            let Some(fi) = (0..list.len())
-                .filter(|&i| is_full(&list[i]) && list[i].last_revision <= to)
-                .max_by_key(|&i| (list[i].last_revision, i))
-            else {
-                return Err(Error::Other(format!(
-                    "no full snapshot at or below revision {to}: cannot restore to it"
-                )));
-            };
-            let (full, deltas, covered) = chain_after(list, fi, |covered, _| covered >= to);
-            if covered < to {
-                return Err(Error::Other(format!(
-                    "the backups after {} reach revision {covered}, not {to}",
-                    full.snap_name
-                )));
-            }
-            Ok((
-                SnapshotSet {
-                    full: Some(full),
-                    deltas,
-                },
-                Some(to),
-            ))
-        }
-        Target::Time(t) => {
-            let Some(fi) = (0..list.len())
-                .filter(|&i| is_full(&list[i]) && list[i].created_on <= *t)
-                .max_by_key(|&i| (list[i].created_on, i))
-            else {
-                return Err(Error::Other(format!(
-                    "no full snapshot taken at or before {}: cannot restore to it",
-                    t.to_rfc3339()
-                )));
-            };
-            // deltas up to the first one written after `t` (it may still hold earlier events)
-            let (full, deltas, _) =
-                chain_after(list, fi, |_, last| last.is_some_and(|d| d.created_on > *t));
-            Ok((
-                SnapshotSet {
-                    full: Some(full),
-                    deltas,
-                },
-                None,
-            ))
-        }
-    }
-}
-
-/// The full at `fi` and the deltas continuing it, until `done(covered, last delta taken)`.
-fn chain_after(
-    list: &[Snapshot],
-    fi: usize,
-    done: impl Fn(i64, Option<&Snapshot>) -> bool,
-) -> (Snapshot, Vec<Snapshot>, i64) {
-    let full = list[fi].clone();
-    let mut deltas: Vec<Snapshot> = Vec::new();
-    let mut covered = full.last_revision;
-    for s in &list[fi + 1..] {
-        if done(covered, deltas.last()) {
-            break;
-        }
-        if s.kind == Kind::Incr && !s.is_chunk && s.last_revision > covered {
-            covered = s.last_revision;
-            deltas.push(s.clone());
-        }
-    }
-    (full, deltas, covered)
 }
 
 /// Decompresses `input` (the full snapshot `key`) into a new private file at `dest`, checking
@@ -313,7 +222,7 @@ async fn download_full(
             decompress_full(&key2, codec, input, &dest2, check_hash)
         })
         .await
-        .map_err(|e| Error::Other(format!("snapshot decompression worker failed: {e}")))?;
+        .map_err(|e| Error::task("snapshot decompression worker", e))?;
     }
     let total = store.size(full).await.unwrap_or(0);
     let mut stream = store.fetch(full).await?;
@@ -338,7 +247,7 @@ async fn download_full(
     drop(tx);
     worker
         .await
-        .map_err(|e| Error::Other(format!("snapshot download worker failed: {e}")))?
+        .map_err(|e| Error::task("snapshot download worker", e))?
 }
 
 /// One progress line: done/total bytes, rate, ETA.
@@ -486,12 +395,14 @@ fn run_restore_tool(
         .output()
         .map_err(|e| Error::io(tool, "run etcd's snapshot restore", e))?;
     if !o.status.success() {
-        return Err(Error::Other(format!(
-            "{} snapshot restore failed ({}): {}",
-            tool.display(),
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )));
+        return Err(Error::tool_failed(
+            tool.display().to_string(),
+            format!(
+                "snapshot restore failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ));
     }
     Ok(())
 }
@@ -518,31 +429,14 @@ pub async fn restore_locked(
     keep_invalid: usize,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    if cfg.max_fetchers == 0 {
-        return Err(Error::config("--max-fetchers must be greater than 0"));
-    }
     let store = SnapStore::open(cfg.store.clone()).await?;
     let list = store.list().await?;
-    let (set, stop_at) = select(&list, &cfg.target)?;
-    let newest = list
-        .iter()
-        .filter(|s| !s.is_chunk)
-        .map(|s| s.last_revision)
-        .max()
-        .unwrap_or(0);
-    let Some(full) = set.full.clone() else {
-        return Err(Error::Other("no base snapshot found".into()));
-    };
-    let cut_time = match &cfg.target {
-        Target::Time(t) => Some(*t),
-        _ => None,
-    };
-    let target = stop_at.unwrap_or_else(|| set.last_revision());
-    rewind_guard(cfg, &store, target, newest)?;
+    let plan = plan::plan(cfg, &list, &store.describe())?;
+    let full = plan.full.clone();
     tracing::info!(
         full = %full.snap_name,
-        deltas = set.deltas.len(),
-        revision = target,
+        deltas = plan.set.deltas.len(),
+        revision = plan.target,
         "restoring"
     );
     let part = datadir::part_dir(&cfg.data_dir);
@@ -554,19 +448,9 @@ pub async fn restore_locked(
     let tmp = datadir::TempDir::new(&cfg.temp_dir)?;
     // `.part` is removed on any failure before the swap
     let built = async {
-        let r = restore_into(
-            cfg,
-            &store,
-            &set,
-            &full,
-            target,
-            cut_time,
-            &part,
-            tmp.path(),
-        )
-        .await?;
+        let r = restore_into(cfg, &store, &plan, &part, tmp.path()).await?;
         // a --to-time or --stop-at-gap restore may end below the store's newest revision
-        rewind_guard(cfg, &store, r.3, newest)?;
+        plan.check_rewind(cfg, r.3, &store.describe())?;
         datadir::crash_point("restore:built");
         let what = format!(
             "restored by etcdbrctl from {} and {} deltas to revision {} at {}\n",
@@ -578,7 +462,7 @@ pub async fn restore_locked(
         let part = part.clone();
         tokio::task::spawn_blocking(move || datadir::seal(&part, &what))
             .await
-            .map_err(|e| Error::Other(format!("fsync worker failed: {e}")))??;
+            .map_err(|e| Error::task("fsync worker", e))??;
         Ok(r)
     }
     .await;
@@ -642,20 +526,17 @@ pub fn temp_etcd_config(cfg: &RestoreConfig, log: PathBuf) -> Result<TempEtcdCon
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn restore_into(
     cfg: &RestoreConfig,
     store: &SnapStore,
-    set: &SnapshotSet,
-    full: &Snapshot,
-    target: i64,
-    cut_time: Option<chrono::DateTime<chrono::Utc>>,
+    p: &Plan,
     part: &Path,
     tmp: &Path,
 ) -> Result<(usize, u64, Duration, i64)> {
-    let replay_needed = !(set.deltas.is_empty() || full.last_revision >= target);
+    let (set, full, target, cut_time) = (&p.set, &p.full, p.target, p.cut_time);
+    let replay_needed = p.replay_needed();
     let tool = restore_tool(cfg)?;
-    let plan = bump_plan(cfg, &tool, replay_needed)?;
+    let plan = p.bump(cfg, &tool, || tool_supports_bump(&tool))?;
     restore_base(cfg, store, full, tool, plan, part, tmp).await?;
     datadir::crash_point("restore:base-restored");
     let base_revision = match plan {
@@ -671,7 +552,7 @@ async fn restore_into(
         let db = part.join("member/snap/db");
         let (base, auth) = tokio::task::spawn_blocking(move || base_revision_of(&db))
             .await
-            .map_err(|e| Error::Other(format!("revision reader failed: {e}")))??;
+            .map_err(|e| Error::task("revision reader", e))??;
         let mut r =
             Replayer::through_wal(&part.join("member/wal"), base, auth, cfg.default_lease_ttl);
         r.stop_at_gap = cfg.stop_at_gap;
@@ -719,9 +600,10 @@ async fn restore_into(
         return Ok((n, revs, replay_elapsed, reached));
     }
     if compacted_at != reached {
-        return Err(Error::Other(format!(
-            "the temporary etcd is at revision {compacted_at} after the replay, not {reached}: not bumping"
-        )));
+        return Err(Error::tool_failed(
+            "the temporary etcd",
+            format!("is at revision {compacted_at} after the replay, not {reached}: not bumping"),
+        ));
     }
     let (db, bump) = (part.join("member/snap/db"), cfg.bump_revision);
     let bumped = tokio::task::spawn_blocking(move || {
@@ -729,7 +611,7 @@ async fn restore_into(
     });
     let new = bumped
         .await
-        .map_err(|e| Error::Other(format!("revision bump worker failed: {e}")))??;
+        .map_err(|e| Error::task("revision bump worker", e))??;
     tracing::info!(
         from = reached,
         to = new,
@@ -757,7 +639,7 @@ async fn restore_base(
         async move {
             tokio::task::spawn_blocking(move || run_restore_tool(&cfg, &tool, plan, &db, &part))
                 .await
-                .map_err(|e| Error::Other(format!("restore tool runner failed: {e}")))?
+                .map_err(|e| Error::task("restore tool runner", e))?
         }
     };
     let download = |dest: PathBuf| async move {
@@ -782,7 +664,7 @@ async fn restore_base(
     let transplanted =
         tokio::task::spawn_blocking(move || crate::restore::membership::transplant(&part2, &db2))
             .await
-            .map_err(|e| Error::Other(format!("membership writer failed: {e}")))??;
+            .map_err(|e| Error::task("membership writer", e))??;
     match transplanted {
         crate::restore::membership::Transplant::Done => {
             let live = part.join("member/snap/db");
@@ -805,12 +687,7 @@ async fn restore_base(
 /// The revision of a restored backend, and its auth revision when authentication is enabled,
 /// read from the file (etcd is not running).
 fn base_revision_of(db: &Path) -> Result<(i64, Option<u64>)> {
-    let e = |e: crate::ondisk::bbolt::BoltError| {
-        Error::Other(format!(
-            "read the revision of the restored {}: {e}",
-            db.display()
-        ))
-    };
+    let e = Error::from;
     let db = crate::ondisk::bbolt::Db::open(db).map_err(e)?;
     let revision = crate::ondisk::schema::revisions(&db)
         .map_err(e)?
@@ -939,9 +816,7 @@ async fn replay_all(
                 }
             }
         }
-        let sound = decoder
-            .await
-            .map_err(|e| Error::Other(format!("delta decoder failed: {e}")))?;
+        let sound = decoder.await.map_err(|e| Error::task("delta decoder", e))?;
         if downloaded {
             let _ = std::fs::remove_file(&file);
         }
@@ -968,7 +843,7 @@ async fn replay_all(
         }
     }
     if r.revision < target && cut_time.is_none() && r.gap.is_none() {
-        return Err(Error::Other(format!(
+        return Err(Error::RevisionGap(format!(
             "the deltas end at revision {}, not at {target}: revisions {}..{target} are missing from the backups",
             r.revision,
             r.revision + 1
@@ -982,57 +857,4 @@ async fn replay_all(
         "replay written"
     );
     Ok((n, r.revision))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn s(kind: Kind, start: i64, last: i64, t: i64) -> Snapshot {
-        Snapshot::new_at(
-            kind,
-            start,
-            last,
-            ".gz",
-            false,
-            chrono::Utc.timestamp_opt(t, 0).unwrap(),
-        )
-    }
-
-    #[test]
-    fn selects_the_set_holding_a_revision() {
-        let list = vec![
-            s(Kind::Full, 0, 10, 1),
-            s(Kind::Incr, 11, 20, 2),
-            s(Kind::Incr, 21, 30, 3),
-            s(Kind::Full, 0, 30, 4),
-            s(Kind::Incr, 31, 40, 5),
-        ];
-        let rev = |r| select(&list, &Target::Revision(r));
-        let (latest, stop) = select(&list, &Target::Latest).unwrap();
-        assert_eq!(latest.full.unwrap().last_revision, 30);
-        assert_eq!((latest.deltas.len(), stop), (1, None));
-        let (at, stop) = rev(25).unwrap();
-        assert_eq!(at.full.unwrap().last_revision, 10);
-        assert_eq!((at.deltas.len(), stop), (2, Some(25)));
-        let (at, _) = rev(35).unwrap();
-        assert_eq!(at.full.unwrap().last_revision, 30);
-        assert!(rev(5).is_err());
-        assert!(rev(50).is_err());
-        assert!(select(&[], &Target::Latest).is_err());
-        let t = |u| Target::Time(chrono::Utc.timestamp_opt(u, 0).unwrap());
-        // up to the first delta written after the time (it may hold earlier events)
-        let (at, stop) = select(&list, &t(2)).unwrap();
-        assert_eq!(at.full.unwrap().last_revision, 10);
-        assert_eq!((at.deltas.len(), stop), (2, None));
-        let (at, _) = select(&list, &t(3)).unwrap();
-        assert_eq!(at.deltas.len(), 3);
-        let name = list[1].snap_name.clone();
-        let (at, stop) = select(&list, &Target::Snapshot(name)).unwrap();
-        assert_eq!((at.deltas.len(), stop), (1, Some(20)));
-        let name = list[3].snap_name.clone();
-        let (at, stop) = select(&list, &Target::Snapshot(name)).unwrap();
-        assert_eq!((at.deltas.len(), stop), (0, Some(30)));
-    }
 }

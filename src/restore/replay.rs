@@ -153,11 +153,14 @@ impl TempEtcd {
         let started = Instant::now();
         let mut client = loop {
             if let Ok(Some(st)) = t.child.try_wait() {
-                return Err(Error::Other(format!(
-                    "the temporary etcd exited with {st} before it was ready; its log ({}):\n{}",
-                    t.log.display(),
-                    log_tail(&t.log)
-                )));
+                return Err(Error::tool_failed(
+                    "the temporary etcd",
+                    format!(
+                        "exited with {st} before it was ready; its log ({}):\n{}",
+                        t.log.display(),
+                        log_tail(&t.log)
+                    ),
+                ));
             }
             if let Ok(Ok(mut c)) = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -173,12 +176,15 @@ impl TempEtcd {
                 }
             }
             if started.elapsed() > cfg.ready_within {
-                return Err(Error::Other(format!(
-                    "the temporary etcd did not become ready within {:?}; its log ({}):\n{}",
-                    cfg.ready_within,
-                    t.log.display(),
-                    log_tail(&t.log)
-                )));
+                return Err(Error::tool_failed(
+                    "the temporary etcd",
+                    format!(
+                        "did not become ready within {:?}; its log ({}):\n{}",
+                        cfg.ready_within,
+                        t.log.display(),
+                        log_tail(&t.log)
+                    ),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -216,10 +222,13 @@ impl TempEtcd {
             Ok(Err(e)) => Err(Error::io(&self.log, "wait for the temporary etcd", e)),
             Err(_) => {
                 let _ = self.child.kill().await;
-                Err(Error::Other(format!(
-                    "the temporary etcd did not stop within 30 s of SIGTERM and was killed; see {}",
-                    self.log.display()
-                )))
+                Err(Error::tool_failed(
+                    "the temporary etcd",
+                    format!(
+                        "did not stop within 30 s of SIGTERM and was killed; see {}",
+                        self.log.display()
+                    ),
+                ))
             }
         }
     }
@@ -233,8 +242,8 @@ impl TempEtcd {
         if rev == expected {
             return Ok(());
         }
-        Err(Error::Other(format!(
-            "after applying the {entries} replayed WAL entries the temporary etcd is at revision {rev}, not {expected}: {}; the restore would not be faithful (its log: {})",
+        Err(Error::tool_failed("the temporary etcd", format!(
+            "is at revision {rev} after applying the {entries} replayed WAL entries, not {expected}: {}; the restore would not be faithful (its log: {})",
             if rev < expected {
                 format!("{} transaction(s) did not apply", expected - rev)
             } else {
@@ -670,7 +679,13 @@ impl ApiSink {
 }
 
 fn wal_err(e: crate::ondisk::wal::WalError) -> Error {
-    Error::Other(format!("replay into the restored WAL: {e}"))
+    Error::Integrity {
+        object: e.file.display().to_string(),
+        reason: format!(
+            "replay into the restored WAL at byte {}: {}",
+            e.offset, e.message
+        ),
+    }
 }
 
 impl WalSink {
@@ -708,7 +723,7 @@ impl WalSink {
                     self.next_id += 1;
                     buf.clear();
                     prost::Message::encode(&grant, &mut buf)
-                        .map_err(|e| Error::Other(format!("encode a lease grant: {e}")))?;
+                        .map_err(|e| Error::Internal(format!("encode a lease grant: {e}")))?;
                     wal.append(&buf).map_err(wal_err)?;
                 }
             }
@@ -722,7 +737,7 @@ impl WalSink {
             self.next_id += 1;
             buf.clear();
             prost::Message::encode(&txn, &mut buf)
-                .map_err(|e| Error::Other(format!("encode a transaction: {e}")))?;
+                .map_err(|e| Error::Internal(format!("encode a transaction: {e}")))?;
             let rev = group[0].mod_revision;
             wal.append(&buf).map_err(|e| {
                 Error::integrity(object, format!("cannot replay revision {rev}: {e}"))

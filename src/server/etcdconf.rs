@@ -139,7 +139,7 @@ pub fn rewrite(mut m: Mapping, member: &str, running: Option<&[Member]>) -> Resu
 
 pub fn to_yaml(m: &Mapping) -> Result<String> {
     serde_yaml_ng::to_string(m)
-        .map_err(|e| Error::Other(format!("cannot encode the etcd configuration: {e}")))
+        .map_err(|e| Error::Internal(format!("cannot encode the etcd configuration: {e}")))
 }
 
 #[cfg(test)]

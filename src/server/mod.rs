@@ -21,7 +21,7 @@ use crate::format::layout::Snapshot;
 use crate::metrics;
 use crate::schedule::Schedule;
 use crate::snapshot::health::{Health, HealthConfig, RoleState};
-use crate::snapshot::job::control::{Control, Request, StartMode};
+use crate::snapshot::job::control::{Control, Observer, Request, StartMode};
 use crate::snapshot::job::{self, SnapshotJob};
 use crate::store::RotatingStore;
 use axum::extract::{OriginalUri, RawQuery, State};
@@ -55,6 +55,23 @@ pub struct ServerConfig {
     pub auth: crate::server::auth::AuthConfig,
     /// `--on-demand-full-min-interval` (zero: none).
     pub full_min_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Checks the values the server cannot run with; called once, where the configuration is
+    /// built from the command line (the job's etcd and store configurations are checked where
+    /// they are built).
+    pub fn validate(&self) -> Result<()> {
+        if self.reelection_period <= Duration::from_secs(1) {
+            return Err(Error::config("--reelection-period must be longer than 1s"));
+        }
+        if self.leader_election_timeout <= Duration::from_secs(1) {
+            return Err(Error::config(
+                "--etcd-connection-timeout-leader-election must be longer than 1s",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What an on-demand full snapshot gave, shared by every caller that asked for it meanwhile.
@@ -92,6 +109,8 @@ struct AppState {
     http: reqwest::Client,
     init: crate::initialize::Initializer,
     on_demand: Mutex<OnDemand>,
+    /// Told of every object the job stores.
+    observer: Arc<dyn Observer>,
 }
 
 impl AppState {
@@ -622,7 +641,7 @@ async fn leader_sidecar_url(cfg: &ServerConfig) -> Result<String> {
         .iter()
         .find(|m| m.id() == role.leader_id)
         .ok_or_else(|| {
-            Error::Other(format!(
+            Error::Cluster(format!(
                 "leader {:x} is not in the member list",
                 role.leader_id
             ))
@@ -630,12 +649,12 @@ async fn leader_sidecar_url(cfg: &ServerConfig) -> Result<String> {
     let client_url = leader
         .client_urls()
         .first()
-        .ok_or_else(|| Error::Other(format!("leader {} has no client URL", leader.name())))?;
+        .ok_or_else(|| Error::Cluster(format!("leader {} has no client URL", leader.name())))?;
     let u = url::Url::parse(client_url)
-        .map_err(|e| Error::Other(format!("leader client URL {client_url:?}: {e}")))?;
+        .map_err(|e| Error::Cluster(format!("leader client URL {client_url:?}: {e}")))?;
     let host = u
         .host_str()
-        .ok_or_else(|| Error::Other(format!("leader client URL {client_url:?} has no host")))?;
+        .ok_or_else(|| Error::Cluster(format!("leader client URL {client_url:?} has no host")))?;
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
@@ -643,7 +662,7 @@ async fn leader_sidecar_url(cfg: &ServerConfig) -> Result<String> {
     };
     if cfg.tls.is_some() {
         // reqwest is built without TLS here: say so instead of failing obscurely
-        return Err(Error::Other(format!(
+        return Err(Error::Refused(format!(
             "forwarding to the leader's sidecar over HTTPS is not supported: call https://{host}:{} directly",
             cfg.port
         )));
@@ -764,9 +783,11 @@ struct RunningJob {
 
 /// Runs the server until `shutdown`: HTTP, the leadership loop, the job while leading,
 /// defragmentation on schedule.
-pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
-    cfg.job.store.validate()?;
-    cfg.job.etcd.validate()?;
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: watch::Receiver<bool>,
+    observer: Arc<dyn Observer>,
+) -> Result<()> {
     // the store must open (credentials, bucket name) before the server says it is up
     let mut store = RotatingStore::new(cfg.job.store.clone());
     store.get().await?;
@@ -777,7 +798,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }));
     let http = reqwest::Client::builder()
         .build()
-        .map_err(|e| Error::Other(format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
     let st = Arc::new(AppState {
         cfg: cfg.clone(),
         health: health.clone(),
@@ -785,6 +806,7 @@ pub async fn run(cfg: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         store: tokio::sync::Mutex::new(store),
         http,
         init: crate::initialize::Initializer::new(cfg.init.clone()),
+        observer,
         on_demand: Mutex::new(OnDemand::default()),
     });
     let host = if cfg.host.is_empty() {
@@ -1013,7 +1035,7 @@ async fn probe(
     }
     let c = client
         .as_mut()
-        .ok_or_else(|| Error::Other("no etcd client".into()))?;
+        .ok_or_else(|| Error::Internal("no etcd client after connecting".into()))?;
     let r = leader::probe(c, endpoint, cfg.leader_election_timeout).await;
     if r.is_err() {
         *client = None;
@@ -1036,6 +1058,7 @@ fn start_job(
         requests: Some(rx),
         shutdown: shutdown.clone(),
         abandon,
+        observer: st.observer.clone(),
     };
     let job = cfg.job.clone();
     let grace = cfg.reelection_period;

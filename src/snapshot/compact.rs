@@ -25,12 +25,12 @@ pub struct CompactConfig {
 
 pub async fn compact(cfg: &CompactConfig) -> Result<FullSnapshotReport> {
     let store = SnapStore::open(cfg.restore.store.clone()).await?;
-    let (set, _) = restore::select(&store.list().await?, &Target::Latest)?;
+    let (set, _) = restore::plan::select(&store.list().await?, &Target::Latest)?;
     let newest = set
         .deltas
         .last()
         .or(set.full.as_ref())
-        .ok_or_else(|| Error::Other("no base snapshot found".into()))?;
+        .ok_or_else(|| Error::NoSnapshot("the store holds no full snapshot".into()))?;
     let codec = Codec::from_suffix(&newest.compression_suffix)
         .map_err(|e| Error::integrity(&newest.snap_name, e))?;
     let is_final = set.full.as_ref().is_some_and(|f| f.is_final);

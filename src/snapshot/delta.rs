@@ -17,7 +17,7 @@ use crate::format::delta::{DeltaBuilder, Event, EventType};
 use crate::format::layout::{Kind, Snapshot};
 use crate::metrics;
 use crate::snapshot::health::Health;
-use crate::snapshot::job::control::{next_request, Request};
+use crate::snapshot::job::control::{next_request, Observer, Request};
 use crate::stop::flag_set;
 use crate::store::SnapStore;
 use chrono::{DateTime, Utc};
@@ -82,6 +82,7 @@ pub struct DeltaWatch {
     store: Arc<SnapStore>,
     fence: Fence,
     health: Arc<Health>,
+    observer: Arc<dyn Observer>,
     cfg: DeltaConfig,
     stream: etcd_client::WatchStream,
     /// Last revision covered by the store (full or delta).
@@ -106,6 +107,7 @@ pub struct WatchSetup {
     pub store: Arc<SnapStore>,
     pub fence: Fence,
     pub health: Arc<Health>,
+    pub observer: Arc<dyn Observer>,
 }
 
 impl DeltaWatch {
@@ -117,6 +119,7 @@ impl DeltaWatch {
             store,
             fence,
             health,
+            observer,
         } = setup;
         let opts = WatchOptions::new()
             .with_all_keys()
@@ -138,6 +141,7 @@ impl DeltaWatch {
             store,
             fence,
             health,
+            observer,
             cfg,
             stream,
             stored,
@@ -242,10 +246,10 @@ impl DeltaWatch {
             );
         }
         match self.broken.take() {
-            Some(why) => Err(Error::Other(format!(
-                "etcd {}: {why}; the watch restarts after the full snapshot",
-                self.endpoint
-            ))),
+            Some(why) => Err(Error::etcd_protocol(
+                &self.endpoint,
+                format!("{why}; the watch restarts after the full snapshot"),
+            )),
             None => Ok(()),
         }
     }
@@ -296,11 +300,14 @@ impl DeltaWatch {
     /// An event of the watch, checked to continue the revisions seen so far.
     async fn convert(&mut self, ev: &etcd_client::Event, now: DateTime<Utc>) -> Result<Event> {
         let Some(kv) = ev.kv() else {
-            return Err(Error::Other("watch event without a key-value".into()));
+            return Err(Error::etcd_protocol(
+                &self.endpoint,
+                "watch event without a key-value",
+            ));
         };
         let rev = kv.mod_revision();
         if rev != self.seen && rev != self.seen + 1 {
-            return Err(Error::Other(format!(
+            return Err(Error::RevisionGap(format!(
                 "watch delivered revision {rev} after {}: revisions {}..{} are missing",
                 self.seen,
                 self.seen + 1,
@@ -381,12 +388,11 @@ impl DeltaWatch {
         };
         let r = match f.handle.await {
             Ok(r) => r,
-            Err(e) => Err(Error::Other(format!("delta writer failed: {e}"))),
+            Err(e) => Err(Error::task("delta writer", e)),
         };
         metrics::snapshot_taken(Kind::Incr, r.is_ok(), f.started.elapsed().as_secs_f64());
         let w = r?;
-        // the job prints every stored object's key on stdout (fulls and deltas)
-        println!("{}", w.key);
+        self.observer.stored(&w.key);
         self.stored = w.snap.last_revision;
         self.health
             .delta_stored(&w.snap, w.deltas_in_set, Some(&w.first));
@@ -458,15 +464,15 @@ impl DeltaWrite {
         let written = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut enc = codec
                 .encoder(sink)
-                .map_err(|e| Error::Other(format!("{k2}: {e}")))?;
+                .map_err(|e| Error::io(&k2, "compress the delta", e))?;
             enc.write_all(&payload)
-                .map_err(|e| Error::Other(format!("{k2}: {e}")))?;
+                .map_err(|e| Error::io(&k2, "compress the delta", e))?;
             enc.finish()
-                .map_err(|e| Error::Other(format!("{k2}: {e}")))?
+                .map_err(|e| Error::io(&k2, "compress the delta", e))?
                 .close()
         })
         .await
-        .map_err(|e| Error::Other(format!("delta writer failed: {e}")))?;
+        .map_err(|e| Error::task("delta writer", e))?;
         if let Err(e) = written {
             pending.abort().await;
             return Err(e);
@@ -520,7 +526,7 @@ async fn phase_loop(
             msg = ph.stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
-                    Ok(None) => return Err(Error::Other(format!("etcd {endpoint}: the delta watch closed"))),
+                    Ok(None) => return Err(Error::etcd_protocol(&endpoint, "the delta watch closed")),
                     Err(source) => return Err(Error::Etcd { endpoint: endpoint.clone(), what: "delta watch".into(), source }),
                 };
                 if resp.canceled() {
@@ -530,7 +536,7 @@ async fn phase_loop(
                         ph.flush().await?;
                         return Ok(PhaseEnd::Compacted { compact_revision: resp.compact_revision() });
                     }
-                    return Err(Error::Other(format!("etcd {endpoint}: the delta watch was cancelled: {}", resp.cancel_reason())));
+                    return Err(Error::etcd_protocol(&endpoint, format!("the delta watch was cancelled: {}", resp.cancel_reason())));
                 }
                 let now = Utc::now();
                 for ev in resp.events() {

@@ -57,7 +57,7 @@ async fn revision(
     .await?;
     resp.header()
         .map(|h| h.revision())
-        .ok_or_else(|| Error::Other(format!("etcd {endpoint}: response without a header")))
+        .ok_or_else(|| Error::etcd_protocol(endpoint, "response without a header"))
 }
 
 /// Takes one full snapshot from `cfg.primary()` into `store`.
@@ -74,7 +74,7 @@ pub async fn take(
     let timeout = cfg.connection_timeout;
     let status = etcd::call(&endpoint, "status", timeout, client.status()).await?;
     if status.leader() == 0 {
-        return Err(Error::Other(format!(
+        return Err(Error::Cluster(format!(
             "etcd {endpoint} has no leader (lost quorum?): refusing to take a snapshot that may be stale"
         )));
     }
@@ -110,7 +110,7 @@ pub async fn take(
     let worker = tokio::task::spawn_blocking(move || -> Result<(u64, Option<i64>)> {
         let mut hasher = TrailerHasher::default();
         let mut scanner = RevisionScanner::new(before, db_size);
-        let io_err = |e: std::io::Error| Error::Other(format!("{obj2}: compress/write: {e}"));
+        let io_err = |e: std::io::Error| Error::io(&obj2, "compress/write", e);
         let mut enc = codec.encoder(sink).map_err(io_err)?;
         while let Some(blob) = rx.blocking_recv() {
             hasher.update(&blob);
@@ -148,7 +148,7 @@ pub async fn take(
     drop(tx);
     let worker_result = worker
         .await
-        .map_err(|e| Error::Other(format!("snapshot worker failed: {e}")))?;
+        .map_err(|e| Error::task("snapshot worker", e))?;
     let (db_bytes, scanned) = match (recv_result, worker_result) {
         (Ok(()), Ok(r)) => r,
         (Err(e), _) | (Ok(()), Err(e)) => {

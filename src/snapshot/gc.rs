@@ -14,7 +14,7 @@
 //!
 //! Snapshots whose immutability period has not expired are skipped (retried next cycle).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::layout::{Kind, Snapshot};
 use crate::store::SnapStore;
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
@@ -27,6 +27,22 @@ const DELTA_ERROR_LIMIT: usize = 5;
 pub enum Policy {
     Exponential,
     LimitBased { max_backups: usize },
+}
+
+impl Policy {
+    /// The policy named by `--garbage-collection-policy`, with `--max-backups`.
+    pub fn from_flags(name: &str, max_backups: usize) -> Result<Policy> {
+        match name {
+            "Exponential" => Ok(Policy::Exponential),
+            "LimitBased" if max_backups == 0 => Err(Error::config(
+                "--max-backups must be greater than 0 for the LimitBased policy",
+            )),
+            "LimitBased" => Ok(Policy::LimitBased { max_backups }),
+            p => Err(Error::config(format!(
+                "--garbage-collection-policy {p:?} is unknown: use Exponential or LimitBased"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -239,7 +255,7 @@ mod tests {
     impl Deleter for Recorder {
         async fn delete(&self, snap: &Snapshot) -> Result<()> {
             if self.fail.contains(&snap.snap_name) {
-                return Err(crate::Error::Other("injected failure".into()));
+                return Err(crate::Error::Internal("injected failure".into()));
             }
             self.deleted.borrow_mut().push(snap.snap_name.clone());
             Ok(())

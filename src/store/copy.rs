@@ -62,7 +62,7 @@ async fn wait_for_final(source: &SnapStore, timeout: Option<Duration>) -> Result
             return Ok(());
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
-            return Err(Error::Other(
+            return Err(Error::NoSnapshot(
                 "no final full snapshot appeared in the source within --wait-for-final-snapshot-timeout".into(),
             ));
         }
@@ -88,8 +88,7 @@ async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut reader = ChannelReader::new(rx);
         let mut sink = sink;
-        let n = std::io::copy(&mut reader, &mut sink)
-            .map_err(|e| Error::Other(format!("copy {key}: {e}")))?;
+        let n = std::io::copy(&mut reader, &mut sink).map_err(|e| Error::io(&key, "copy", e))?;
         sink.close()?;
         Ok(n)
     });
@@ -100,9 +99,7 @@ async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<
         }
     }
     drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| Error::Other(format!("copy worker failed: {e}")))?;
+    let written = writer.await.map_err(|e| Error::task("copy worker", e))?;
     match written {
         Ok(n) => {
             dest.commit(pending, &target, &target).await?;

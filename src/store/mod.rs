@@ -99,6 +99,8 @@ impl StoreConfig {
             .or_else(|| credentials::source(&self.env_prefix, base))
     }
 
+    /// Checks the values no store can work with; called once, where the configuration is
+    /// built from the command line.
     pub fn validate(&self) -> Result<()> {
         if self.max_parallel_chunk_uploads == 0 {
             return Err(Error::config(
@@ -170,7 +172,6 @@ impl SnapStore {
     /// Builds the store and checks it can be used (Local: directories created; remote: the
     /// bucket answers a listing).
     pub async fn open(cfg: StoreConfig) -> Result<SnapStore> {
-        cfg.validate()?;
         let (backend, os): (Backend, Arc<dyn ObjectStore>) = match cfg.provider {
             Provider::Local => {
                 let root = local_root(&cfg.container);
@@ -523,7 +524,7 @@ impl SnapStore {
         match pending.kind {
             PendingKind::Local { tmp, dir, .. } => {
                 let Backend::Local { root } = &self.backend else {
-                    return Err(Error::Other("a local upload on a remote store".into()));
+                    return Err(Error::Internal("a local upload on a remote store".into()));
                 };
                 let dest = root.join(&wanted_key);
                 tokio::task::spawn_blocking(move || -> Result<()> {
@@ -537,13 +538,11 @@ impl SnapStore {
                         .map_err(|e| Error::io(&dir, "fsync", e))
                 })
                 .await
-                .map_err(|e| Error::Other(format!("commit task failed: {e}")))??;
+                .map_err(|e| Error::task("commit task", e))??;
                 Ok(wanted.clone())
             }
             PendingKind::Remote { task } => {
-                let w = task
-                    .await
-                    .map_err(|e| Error::Other(format!("upload task failed: {e}")))??;
+                let w = task.await.map_err(|e| Error::task("upload task", e))??;
                 w.finish()
                     .await
                     .map_err(|e| Error::store(&pending.key, "complete the multipart upload", e))?;
@@ -657,7 +656,7 @@ impl UploadSink {
                 f.sync_all().map_err(|e| Error::io(&path, "fsync", e))
             }
             SinkInner::Remote { mut buf, tx } => {
-                send_piece(&tx, &mut buf).map_err(|e| Error::Other(format!("upload: {e}")))?;
+                send_piece(&tx, &mut buf).map_err(|e| Error::task("upload", e))?;
                 Ok(())
             }
         }
@@ -732,6 +731,6 @@ impl RotatingStore {
         }
         self.store
             .as_ref()
-            .ok_or_else(|| Error::Other("store not initialised".into()))
+            .ok_or_else(|| Error::Internal("store not initialised".into()))
     }
 }

@@ -39,6 +39,22 @@ pub struct Control {
     pub shutdown: watch::Receiver<bool>,
     /// Leadership lost: stop at once, write nothing more.
     pub abandon: watch::Receiver<bool>,
+    /// Told of every object stored.
+    pub observer: Arc<dyn Observer>,
+}
+
+/// Told of what the job stores, for whoever runs it: the `snapshot` and `server` commands print
+/// each key on stdout. Called from the job's task: it must return quickly.
+pub trait Observer: Send + Sync {
+    /// A full or delta snapshot was stored under `key`.
+    fn stored(&self, key: &str);
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn stored(&self, _key: &str) {}
 }
 
 /// The next request, or never when there is no request channel (or it closed).

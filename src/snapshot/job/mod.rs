@@ -2,18 +2,14 @@
 //! etcdbrctl's exponential backoff on failure; and the one-shot `snapshot save`.
 //!
 //! The `snapshot` command starts with a full snapshot. The `server` command runs the job on the
-//! leader's sidecar only and starts with the *start-up decision* ([`StartMode::Decide`]): a
-//! full at once when the store has none, when the latest one is final, or when a scheduled
-//! full was missed since it; otherwise a catch-up delta from the store's last revision + 1 (a
-//! compacted revision falls back to a full). A store ahead of etcd (etcd's history was rewound)
-//! stops the job with an error instead: what it would write would sort before the abandoned
-//! later objects. This replaces
-//! etcdbrctl's "window" heuristic (section 4.3 of the reference) with the rule it approximates:
-//! a full is required exactly when the schedule promised one that the store does not have.
+//! leader's sidecar only and starts with the start-up decision ([`StartMode::Decide`],
+//! [`startup::decide`]). How the job is driven and stopped is in [`control`].
 
 pub mod control;
+pub mod startup;
 
-use control::{Control, Request, StartMode};
+use control::{Control, Observer, Request, StartMode};
+use startup::Decision;
 
 use crate::error::{Error, Result};
 use crate::etcd::leader::{self, Fence};
@@ -116,7 +112,11 @@ pub async fn save_once(
 
 /// The `snapshot` command: runs until `shutdown` turns true, starting with a full snapshot.
 /// Failures are logged and retried with backoff; the run only fails on configuration errors.
-pub async fn run_scheduled(job: SnapshotJob, shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn run_scheduled(
+    job: SnapshotJob,
+    shutdown: watch::Receiver<bool>,
+    observer: Arc<dyn Observer>,
+) -> Result<()> {
     let health = Arc::new(Health::new(crate::snapshot::health::HealthConfig {
         schedule: job.schedule.clone(),
         delta_period: job.delta.map(|d| d.period),
@@ -131,15 +131,13 @@ pub async fn run_scheduled(job: SnapshotJob, shutdown: watch::Receiver<bool>) ->
         requests: None,
         shutdown,
         abandon,
+        observer,
     };
     run_job(job, ctl).await
 }
 
 /// Runs the job (GC included) until a stop in `ctl`.
 pub async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
-    // Configuration errors surface at once; transient ones (etcd down) are retried below.
-    job.store.validate()?;
-    job.etcd.validate()?;
     let gc_task = job.gc.map(|(gc, period)| {
         let mut stop = ctl.shutdown.clone();
         let mut abandon = ctl.abandon.clone();
@@ -211,7 +209,7 @@ impl Runner {
         }
         self.client
             .as_mut()
-            .ok_or_else(|| Error::Other("no etcd client".into()))
+            .ok_or_else(|| Error::Internal("no etcd client after connecting".into()))
     }
 
     fn failed(&mut self, e: &Error, what: &str) -> Duration {
@@ -221,7 +219,7 @@ impl Runner {
         }
         self.ctl.health.failed(e);
         let delay = self.job.backoff.delay(self.failures);
-        tracing::error!(error = %e, attempt = self.failures, retry_in = ?delay, "{what} failed");
+        tracing::error!(error = %e, transient = e.is_transient(), attempt = self.failures, retry_in = ?delay, "{what} failed");
         delay
     }
 
@@ -235,59 +233,30 @@ impl Runner {
         Ok(())
     }
 
-    /// The start-up decision (module doc): sets `stored` and `next`.
+    /// The start-up decision ([`startup::decide`]): sets `stored` and `next`.
     async fn decide(&mut self) -> Result<()> {
         let set = self.store.get().await?.latest_set().await?;
         self.ctl.health.store_seen(&set);
-        let now = Utc::now();
-        let reason = match &set.full {
-            None => Some("the store holds no full snapshot".to_string()),
-            Some(f) if f.is_final => {
-                Some(format!("the latest full snapshot {} is final", f.snap_name))
-            }
-            Some(f) => match self.job.schedule.next_after(f.created_on) {
-                Some(due) if due <= now => Some(format!(
-                    "a scheduled full snapshot was due at {} and the latest is {}",
-                    due.format("%Y-%m-%dT%H:%M:%SZ"),
-                    f.snap_name
-                )),
-                _ => None,
-            },
-        };
-        // etcd behind the store: its history was rewound (restored to an older point without
-        // a revision bump, or replaced). What it would store now sorts before the later,
-        // abandoned objects, which restores, validation and GC would prefer: write nothing
-        // until an operator resolves it (restore::rewind_guard refuses such restores).
         let endpoint = self.job.etcd.primary().to_string();
         let timeout = self.job.etcd.connection_timeout;
         let role = leader::probe(self.client().await?, &endpoint, timeout).await?;
-        let newest = set.last_revision();
-        if newest > role.revision {
-            let e = Error::config(format!(
-                "etcd is at revision {}, behind the store's newest backup at revision {newest} ({}): its history was rewound (restored to an older point without --bump-revision, or replaced). Backups taken now would sort before the abandoned ones, which restores and garbage collection would prefer, so none are taken. Restore again with --bump-revision {} --mark-compacted, or move the later backups out of this --store-prefix",
-                role.revision,
-                set.full
-                    .as_ref()
-                    .map(|f| f.snap_name.clone())
-                    .unwrap_or_default(),
-                (newest - role.revision + 1).max(1_000_000_000)
-            ));
-            self.ctl.health.set_blocked(Some(e.to_string()));
-            return Err(e);
-        }
-        self.ctl.health.set_blocked(None);
-        match reason {
-            Some(r) => {
-                tracing::info!(reason = r, "start-up: taking a full snapshot");
+        let now = Utc::now();
+        let decision = startup::decide(&set, &self.job.schedule, now, role.revision);
+        self.ctl
+            .health
+            .set_blocked(decision.as_ref().err().map(|e| e.to_string()));
+        match decision? {
+            Decision::Full(reason) => {
+                tracing::info!(reason, "start-up: taking a full snapshot");
                 self.stored = None;
                 self.next = now;
             }
-            None => {
+            Decision::CatchUp { stored } => {
                 tracing::info!(
-                    from_revision = set.last_revision() + 1,
+                    from_revision = stored + 1,
                     "start-up: the latest full snapshot is current; catching up with deltas"
                 );
-                self.stored = Some(set.last_revision());
+                self.stored = Some(stored);
                 self.schedule_next()?;
             }
         }
@@ -340,7 +309,7 @@ impl Runner {
             let c = self
                 .client
                 .as_mut()
-                .ok_or_else(|| Error::Other("no etcd client".into()))?;
+                .ok_or_else(|| Error::Internal("no etcd client after connecting".into()))?;
             full::take(c, &self.job.etcd, s, self.job.compression, is_final, fence).await
         }
         .await;
@@ -417,7 +386,7 @@ impl Runner {
                 match result {
                     Ok(report) => {
                         self.failures = 0;
-                        println!("{}", report.key);
+                        self.ctl.observer.stored(&report.key);
                         self.ctl.health.full_stored(&report.snapshot);
                         self.stored = Some(report.snapshot.last_revision);
                         if let Some(r) = reply {
@@ -497,7 +466,9 @@ impl Runner {
 
     async fn delta_phase(&mut self) -> Result<PhaseEnd> {
         let (Some(cfg), Some(rev)) = (self.job.delta, self.stored) else {
-            return Err(Error::Other("delta snapshots are not possible now".into()));
+            return Err(Error::Internal(
+                "delta snapshots are not possible now".into(),
+            ));
         };
         // the watch of the previous phase goes on where the store ends; else a new one
         let mut watch = match self.watch.take().filter(|w| w.stored() == rev) {
@@ -506,13 +477,14 @@ impl Runner {
                 let client = self
                     .client
                     .clone()
-                    .ok_or_else(|| Error::Other("no etcd client".into()))?;
+                    .ok_or_else(|| Error::Internal("no etcd client after connecting".into()))?;
                 let setup = WatchSetup {
                     client,
                     endpoint: self.job.etcd.primary().to_string(),
                     store: self.store.get().await?.clone(),
                     fence: self.ctl.fence,
                     health: self.ctl.health.clone(),
+                    observer: self.ctl.observer.clone(),
                 };
                 DeltaWatch::open(setup, cfg, rev).await?
             }

@@ -1,0 +1,135 @@
+//! `etcdbrctl snapshot status|verify|ls|get`: looking inside a snapshot (a local file or an
+//! object in the store), natively; etcdctl's output on stdout, the rest on stderr.
+
+use super::options::SnapstoreArgs;
+use crate::error::Result;
+use crate::inspect::{self, Opened, Output};
+use clap::Args;
+use std::path::PathBuf;
+
+fn stdio() -> Output {
+    Output {
+        out: Box::new(std::io::stdout()),
+        notes: Box::new(std::io::stderr()),
+    }
+}
+
+/// A snapshot to look into, and the store to find it in when it is not a local file.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A local file (a db, a snapshot with its sha256 trailer, or a compressed snapshot) or the
+    /// name of a snapshot in the store given by the store flags.
+    pub source: String,
+    #[command(flatten)]
+    pub store: SnapstoreArgs,
+}
+
+impl InspectArgs {
+    async fn open(&self, check_hash: bool) -> Result<Opened> {
+        inspect::open(
+            &self.source,
+            self.store.optional()?,
+            &self.store.snapstore_temp_directory,
+            check_hash,
+        )
+        .await
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// Output format, as etcdctl's `-w`.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    pub write_out: inspect::Format,
+    /// Do not hash a local file against its sha256 trailer (etcdctl's amount of work; `verify`
+    /// always hashes).
+    #[arg(long = "skip-hash-check")]
+    pub skip_hash_check: bool,
+}
+
+/// What `ls` and `get` print.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Read at this revision instead of the snapshot's (it must be in the kept history).
+    #[arg(long = "revision")]
+    pub revision: Option<i64>,
+    /// Output: a table, or JSON lines.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
+    pub write_out: inspect::ListFormat,
+    /// Show `/registry/` keys as resource/namespace/name with the objects' apiVersion and kind.
+    #[arg(long = "kubernetes")]
+    pub kubernetes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// Only keys starting with this prefix.
+    #[arg(long = "prefix", default_value = "")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetCmd {
+    #[command(flatten)]
+    pub src: InspectArgs,
+    /// The key.
+    pub key: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Write the value (with --kubernetes and a protobuf object: the raw object) to this file.
+    #[arg(long = "out")]
+    pub out: Option<PathBuf>,
+}
+
+impl InspectArgs {
+    /// `snapshot verify`.
+    pub async fn verify(self) -> Result<()> {
+        inspect::write_verify(self.open(true).await?, stdio()).await
+    }
+}
+
+impl StatusCmd {
+    pub async fn run(self) -> Result<()> {
+        let o = self.src.open(!self.skip_hash_check).await?;
+        inspect::write_status(o, self.write_out, stdio()).await
+    }
+}
+
+impl LsCmd {
+    pub async fn run(self) -> Result<()> {
+        let o = self.src.open(false).await?;
+        let r = &self.read;
+        inspect::write_ls(
+            o,
+            stdio(),
+            self.prefix.into_bytes(),
+            r.revision,
+            r.write_out,
+            r.kubernetes,
+        )
+        .await
+    }
+}
+
+impl GetCmd {
+    pub async fn run(self) -> Result<()> {
+        let o = self.src.open(false).await?;
+        let r = &self.read;
+        inspect::write_get(
+            o,
+            stdio(),
+            self.key.into_bytes(),
+            r.revision,
+            r.write_out,
+            r.kubernetes,
+            self.out,
+        )
+        .await
+    }
+}
