@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parses a Go duration. Negative durations become zero: every duration flag of etcdbrctl treats
 /// values below a threshold as "disabled", so clamping keeps the meaning.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let orig = s;
     let s = s.trim();
     if s.is_empty() {
@@ -61,8 +61,10 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total_ns.round() as u64))
 }
 
-/// Formats a duration the way Go prints it ("15m0s", "20s", "1h0m0s", "500ms").
-pub fn format_go_duration(d: Duration) -> String {
+/// Formats a duration the way Go prints it ("15m0s", "20s", "1h0m0s", "500ms"): the tests
+/// check that parsing reads Go's own output back.
+#[cfg(test)]
+fn format_go_duration(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         return "0s".into();

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+/// The crate's result: [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What went wrong, with the object or path it happened to and, where there is one, what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A flag, environment variable or configuration value is wrong.
@@ -14,8 +16,11 @@ pub enum Error {
     /// etcd could not be reached or answered with an error.
     #[error("etcd {endpoint}: {what}: {}", root_cause(source))]
     Etcd {
+        /// The member called.
         endpoint: String,
+        /// The call ("snapshot", "member list", ...).
         what: String,
+        /// etcd's answer.
         #[source]
         source: etcd_client::Error,
     },
@@ -23,16 +28,22 @@ pub enum Error {
     /// An etcd call did not finish within its timeout.
     #[error("etcd {endpoint}: {what}: timed out after {secs}s")]
     EtcdTimeout {
+        /// The member called.
         endpoint: String,
+        /// The call.
         what: String,
+        /// The timeout that passed.
         secs: u64,
     },
 
     /// The object store failed.
     #[error("store {location}: {what}: {source}")]
     Store {
+        /// The store (and object) it happened to.
         location: String,
+        /// What was being done.
         what: String,
+        /// The store's error.
         #[source]
         source: object_store::Error,
     },
@@ -40,19 +51,32 @@ pub enum Error {
     /// A local file or directory operation failed.
     #[error("{}: {what}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What was being done.
         what: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
 
     /// Snapshot data failed an integrity check (hash, size, format).
     #[error("integrity check failed for {object}: {reason}")]
-    Integrity { object: String, reason: String },
+    Integrity {
+        /// The object, file or stream.
+        object: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Credentials could not be read or are incomplete.
     #[error("credentials {path}: {reason}")]
-    Credentials { path: String, reason: String },
+    Credentials {
+        /// Where they were read from.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// This sidecar may not write: its etcd member is no longer the leader, or another writer
     /// advanced the store's chain. Nothing was stored; the job re-reads the store.
@@ -75,12 +99,22 @@ pub enum Error {
 
     /// etcd's restore tool or the temporary etcd of a restore failed.
     #[error("{tool} {reason}")]
-    ToolFailed { tool: String, reason: String },
+    ToolFailed {
+        /// The tool (its path) or "the temporary etcd".
+        tool: String,
+        /// What happened, with its output.
+        reason: String,
+    },
 
     /// etcd answered something its protocol does not allow (a response without a header, a
     /// watch closed or cancelled under us, an event without its key-value).
     #[error("etcd {endpoint}: {reason}")]
-    EtcdProtocol { endpoint: String, reason: String },
+    EtcdProtocol {
+        /// The member.
+        endpoint: String,
+        /// What it did.
+        reason: String,
+    },
 
     /// The cluster's state does not allow the step now (no quorum, no leader reachable, the
     /// member that restores first has not yet); it may once the other members are back.
@@ -93,7 +127,12 @@ pub enum Error {
 
     /// A worker thread or task of ours failed (a panic: a bug); the message names it.
     #[error("{what} failed: {reason}")]
-    Task { what: String, reason: String },
+    Task {
+        /// The worker.
+        what: String,
+        /// Its panic or cancellation.
+        reason: String,
+    },
 
     /// What should not happen did (a bug); the message says what.
     #[error("internal error: {0}")]
@@ -128,7 +167,11 @@ fn root_cause(e: &etcd_client::Error) -> String {
 }
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             path: path.into(),
             what: what.into(),
@@ -136,7 +179,7 @@ impl Error {
         }
     }
 
-    pub fn store(
+    pub(crate) fn store(
         location: impl Into<String>,
         what: impl Into<String>,
         source: object_store::Error,
@@ -148,33 +191,33 @@ impl Error {
         }
     }
 
-    pub fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn integrity(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Integrity {
             object: object.into(),
             reason: reason.into(),
         }
     }
 
-    pub fn config(msg: impl Into<String>) -> Self {
+    pub(crate) fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
     }
 
     /// A worker (`what`: "snapshot worker", ...) that panicked or was cancelled.
-    pub fn task(what: &str, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn task(what: &str, e: impl std::fmt::Display) -> Self {
         Error::Task {
             what: what.to_string(),
             reason: e.to_string(),
         }
     }
 
-    pub fn etcd_protocol(endpoint: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn etcd_protocol(endpoint: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::EtcdProtocol {
             endpoint: endpoint.into(),
             reason: reason.into(),
         }
     }
 
-    pub fn tool_failed(tool: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn tool_failed(tool: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::ToolFailed {
             tool: tool.into(),
             reason: reason.into(),
@@ -184,7 +227,7 @@ impl Error {
     /// Whether the same call may succeed later, unchanged: etcd or the store unreachable or
     /// slow, a local I/O error (a full disk), the cluster not ready yet. Retry loops retry
     /// these and stop at the others (a wrong flag, a refusal, damaged data, a bug).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Etcd { source, .. } => etcd_transient(source),
             Error::EtcdTimeout { .. } | Error::EtcdProtocol { .. } | Error::Cluster(_) => true,
@@ -208,7 +251,7 @@ impl Error {
     }
 
     /// A bounded category, for the `etcdbr_snapshotter_failure` metric.
-    pub fn category(&self) -> &'static str {
+    pub(crate) fn category(&self) -> &'static str {
         match self {
             Error::Config(_) => "config",
             Error::Etcd { .. } => "etcd",

@@ -12,40 +12,40 @@ use prometheus::{
 };
 use std::sync::OnceLock;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub gc_total: IntCounterVec,
-    pub latest_revision: IntGaugeVec,
-    pub latest_timestamp: GaugeVec,
-    pub required: IntGaugeVec,
-    pub duration: HistogramVec,
-    pub defrag_duration: HistogramVec,
-    pub latest_deltas_total: IntGauge,
-    pub latest_deltas_revisions_total: IntGauge,
-    pub snapshotter_failure: IntCounterVec,
-    pub cluster_size: IntGauge,
-    pub is_learner: IntGauge,
+    pub(crate) gc_total: IntCounterVec,
+    pub(crate) latest_revision: IntGaugeVec,
+    pub(crate) latest_timestamp: GaugeVec,
+    pub(crate) required: IntGaugeVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) defrag_duration: HistogramVec,
+    pub(crate) latest_deltas_total: IntGauge,
+    pub(crate) latest_deltas_revisions_total: IntGauge,
+    pub(crate) snapshotter_failure: IntCounterVec,
+    pub(crate) cluster_size: IntGauge,
+    pub(crate) is_learner: IntGauge,
     // etcdbr's own
-    pub is_leader: IntGauge,
-    pub stale: IntGaugeVec,
-    pub etcd_revision: IntGauge,
-    pub delta_buffered_bytes: IntGauge,
-    pub delta_events: prometheus::IntCounter,
-    pub watch_revision: IntGauge,
-    pub up_seconds: Gauge,
-    pub invalid_data_dirs: IntGauge,
-    pub validation_duration: HistogramVec,
-    pub restoration_duration: HistogramVec,
-    pub add_learner_duration: HistogramVec,
-    pub member_remove_duration: HistogramVec,
-    pub member_promote_duration: HistogramVec,
-    pub is_learner_count: IntCounterVec,
-    pub api_refused: IntCounterVec,
+    pub(crate) is_leader: IntGauge,
+    pub(crate) stale: IntGaugeVec,
+    pub(crate) etcd_revision: IntGauge,
+    pub(crate) delta_buffered_bytes: IntGauge,
+    pub(crate) delta_events: prometheus::IntCounter,
+    pub(crate) watch_revision: IntGauge,
+    pub(crate) up_seconds: Gauge,
+    pub(crate) invalid_data_dirs: IntGauge,
+    pub(crate) validation_duration: HistogramVec,
+    pub(crate) restoration_duration: HistogramVec,
+    pub(crate) add_learner_duration: HistogramVec,
+    pub(crate) member_remove_duration: HistogramVec,
+    pub(crate) member_promote_duration: HistogramVec,
+    pub(crate) is_learner_count: IntCounterVec,
+    pub(crate) api_refused: IntCounterVec,
 }
 
 /// Member and data-dir operations timed as etcdbrctl times them (label `succeeded`).
 #[derive(Debug, Clone, Copy)]
-pub enum Op {
+pub(crate) enum Op {
     Validation,
     /// `restore="single_node"` (a cluster of one) or `"single_member"` (one member of several).
     Restoration {
@@ -57,10 +57,10 @@ pub enum Op {
 }
 
 /// Why `/…` refused a request (label `reason` of `etcdbr_api_requests_refused_total`).
-pub const REFUSAL_REASONS: &[&str] = &["no_credentials", "wrong_token"];
+pub(crate) const REFUSAL_REASONS: &[&str] = &["no_credentials", "wrong_token"];
 
 /// Error categories of `etcdbr_snapshotter_failure`.
-pub const ERROR_CATEGORIES: &[&str] = &[
+pub(crate) const ERROR_CATEGORIES: &[&str] = &[
     "config",
     "etcd",
     "etcd_timeout",
@@ -296,7 +296,7 @@ fn build() -> prometheus::Result<Metrics> {
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
 /// The process-wide metrics; `None` only if the registry could not be built (logged once).
-pub fn get() -> Option<&'static Metrics> {
+pub(crate) fn get() -> Option<&'static Metrics> {
     METRICS
         .get_or_init(|| match build() {
             Ok(m) => Some(m),
@@ -309,7 +309,7 @@ pub fn get() -> Option<&'static Metrics> {
 }
 
 /// Text exposition of every metric.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let Some(m) = get() else {
         return String::new();
     };
@@ -321,7 +321,7 @@ pub fn render() -> String {
 }
 
 /// Records one snapshot attempt.
-pub fn snapshot_taken(kind: Kind, ok: bool, secs: f64) {
+pub(crate) fn snapshot_taken(kind: Kind, ok: bool, secs: f64) {
     if let Some(m) = get() {
         m.duration
             .with_label_values(&[kind.as_str(), if ok { "true" } else { "false" }])
@@ -330,7 +330,7 @@ pub fn snapshot_taken(kind: Kind, ok: bool, secs: f64) {
 }
 
 /// Records the latest stored snapshot of a kind.
-pub fn latest(kind: Kind, revision: i64, unix: i64) {
+pub(crate) fn latest(kind: Kind, revision: i64, unix: i64) {
     if let Some(m) = get() {
         m.latest_revision
             .with_label_values(&[kind.as_str()])
@@ -341,20 +341,20 @@ pub fn latest(kind: Kind, revision: i64, unix: i64) {
     }
 }
 
-pub fn failure(category: &str) {
+pub(crate) fn failure(category: &str) {
     if let Some(m) = get() {
         m.snapshotter_failure.with_label_values(&[category]).inc();
     }
 }
 
 /// How many replaced data directories are kept aside.
-pub fn set_invalid_data_dirs(n: usize) {
+pub(crate) fn set_invalid_data_dirs(n: usize) {
     if let Some(m) = get() {
         m.invalid_data_dirs.set(n as i64);
     }
 }
 
-pub fn gc_deleted(kind: &str, ok: bool) {
+pub(crate) fn gc_deleted(kind: &str, ok: bool) {
     if let Some(m) = get() {
         m.gc_total
             .with_label_values(&[kind, if ok { "true" } else { "false" }])
@@ -371,7 +371,7 @@ fn ok_label(ok: bool) -> &'static str {
 }
 
 /// Records one timed operation.
-pub fn operation(op: Op, ok: bool, secs: f64) {
+pub(crate) fn operation(op: Op, ok: bool, secs: f64) {
     let Some(m) = get() else { return };
     let b = ok_label(ok);
     match op {
@@ -402,7 +402,7 @@ pub fn operation(op: Op, ok: bool, secs: f64) {
 }
 
 /// Times `fut` as `op` (succeeded = it returned `Ok`).
-pub async fn timed<T, E>(
+pub(crate) async fn timed<T, E>(
     op: Op,
     fut: impl std::future::Future<Output = std::result::Result<T, E>>,
 ) -> std::result::Result<T, E> {
@@ -414,7 +414,7 @@ pub async fn timed<T, E>(
 
 /// The defragmentation histogram's series for `endpoints` (etcdbrctl's family exists from
 /// start-up only once an endpoint is known; these are the configured ones).
-pub fn init_defrag_endpoints(endpoints: &[String]) {
+pub(crate) fn init_defrag_endpoints(endpoints: &[String]) {
     if let Some(m) = get() {
         for e in endpoints {
             for b in BOOLS {
@@ -425,7 +425,7 @@ pub fn init_defrag_endpoints(endpoints: &[String]) {
 }
 
 /// A refused API request.
-pub fn api_refused(reason: &'static str) {
+pub(crate) fn api_refused(reason: &'static str) {
     if let Some(m) = get() {
         m.api_refused.with_label_values(&[reason]).inc();
     }

@@ -9,13 +9,13 @@ use croner::Cron;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub enum Schedule {
-    Cron { spec: String, cron: Box<Cron> },
+pub(crate) enum Schedule {
+    Cron(Box<Cron>),
     Every(Duration),
 }
 
 impl Schedule {
-    pub fn parse(spec: &str) -> Result<Schedule, String> {
+    pub(crate) fn parse(spec: &str) -> Result<Schedule, String> {
         let s = spec.trim();
         let bad = |why: String| format!("invalid cron schedule {spec:?}: {why}");
         if let Some(d) = s.strip_prefix("@every ") {
@@ -44,16 +44,13 @@ impl Schedule {
         // reject schedules that never fire (e.g. 30 February)
         cron.find_next_occurrence(&Utc::now(), false)
             .map_err(|e| bad(format!("never fires: {e}")))?;
-        Ok(Schedule::Cron {
-            spec: five.to_string(),
-            cron: Box::new(cron),
-        })
+        Ok(Schedule::Cron(Box::new(cron)))
     }
 
     /// The first time strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Cron { cron, .. } => cron.find_next_occurrence(&t, false).ok(),
+            Schedule::Cron(cron) => cron.find_next_occurrence(&t, false).ok(),
             Schedule::Every(d) => chrono::Duration::from_std(*d).ok().map(|d| t + d),
         }
     }

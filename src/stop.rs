@@ -4,7 +4,7 @@
 use tokio::sync::watch;
 
 /// Turns true when the watched flag is (or becomes) true; never if the sender is gone.
-pub async fn flag_set(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn flag_set(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
     }

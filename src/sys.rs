@@ -13,7 +13,7 @@ use std::path::Path;
 /// existing file (`O_CREAT|O_EXCL|O_NOFOLLOW`): temporary files (downloads, logs of temporary
 /// etcds) live in directories with unpredictable names, and must not be redirected by a link
 /// planted there.
-pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
     private_options().write(true).create_new(true).open(p)
 }
 
@@ -28,7 +28,7 @@ fn private_options() -> std::fs::OpenOptions {
 
 /// Opens a log for appending, created 0600 if missing, never through a symlink (a temporary
 /// etcd started several times on one restore appends to one log).
-pub fn append_private(p: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn append_private(p: &Path) -> std::io::Result<std::fs::File> {
     private_options().append(true).create(true).open(p)
 }
 
@@ -39,7 +39,7 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
 
 /// Swaps `a` and `b` atomically (both must exist). `Unsupported` when the file system cannot
 /// (the caller falls back to two renames).
-pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let (ca, cb) = (cstr(a)?, cstr(b)?);
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call;
     // renameat2 does not keep them.
@@ -68,7 +68,7 @@ pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 /// Whether another open file description than `f` exists for its file, in any process or
 /// container on this kernel: `Some(true)` when one does, `None` when the kernel cannot tell
 /// (leases not permitted for this user, or not supported by the file system).
-pub fn opened_elsewhere(f: &std::fs::File) -> Option<bool> {
+pub(crate) fn opened_elsewhere(f: &std::fs::File) -> Option<bool> {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a file descriptor we own; F_SETLEASE takes an int argument.
     let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
@@ -84,7 +84,7 @@ pub fn opened_elsewhere(f: &std::fs::File) -> Option<bool> {
 }
 
 /// Kills this process with SIGKILL: no destructor, no flush, as a power loss or the OOM killer.
-pub fn kill_self() -> ! {
+pub(crate) fn kill_self() -> ! {
     // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);

@@ -10,30 +10,30 @@ use std::time::Duration;
 
 /// Compact the latest snapshot set into one full snapshot.
 #[derive(Debug, Args)]
-pub struct CompactCmd {
+pub(crate) struct CompactCmd {
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub restoration: RestorationArgs,
+    pub(crate) restoration: RestorationArgs,
     /// defragment the compacted etcd before the snapshot
     #[arg(long = "defragment", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_DEFRAGMENT")]
-    pub defragment: bool,
+    pub(crate) defragment: bool,
     /// timeout of the full snapshot of the compacted etcd
     #[arg(long = "etcd-snapshot-timeout", default_value = "30m", value_parser = duration, env = "ETCDBR_ETCD_SNAPSHOT_TIMEOUT")]
-    pub snapshot_timeout: Duration,
+    pub(crate) snapshot_timeout: Duration,
     /// timeout of the defragmentation
     #[arg(long = "etcd-defrag-timeout", default_value = "8m", value_parser = duration, env = "ETCDBR_ETCD_DEFRAG_TIMEOUT")]
-    pub defrag_timeout: Duration,
+    pub(crate) defrag_timeout: Duration,
     /// wait this long after the compaction (for a metrics scrape; accepted for compatibility)
     #[arg(long = "metrics-scrape-wait-duration", default_value = "0s", value_parser = duration, env = "ETCDBR_METRICS_SCRAPE_WAIT_DURATION")]
-    pub metrics_scrape_wait: Duration,
+    pub(crate) metrics_scrape_wait: Duration,
     #[command(flatten)]
-    pub k8s: K8sLeaseArgs,
+    pub(crate) k8s: K8sLeaseArgs,
 }
 
 impl CompactCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let cfg = CompactConfig {
             restore: self.restoration.restore_config((&self.store).try_into()?)?,
             defragment: self.defragment,

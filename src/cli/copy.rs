@@ -10,38 +10,38 @@ use std::time::Duration;
 
 /// Copy backups between stores.
 #[derive(Debug, Args)]
-pub struct CopyCmd {
+pub(crate) struct CopyCmd {
     /// destination store
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub source: SourceStoreArgs,
+    pub(crate) source: SourceStoreArgs,
     /// newest backups (a full and its deltas) to copy; -1 copies all
     #[arg(long = "max-backups-to-copy", default_value_t = -1, allow_negative_numbers = true, env = "ETCDBR_MAX_BACKUPS_TO_COPY")]
-    pub max_backups_to_copy: i64,
+    pub(crate) max_backups_to_copy: i64,
     /// only backups whose full snapshot is at most this many days old; -1: any age
     #[arg(long = "max-backup-age", default_value_t = -1, allow_negative_numbers = true, env = "ETCDBR_MAX_BACKUP_AGE")]
-    pub max_backup_age: i64,
+    pub(crate) max_backup_age: i64,
     /// objects copied in parallel
     #[arg(
         long = "max-parallel-copy-operations",
         default_value_t = 10,
         env = "ETCDBR_MAX_PARALLEL_COPY_OPERATIONS"
     )]
-    pub max_parallel_copy_operations: usize,
+    pub(crate) max_parallel_copy_operations: usize,
     /// wait for a final full snapshot in the source before copying
     #[arg(long = "wait-for-final-snapshot", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_WAIT_FOR_FINAL_SNAPSHOT")]
-    pub wait_for_final_snapshot: bool,
+    pub(crate) wait_for_final_snapshot: bool,
     /// how long to wait for the final full snapshot; 0 waits forever
     #[arg(long = "wait-for-final-snapshot-timeout", default_value = "0s", value_parser = duration, env = "ETCDBR_WAIT_FOR_FINAL_SNAPSHOT_TIMEOUT")]
-    pub wait_for_final_snapshot_timeout: Duration,
+    pub(crate) wait_for_final_snapshot_timeout: Duration,
 }
 
 /// The source store of `copy` (etcdbrctl's `source-` flags); empty values default to the
 /// destination's. Credentials come from the `SOURCE_`-prefixed variables.
 #[derive(Debug, Args, Clone)]
-pub struct SourceStoreArgs {
+pub(crate) struct SourceStoreArgs {
     /// source snapshot storage provider (default: the destination's)
     #[arg(
         long = "source-storage-provider",
@@ -49,7 +49,7 @@ pub struct SourceStoreArgs {
         env = "ETCDBR_SOURCE_STORAGE_PROVIDER",
         hide_default_value = true
     )]
-    pub source_provider: String,
+    pub(crate) source_provider: String,
     /// source container (bucket); for Local, a directory
     #[arg(
         long = "source-store-container",
@@ -57,7 +57,7 @@ pub struct SourceStoreArgs {
         env = "SOURCE_STORAGE_CONTAINER",
         hide_default_value = true
     )]
-    pub source_container: String,
+    pub(crate) source_container: String,
     /// source object store endpoint override
     #[arg(
         long = "source-store-endpoint-override",
@@ -65,7 +65,7 @@ pub struct SourceStoreArgs {
         env = "ETCDBR_SOURCE_STORE_ENDPOINT_OVERRIDE",
         hide_default_value = true
     )]
-    pub source_endpoint_override: String,
+    pub(crate) source_endpoint_override: String,
     /// source prefix (default: the destination's)
     #[arg(
         long = "source-store-prefix",
@@ -73,7 +73,7 @@ pub struct SourceStoreArgs {
         env = "ETCDBR_SOURCE_STORE_PREFIX",
         hide_default_value = true
     )]
-    pub source_prefix: String,
+    pub(crate) source_prefix: String,
     /// source temporary directory (accepted for compatibility)
     #[arg(
         long = "source-snapstore-temp-directory",
@@ -81,26 +81,26 @@ pub struct SourceStoreArgs {
         env = "ETCDBR_SOURCE_SNAPSTORE_TEMP_DIRECTORY",
         hide_default_value = true
     )]
-    pub source_temp_dir: String,
+    pub(crate) source_temp_dir: String,
     /// accepted for compatibility
     #[arg(
         long = "source-max-parallel-chunk-uploads",
         default_value_t = 5,
         env = "ETCDBR_SOURCE_MAX_PARALLEL_CHUNK_UPLOADS"
     )]
-    pub source_max_parallel_chunk_uploads: usize,
+    pub(crate) source_max_parallel_chunk_uploads: usize,
     /// accepted for compatibility
     #[arg(
         long = "source-min-chunk-size",
         default_value_t = 5242880,
         env = "ETCDBR_SOURCE_MIN_CHUNK_SIZE"
     )]
-    pub source_min_chunk_size: usize,
+    pub(crate) source_min_chunk_size: usize,
 }
 
 impl SourceStoreArgs {
     /// The source store: what is not given is the destination's.
-    pub fn store_config(&self, dest: &StoreConfig) -> Result<StoreConfig> {
+    pub(crate) fn store_config(&self, dest: &StoreConfig) -> Result<StoreConfig> {
         let provider: Provider = if self.source_provider.is_empty() {
             dest.provider
         } else {
@@ -134,7 +134,7 @@ impl SourceStoreArgs {
 }
 
 impl CopyCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let dest = StoreConfig::try_from(&self.store)?;
         let cfg = CopyConfig {
             source: self.source.store_config(&dest)?,

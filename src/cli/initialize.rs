@@ -10,26 +10,26 @@ use clap::Args;
 
 /// Validate the data directory, restore it if it is missing or bad.
 #[derive(Debug, Args)]
-pub struct InitializeCmd {
+pub(crate) struct InitializeCmd {
     /// In a multi-member cluster: how to reach the other members (--service-endpoints, else
     /// --endpoints).
     #[command(flatten)]
-    pub etcd: EtcdConnectionArgs,
+    pub(crate) etcd: EtcdConnectionArgs,
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub restoration: RestorationArgs,
+    pub(crate) restoration: RestorationArgs,
     /// validation mode: full (after a crash) or sanity (after a clean shutdown)
     #[arg(
         long = "validation-mode",
         default_value = "full",
         env = "ETCDBR_VALIDATION_MODE"
     )]
-    pub validation_mode: String,
+    pub(crate) validation_mode: String,
 }
 
 impl InitializeCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let mode = self
             .validation_mode
             .parse()
@@ -41,7 +41,7 @@ impl InitializeCmd {
     }
 
     /// The initializer's configuration.
-    pub fn init_config(&self, mode: Mode) -> Result<InitConfig> {
+    pub(crate) fn init_config(&self, mode: Mode) -> Result<InitConfig> {
         let mut cluster = EtcdConfig::try_from(&self.etcd)?;
         if !cluster.service_endpoints.is_empty() {
             cluster.endpoints = cluster.service_endpoints.clone();

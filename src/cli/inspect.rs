@@ -16,12 +16,12 @@ fn stdio() -> Output {
 
 /// A snapshot to look into, and the store to find it in when it is not a local file.
 #[derive(Debug, Args)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     /// A local file (a db, a snapshot with its sha256 trailer, or a compressed snapshot) or the
     /// name of a snapshot in the store given by the store flags.
-    pub source: String,
+    pub(crate) source: String,
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
 }
 
 impl InspectArgs {
@@ -37,72 +37,72 @@ impl InspectArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusCmd {
+pub(crate) struct StatusCmd {
     #[command(flatten)]
-    pub src: InspectArgs,
+    pub(crate) src: InspectArgs,
     /// Output format, as etcdctl's `-w`.
     #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
-    pub write_out: inspect::Format,
+    pub(crate) write_out: inspect::Format,
     /// Do not hash a local file against its sha256 trailer (etcdctl's amount of work; `verify`
     /// always hashes).
     #[arg(long = "skip-hash-check")]
-    pub skip_hash_check: bool,
+    pub(crate) skip_hash_check: bool,
 }
 
 /// What `ls` and `get` print.
 #[derive(Debug, Args)]
-pub struct ReadArgs {
+pub(crate) struct ReadArgs {
     /// Read at this revision instead of the snapshot's (it must be in the kept history).
     #[arg(long = "revision")]
-    pub revision: Option<i64>,
+    pub(crate) revision: Option<i64>,
     /// Output: a table, or JSON lines.
     #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
-    pub write_out: inspect::ListFormat,
+    pub(crate) write_out: inspect::ListFormat,
     /// Show `/registry/` keys as resource/namespace/name with the objects' apiVersion and kind.
     #[arg(long = "kubernetes")]
-    pub kubernetes: bool,
+    pub(crate) kubernetes: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct LsCmd {
+pub(crate) struct LsCmd {
     #[command(flatten)]
-    pub src: InspectArgs,
+    pub(crate) src: InspectArgs,
     /// Only keys starting with this prefix.
     #[arg(long = "prefix", default_value = "")]
-    pub prefix: String,
+    pub(crate) prefix: String,
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub(crate) read: ReadArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct GetCmd {
+pub(crate) struct GetCmd {
     #[command(flatten)]
-    pub src: InspectArgs,
+    pub(crate) src: InspectArgs,
     /// The key.
-    pub key: String,
+    pub(crate) key: String,
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub(crate) read: ReadArgs,
     /// Write the value (with --kubernetes and a protobuf object: the raw object) to this file.
     #[arg(long = "out")]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
 impl InspectArgs {
     /// `snapshot verify`.
-    pub async fn verify(self) -> Result<()> {
+    pub(crate) async fn verify(self) -> Result<()> {
         inspect::write_verify(self.open(true).await?, stdio()).await
     }
 }
 
 impl StatusCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let o = self.src.open(!self.skip_hash_check).await?;
         inspect::write_status(o, self.write_out, stdio()).await
     }
 }
 
 impl LsCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let o = self.src.open(false).await?;
         let r = &self.read;
         inspect::write_ls(
@@ -118,7 +118,7 @@ impl LsCmd {
 }
 
 impl GetCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let o = self.src.open(false).await?;
         let r = &self.read;
         inspect::write_get(

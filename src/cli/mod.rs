@@ -30,10 +30,10 @@ use std::process::ExitCode;
                   A drop-in replacement for gardener's etcd-backup-restore.",
     disable_version_flag = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Print version information and exit.
     #[arg(short = 'v', long = "version", global = false)]
-    pub version: bool,
+    pub(crate) version: bool,
 
     /// Log level (logrus numbers: 0 panic .. 4 info .. 6 trace). RUST_LOG overrides it.
     #[arg(
@@ -42,14 +42,14 @@ pub struct Cli {
         env = "ETCDBR_LOG_LEVEL",
         global = true
     )]
-    pub log_level: u8,
+    pub(crate) log_level: u8,
 
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Take full snapshots of etcd on a schedule (the first one immediately).
     #[command(args_conflicts_with_subcommands = true)]
     Snapshot(Box<snapshot::SnapshotCmd>),
@@ -69,7 +69,7 @@ pub enum Command {
 
 impl Command {
     /// Runs the subcommand.
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         match self {
             Command::Snapshot(c) => c.run().await,
             Command::Server(c) => c.run().await,

@@ -31,7 +31,7 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct EtcdConnectionArgs {
+pub(crate) struct EtcdConnectionArgs {
     /// comma separated list of etcd endpoints
     #[arg(
         short = 'e',
@@ -40,7 +40,7 @@ pub struct EtcdConnectionArgs {
         value_delimiter = ',',
         env = "ETCDBR_ENDPOINTS"
     )]
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// the cluster's client endpoints, for member operations (re-adding a member as a learner);
     /// empty: every member's advertise-client-urls from the etcd configuration
     #[arg(
@@ -48,7 +48,7 @@ pub struct EtcdConnectionArgs {
         value_delimiter = ',',
         env = "ETCDBR_SERVICE_ENDPOINTS"
     )]
-    pub service_endpoints: Vec<String>,
+    pub(crate) service_endpoints: Vec<String>,
     /// etcd server username, if one is required
     #[arg(
         long = "etcd-username",
@@ -56,7 +56,7 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_ETCD_USERNAME",
         hide_default_value = true
     )]
-    pub etcd_username: String,
+    pub(crate) etcd_username: String,
     /// etcd server password, if one is required
     #[arg(
         long = "etcd-password",
@@ -65,14 +65,14 @@ pub struct EtcdConnectionArgs {
         hide_env_values = true,
         hide_default_value = true
     )]
-    pub etcd_password: String,
+    pub(crate) etcd_password: String,
     /// etcdbr: a file holding the etcd username (instead of --etcd-username)
     #[arg(
         long = "etcd-username-file",
         env = "ETCDBR_ETCD_USERNAME_FILE",
         conflicts_with = "etcd_username"
     )]
-    pub etcd_username_file: Option<PathBuf>,
+    pub(crate) etcd_username_file: Option<PathBuf>,
     /// etcdbr: a file holding the etcd password (instead of --etcd-password, which any local
     /// user can read in the process list)
     #[arg(
@@ -80,24 +80,24 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_ETCD_PASSWORD_FILE",
         conflicts_with = "etcd_password"
     )]
-    pub etcd_password_file: Option<PathBuf>,
+    pub(crate) etcd_password_file: Option<PathBuf>,
     /// etcd client connection timeout
     #[arg(long = "etcd-connection-timeout", default_value = "30s", value_parser = duration, env = "ETCDBR_ETCD_CONNECTION_TIMEOUT")]
-    pub connection_timeout: Duration,
+    pub(crate) connection_timeout: Duration,
     /// timeout for taking a full snapshot of etcd
     #[arg(long = "etcd-snapshot-timeout", default_value = "15m", value_parser = duration, env = "ETCDBR_ETCD_SNAPSHOT_TIMEOUT")]
-    pub snapshot_timeout: Duration,
+    pub(crate) snapshot_timeout: Duration,
     /// timeout for the defragmentation of one etcd member
     #[arg(long = "etcd-defrag-timeout", default_value = "8m", value_parser = duration, env = "ETCDBR_ETCD_DEFRAG_TIMEOUT")]
-    pub defrag_timeout: Duration,
+    pub(crate) defrag_timeout: Duration,
     /// disable transport security for client connections
     #[arg(long = "insecure-transport", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_INSECURE_TRANSPORT")]
-    pub insecure_transport: bool,
+    pub(crate) insecure_transport: bool,
     /// skip server certificate verification
     #[arg(long = "insecure-skip-tls-verify", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_INSECURE_SKIP_TLS_VERIFY")]
-    pub insecure_skip_tls_verify: bool,
+    pub(crate) insecure_skip_tls_verify: bool,
     /// identify secure client using this TLS certificate file
     #[arg(
         long = "cert",
@@ -105,7 +105,7 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_CERT",
         hide_default_value = true
     )]
-    pub cert: String,
+    pub(crate) cert: String,
     /// identify secure client using this TLS key file
     #[arg(
         long = "key",
@@ -113,7 +113,7 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_KEY",
         hide_default_value = true
     )]
-    pub key: String,
+    pub(crate) key: String,
     /// verify certificates of TLS-enabled secure servers using this CA bundle
     #[arg(
         long = "cacert",
@@ -121,7 +121,7 @@ pub struct EtcdConnectionArgs {
         env = "ETCDBR_CACERT",
         hide_default_value = true
     )]
-    pub cacert: String,
+    pub(crate) cacert: String,
 }
 
 /// A credential from its flag or from its file (one line; the trailing newline dropped).
@@ -191,7 +191,7 @@ impl TryFrom<&EtcdConnectionArgs> for EtcdConfig {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct SnapstoreArgs {
+pub(crate) struct SnapstoreArgs {
     /// snapshot storage provider: Local, S3, GCS or ABS (empty: Local)
     #[arg(
         long = "storage-provider",
@@ -199,7 +199,7 @@ pub struct SnapstoreArgs {
         env = "ETCDBR_STORAGE_PROVIDER",
         hide_default_value = true
     )]
-    pub storage_provider: String,
+    pub(crate) storage_provider: String,
     /// container (bucket) which will be used to store snapshots; for Local, a directory
     #[arg(
         long = "store-container",
@@ -207,7 +207,7 @@ pub struct SnapstoreArgs {
         env = "STORAGE_CONTAINER",
         hide_default_value = true
     )]
-    pub store_container: String,
+    pub(crate) store_container: String,
     /// override the object store's endpoint URL (S3-compatible servers, emulators)
     #[arg(
         long = "store-endpoint-override",
@@ -215,7 +215,7 @@ pub struct SnapstoreArgs {
         env = "ETCDBR_STORE_ENDPOINT_OVERRIDE",
         hide_default_value = true
     )]
-    pub store_endpoint_override: String,
+    pub(crate) store_endpoint_override: String,
     /// prefix or directory inside the container under which snapshots are stored
     #[arg(
         long = "store-prefix",
@@ -223,39 +223,39 @@ pub struct SnapstoreArgs {
         env = "ETCDBR_STORE_PREFIX",
         hide_default_value = true
     )]
-    pub store_prefix: String,
+    pub(crate) store_prefix: String,
     /// maximum number of parallel chunk uploads allowed
     #[arg(
         long = "max-parallel-chunk-uploads",
         default_value_t = 5,
         env = "ETCDBR_MAX_PARALLEL_CHUNK_UPLOADS"
     )]
-    pub max_parallel_chunk_uploads: usize,
+    pub(crate) max_parallel_chunk_uploads: usize,
     /// minimum size of a chunk (multipart part) in bytes
     #[arg(
         long = "min-chunk-size",
         default_value_t = 5242880,
         env = "ETCDBR_MIN_CHUNK_SIZE"
     )]
-    pub min_chunk_size: usize,
+    pub(crate) min_chunk_size: usize,
     /// temporary directory for processing snapshots
     #[arg(
         long = "snapstore-temp-directory",
         default_value = "/tmp",
         env = "ETCDBR_SNAPSTORE_TEMP_DIRECTORY"
     )]
-    pub snapstore_temp_directory: PathBuf,
+    pub(crate) snapstore_temp_directory: PathBuf,
 }
 
 impl SnapstoreArgs {
     /// Whether a store is given (a provider or a container); without one, `initialize` only
     /// validates and `snapshot status|...` read local files.
-    pub fn is_given(&self) -> bool {
+    pub(crate) fn is_given(&self) -> bool {
         !(self.storage_provider.is_empty() && self.store_container.is_empty())
     }
 
     /// The store, when one is given.
-    pub fn optional(&self) -> Result<Option<StoreConfig>> {
+    pub(crate) fn optional(&self) -> Result<Option<StoreConfig>> {
         self.is_given().then(|| self.try_into()).transpose()
     }
 }
@@ -288,7 +288,7 @@ impl TryFrom<&SnapstoreArgs> for StoreConfig {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct SnapshotterArgs {
+pub(crate) struct SnapshotterArgs {
     /// schedule for full snapshots (standard 5-field cron)
     #[arg(
         short = 's',
@@ -296,27 +296,27 @@ pub struct SnapshotterArgs {
         default_value = "0 */1 * * *",
         env = "ETCDBR_SCHEDULE"
     )]
-    pub schedule: String,
+    pub(crate) schedule: String,
     /// period after which delta snapshots are persisted; below 1s disables them
     #[arg(long = "delta-snapshot-period", default_value = "20s", value_parser = duration, env = "ETCDBR_DELTA_SNAPSHOT_PERIOD")]
-    pub delta_snapshot_period: Duration,
+    pub(crate) delta_snapshot_period: Duration,
     /// size of buffered events (bytes) that triggers a delta snapshot at once
     #[arg(
         long = "delta-snapshot-memory-limit",
         default_value_t = 10485760,
         env = "ETCDBR_DELTA_SNAPSHOT_MEMORY_LIMIT"
     )]
-    pub delta_snapshot_memory_limit: u64,
+    pub(crate) delta_snapshot_memory_limit: u64,
     /// period for garbage collecting old backups; 1s or less disables it
     #[arg(long = "garbage-collection-period", default_value = "1m", value_parser = duration, env = "ETCDBR_GARBAGE_COLLECTION_PERIOD")]
-    pub garbage_collection_period: Duration,
+    pub(crate) garbage_collection_period: Duration,
     /// policy for garbage collecting old backups: Exponential or LimitBased
     #[arg(
         long = "garbage-collection-policy",
         default_value = "Exponential",
         env = "ETCDBR_GARBAGE_COLLECTION_POLICY"
     )]
-    pub garbage_collection_policy: String,
+    pub(crate) garbage_collection_policy: String,
     /// maximum number of full snapshots kept by the LimitBased policy
     #[arg(
         short = 'm',
@@ -324,21 +324,21 @@ pub struct SnapshotterArgs {
         default_value_t = 7,
         env = "ETCDBR_MAX_BACKUPS"
     )]
-    pub max_backups: u32,
+    pub(crate) max_backups: u32,
     /// delta snapshots younger than this are never garbage-collected
     #[arg(long = "delta-snapshot-retention-period", default_value = "0s", value_parser = duration, env = "ETCDBR_DELTA_SNAPSHOT_RETENTION_PERIOD")]
-    pub delta_snapshot_retention_period: Duration,
+    pub(crate) delta_snapshot_retention_period: Duration,
 }
 
 impl SnapshotterArgs {
     /// The full snapshot schedule.
-    pub fn schedule(&self) -> Result<Schedule> {
+    pub(crate) fn schedule(&self) -> Result<Schedule> {
         Schedule::parse(&self.schedule).map_err(|e| Error::config(format!("--schedule: {e}")))
     }
 
     /// Garbage collection and its period; `None` when disabled (a period of 1s or less). The
     /// policy is checked even then, as etcdbrctl does.
-    pub fn gc(&self) -> Result<Option<(GcConfig, Duration)>> {
+    pub(crate) fn gc(&self) -> Result<Option<(GcConfig, Duration)>> {
         let cfg = GcConfig {
             policy: Policy::from_flags(&self.garbage_collection_policy, self.max_backups as usize)?,
             delta_retention: self.delta_snapshot_retention_period,
@@ -348,7 +348,7 @@ impl SnapshotterArgs {
     }
 
     /// Delta snapshots; `None` when disabled (a period below 1s).
-    pub fn delta(&self, codec: Codec) -> Option<DeltaConfig> {
+    pub(crate) fn delta(&self, codec: Codec) -> Option<DeltaConfig> {
         if self.delta_snapshot_period < Duration::from_secs(1) {
             return None;
         }
@@ -367,18 +367,18 @@ impl SnapshotterArgs {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct CompressionArgs {
+pub(crate) struct CompressionArgs {
     /// whether to compress the snapshots
     #[arg(long = "compress-snapshots", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_COMPRESS_SNAPSHOTS")]
-    pub compress_snapshots: bool,
+    pub(crate) compress_snapshots: bool,
     /// compression policy: gzip (.gz), zlib (.zlib), lzw (.Z), or zstd (.zst, etcdbr only)
     #[arg(
         long = "compression-policy",
         default_value = "gzip",
         env = "ETCDBR_COMPRESSION_POLICY"
     )]
-    pub compression_policy: String,
+    pub(crate) compression_policy: String,
     /// etcdbr: gzip and zlib level of full snapshots, 1 (fastest) to 9 (smallest). 1 keeps a
     /// 2-core machine near etcd's stream rate (each full holds a long etcd read); 6 is
     /// etcdbrctl's size (about 20% smaller) at twice the time on 2 cores
@@ -388,7 +388,7 @@ pub struct CompressionArgs {
         value_parser = clap::value_parser!(u32).range(1..=9),
         env = "ETCDBR_COMPRESSION_LEVEL"
     )]
-    pub compression_level: u32,
+    pub(crate) compression_level: u32,
     /// etcdbr: threads compressing a full snapshot with gzip or zlib (independent blocks of one
     /// ordinary stream, as pigz); 0: one per core
     #[arg(
@@ -396,12 +396,12 @@ pub struct CompressionArgs {
         default_value_t = 0,
         env = "ETCDBR_COMPRESSION_THREADS"
     )]
-    pub compression_threads: usize,
+    pub(crate) compression_threads: usize,
 }
 
 impl CompressionArgs {
     /// The compression policy (deltas use it too).
-    pub fn codec(&self) -> Result<Codec> {
+    pub(crate) fn codec(&self) -> Result<Codec> {
         Codec::from_flags(self.compress_snapshots, &self.compression_policy)
             .map_err(|e| Error::config(format!("--compression-policy: {e}")))
     }
@@ -420,24 +420,24 @@ impl TryFrom<&CompressionArgs> for Compression {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct BackoffArgs {
+pub(crate) struct BackoffArgs {
     /// multiplier of the exponential backoff between snapshotter restarts
     #[arg(
         long = "backoff-multiplier",
         default_value_t = 2,
         env = "ETCDBR_BACKOFF_MULTIPLIER"
     )]
-    pub multiplier: u32,
+    pub(crate) multiplier: u32,
     /// number of attempts after which the backoff stays at its threshold
     #[arg(
         long = "backoff-attempt-limit",
         default_value_t = 6,
         env = "ETCDBR_BACKOFF_ATTEMPT_LIMIT"
     )]
-    pub attempt_limit: u32,
+    pub(crate) attempt_limit: u32,
     /// maximum backoff
     #[arg(long = "backoff-threshold-time", default_value = "128s", value_parser = duration, env = "ETCDBR_BACKOFF_THRESHOLD_TIME")]
-    pub threshold: Duration,
+    pub(crate) threshold: Duration,
 }
 
 impl TryFrom<&BackoffArgs> for Backoff {
@@ -457,29 +457,29 @@ impl TryFrom<&BackoffArgs> for Backoff {
 
 /// The flags of the snapshot job, shared by `snapshot` and `server`.
 #[derive(Debug, Args)]
-pub struct JobArgs {
+pub(crate) struct JobArgs {
     #[command(flatten)]
-    pub etcd: EtcdConnectionArgs,
+    pub(crate) etcd: EtcdConnectionArgs,
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub snapshotter: SnapshotterArgs,
+    pub(crate) snapshotter: SnapshotterArgs,
     #[command(flatten)]
-    pub compression: CompressionArgs,
+    pub(crate) compression: CompressionArgs,
     #[command(flatten)]
-    pub backoff: BackoffArgs,
+    pub(crate) backoff: BackoffArgs,
     /// Schedule of etcd defragmentation (standard 5-field cron).
     #[arg(
         long = "defragmentation-schedule",
         default_value = "0 0 */3 * *",
         env = "ETCDBR_DEFRAGMENTATION_SCHEDULE"
     )]
-    pub defragmentation_schedule: String,
+    pub(crate) defragmentation_schedule: String,
 }
 
 impl JobArgs {
     /// The job and the defragmentation schedule.
-    pub fn job(&self) -> Result<(SnapshotJob, Schedule)> {
+    pub(crate) fn job(&self) -> Result<(SnapshotJob, Schedule)> {
         let job = SnapshotJob {
             etcd: (&self.etcd).try_into()?,
             store: (&self.store).try_into()?,
@@ -497,21 +497,21 @@ impl JobArgs {
 
 /// etcdbrctl's Restoration group, plus the tools the restore runs.
 #[derive(Debug, Args, Clone)]
-pub struct RestorationArgs {
+pub(crate) struct RestorationArgs {
     /// initial cluster configuration for restore bootstrapping
     #[arg(
         long = "initial-cluster",
         default_value = "default=http://localhost:2380",
         env = "ETCDBR_INITIAL_CLUSTER"
     )]
-    pub initial_cluster: String,
+    pub(crate) initial_cluster: String,
     /// initial cluster token for the etcd cluster during restore bootstrap
     #[arg(
         long = "initial-cluster-token",
         default_value = "etcd-cluster",
         env = "ETCDBR_INITIAL_CLUSTER_TOKEN"
     )]
-    pub initial_cluster_token: String,
+    pub(crate) initial_cluster_token: String,
     /// path to the data directory
     #[arg(
         short = 'd',
@@ -519,14 +519,14 @@ pub struct RestorationArgs {
         default_value = "default.etcd",
         env = "ETCDBR_DATA_DIR"
     )]
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// temporary directory for the full snapshot during the restore
     #[arg(
         long = "restoration-temp-snapshots-dir",
         default_value = "default.restoration.tmp",
         env = "ETCDBR_RESTORATION_TEMP_SNAPSHOTS_DIR"
     )]
-    pub temp_dir: PathBuf,
+    pub(crate) temp_dir: PathBuf,
     /// list of this member's peer URLs to advertise to the rest of the cluster
     #[arg(
         long = "initial-advertise-peer-urls",
@@ -534,76 +534,76 @@ pub struct RestorationArgs {
         value_delimiter = ',',
         env = "ETCDBR_INITIAL_ADVERTISE_PEER_URLS"
     )]
-    pub initial_advertise_peer_urls: Vec<String>,
+    pub(crate) initial_advertise_peer_urls: Vec<String>,
     /// human-readable name for this member
     #[arg(long = "name", default_value = "default", env = "ETCDBR_NAME")]
-    pub name: String,
+    pub(crate) name: String,
     /// ignore the snapshot integrity hash value (required if copied from a data directory)
     #[arg(long = "skip-hash-check", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_SKIP_HASH_CHECK")]
-    pub skip_hash_check: bool,
+    pub(crate) skip_hash_check: bool,
     /// number of deltas fetched in parallel
     #[arg(
         long = "max-fetchers",
         default_value_t = 6,
         env = "ETCDBR_MAX_FETCHERS"
     )]
-    pub max_fetchers: usize,
+    pub(crate) max_fetchers: usize,
     /// maximum size of a message the client sends to the temporary etcd
     #[arg(
         long = "max-call-send-message-size",
         default_value_t = 10485760,
         env = "ETCDBR_MAX_CALL_SEND_MESSAGE_SIZE"
     )]
-    pub max_call_send_message_size: u64,
+    pub(crate) max_call_send_message_size: u64,
     /// maximum client request size the temporary etcd accepts
     #[arg(
         long = "max-request-bytes",
         default_value_t = 10485760,
         env = "ETCDBR_MAX_REQUEST_BYTES"
     )]
-    pub max_request_bytes: u64,
+    pub(crate) max_request_bytes: u64,
     /// maximum operations per transaction the temporary etcd accepts
     #[arg(
         long = "max-txn-ops",
         default_value_t = 10240,
         env = "ETCDBR_MAX_TXN_OPS"
     )]
-    pub max_txn_ops: u32,
+    pub(crate) max_txn_ops: u32,
     /// backend quota of the temporary etcd
     #[arg(
         long = "embedded-etcd-quota-bytes",
         default_value_t = 8589934592,
         env = "ETCDBR_EMBEDDED_ETCD_QUOTA_BYTES"
     )]
-    pub quota_bytes: u64,
+    pub(crate) quota_bytes: u64,
     /// auto compaction mode of the temporary etcd (accepted; the replay never compacts)
     #[arg(
         long = "auto-compaction-mode",
         default_value = "periodic",
         env = "ETCDBR_AUTO_COMPACTION_MODE"
     )]
-    pub auto_compaction_mode: String,
+    pub(crate) auto_compaction_mode: String,
     /// auto compaction retention of the temporary etcd (accepted; the replay never compacts)
     #[arg(
         long = "auto-compaction-retention",
         default_value = "30m",
         env = "ETCDBR_AUTO_COMPACTION_RETENTION"
     )]
-    pub auto_compaction_retention: String,
+    pub(crate) auto_compaction_retention: String,
     /// etcdbr: the etcd binary that replays the deltas (default: etcd on PATH)
     #[arg(long = "etcd-binary", env = "ETCDBR_ETCD_BINARY")]
-    pub etcd_binary: Option<PathBuf>,
+    pub(crate) etcd_binary: Option<PathBuf>,
     /// etcdbr: etcd's restore tool, etcdutl (3.5+) or etcdctl (3.4) (default: etcdutl, else etcdctl, on PATH)
     #[arg(long = "etcd-restore-tool", env = "ETCDBR_ETCD_RESTORE_TOOL")]
-    pub etcd_restore_tool: Option<PathBuf>,
+    pub(crate) etcd_restore_tool: Option<PathBuf>,
     /// etcdbr: TTL (seconds) of leases first seen in deltas that do not record theirs (etcdbrctl's)
     #[arg(
         long = "default-lease-ttl",
         default_value_t = 3600,
         env = "ETCDBR_DEFAULT_LEASE_TTL"
     )]
-    pub default_lease_ttl: i64,
+    pub(crate) default_lease_ttl: i64,
     /// etcdbr: how the deltas reach the temporary etcd: `wal` (appended to the restored WAL as
     /// committed entries, applied by etcd as it starts; fast) or `api` (Txn requests)
     #[arg(
@@ -612,16 +612,16 @@ pub struct RestorationArgs {
         default_value = "wal",
         env = "ETCDBR_REPLAY_METHOD"
     )]
-    pub replay_method: crate::restore::replay::Method,
+    pub(crate) replay_method: crate::restore::replay::Method,
     /// etcdbr: when revisions are missing from the backups, restore up to the last revision
     /// before the gap (logged as a warning) instead of failing
     #[arg(long = "stop-at-gap", env = "ETCDBR_STOP_AT_GAP")]
-    pub stop_at_gap: bool,
+    pub(crate) stop_at_gap: bool,
     /// etcdbr: restore a point older than the store's newest backup without --bump-revision:
     /// the result must not be backed up to the same store prefix (its revisions would repeat
     /// ones the store holds for other data); for inspection
     #[arg(long = "allow-rewind", env = "ETCDBR_ALLOW_REWIND")]
-    pub allow_rewind: bool,
+    pub(crate) allow_rewind: bool,
     /// etcdbr: a delta larger than this once decompressed is refused as damaged (deltas are
     /// read as a stream, so memory does not grow with their size)
     #[arg(
@@ -629,7 +629,7 @@ pub struct RestorationArgs {
         default_value_t = 1 << 30,
         env = "ETCDBR_MAX_DELTA_BYTES"
     )]
-    pub max_delta_bytes: u64,
+    pub(crate) max_delta_bytes: u64,
     /// etcdbr: data directories replaced by an initialization are moved aside to
     /// <data-dir>.invalid-<unix time>, a way back; this many are kept, the oldest removed first
     /// (0: removed once the restored one is in place; one with no backup replacing it is
@@ -639,16 +639,16 @@ pub struct RestorationArgs {
         default_value_t = 1,
         env = "ETCDBR_KEEP_INVALID_DATA_DIRS"
     )]
-    pub keep_invalid_data_dirs: usize,
+    pub(crate) keep_invalid_data_dirs: usize,
     /// etcdbr: restore the state at this revision instead of the latest
     #[arg(long = "to-revision", env = "ETCDBR_TO_REVISION", conflicts_with_all = ["to_time", "snapshot"])]
-    pub to_revision: Option<i64>,
+    pub(crate) to_revision: Option<i64>,
     /// etcdbr: restore the state at this time (RFC 3339, e.g. 2026-11-21T10:00:00Z)
     #[arg(long = "to-time", env = "ETCDBR_TO_TIME", conflicts_with = "snapshot")]
-    pub to_time: Option<String>,
+    pub(crate) to_time: Option<String>,
     /// etcdbr: restore exactly up to this snapshot (a full alone, or a delta with its chain)
     #[arg(long = "snapshot", env = "ETCDBR_SNAPSHOT")]
-    pub snapshot: Option<String>,
+    pub(crate) snapshot: Option<String>,
     /// etcdutl's: add this to the restored revision, so that it is past any revision clients
     /// saw (Kubernetes: 1000000000 covers a week at 1,500 writes/s)
     #[arg(
@@ -656,17 +656,17 @@ pub struct RestorationArgs {
         default_value_t = 0,
         env = "ETCDBR_BUMP_REVISION"
     )]
-    pub bump_revision: i64,
+    pub(crate) bump_revision: i64,
     /// etcdutl's: mark every revision up to the bumped one compacted, so that watches and lists
     /// at older revisions fail with "compacted" and clients (kube-apiserver caches) relist
     #[arg(long = "mark-compacted", env = "ETCDBR_MARK_COMPACTED")]
-    pub mark_compacted: bool,
+    pub(crate) mark_compacted: bool,
 }
 
 impl RestorationArgs {
     /// The initializer's configuration: the store is optional (no provider and no container:
     /// validation only).
-    pub fn init_config(
+    pub(crate) fn init_config(
         &self,
         store: Option<StoreConfig>,
         store_args: &SnapstoreArgs,
@@ -701,7 +701,7 @@ impl RestorationArgs {
     }
 
     /// The restore's configuration, validated.
-    pub fn restore_config(&self, store: StoreConfig) -> Result<RestoreConfig> {
+    pub(crate) fn restore_config(&self, store: StoreConfig) -> Result<RestoreConfig> {
         // accepted for compatibility, not used: the temporary etcd never compacts
         if !matches!(self.auto_compaction_mode.as_str(), "periodic" | "revision") {
             return Err(Error::config(
@@ -759,32 +759,32 @@ impl RestorationArgs {
 /// etcdbrctl's Kubernetes lease renewal (Health group): accepted so that existing StatefulSets
 /// keep starting; renewal itself is not available in this build (a warning says so).
 #[derive(Debug, Args, Clone)]
-pub struct K8sLeaseArgs {
+pub(crate) struct K8sLeaseArgs {
     /// renew the full/delta snapshot leases (not available in etcdbr; ignored with a warning)
     #[arg(long = "enable-snapshot-lease-renewal", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_SNAPSHOT_LEASE_RENEWAL")]
-    pub snapshot_lease_renewal: bool,
+    pub(crate) snapshot_lease_renewal: bool,
     /// renew the member lease (not available in etcdbr; ignored with a warning)
     #[arg(long = "enable-member-lease-renewal", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_MEMBER_LEASE_RENEWAL")]
-    pub member_lease_renewal: bool,
+    pub(crate) member_lease_renewal: bool,
     /// heartbeat period of the member lease
     #[arg(long = "k8s-heartbeat-duration", default_value = "30s", value_parser = duration, env = "ETCDBR_K8S_HEARTBEAT_DURATION")]
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// name of the full snapshot lease
     #[arg(
         long = "full-snapshot-lease-name",
         default_value = "full-snapshot-revisions",
         env = "ETCDBR_FULL_SNAPSHOT_LEASE_NAME"
     )]
-    pub full_lease: String,
+    pub(crate) full_lease: String,
     /// name of the delta snapshot lease
     #[arg(
         long = "delta-snapshot-lease-name",
         default_value = "delta-snapshot-revisions",
         env = "ETCDBR_DELTA_SNAPSHOT_LEASE_NAME"
     )]
-    pub delta_lease: String,
+    pub(crate) delta_lease: String,
 }
 
 #[cfg(test)]

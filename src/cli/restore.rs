@@ -7,15 +7,15 @@ use clap::Args;
 
 /// Restore an etcd data directory from the store.
 #[derive(Debug, Args)]
-pub struct RestoreCmd {
+pub(crate) struct RestoreCmd {
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub restoration: RestorationArgs,
+    pub(crate) restoration: RestorationArgs,
 }
 
 impl RestoreCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let cfg = self.restoration.restore_config((&self.store).try_into()?)?;
         let report = crate::restore::restore(&cfg).await?;
         let replay = report.replay_elapsed.as_secs_f64();

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 /// Run the sidecar.
 #[derive(Debug, Args)]
-pub struct ServerCmd {
+pub(crate) struct ServerCmd {
     #[command(flatten)]
-    pub job: JobArgs,
+    pub(crate) job: JobArgs,
     /// port on which the HTTP server listens
     #[arg(
         short = 'p',
@@ -27,7 +27,7 @@ pub struct ServerCmd {
         default_value_t = 8080,
         env = "ETCDBR_SERVER_PORT"
     )]
-    pub server_port: u16,
+    pub(crate) server_port: u16,
     /// etcdbr: minimum time between two on-demand full snapshots (`/snapshot/full`); a request
     /// sooner gets 429 with Retry-After. Concurrent requests always share one snapshot. 0: no
     /// minimum (etcdbrctl's)
@@ -37,7 +37,7 @@ pub struct ServerCmd {
         value_parser = duration,
         env = "ETCDBR_ON_DEMAND_FULL_MIN_INTERVAL"
     )]
-    pub on_demand_full_min_interval: std::time::Duration,
+    pub(crate) on_demand_full_min_interval: std::time::Duration,
     /// address on which the HTTP server listens (etcdbr; empty: all interfaces)
     #[arg(
         long = "server-host",
@@ -45,11 +45,11 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_HOST",
         hide_default_value = true
     )]
-    pub server_host: String,
+    pub(crate) server_host: String,
     /// enable /debug/pprof (not available in etcdbr; accepted for compatibility)
     #[arg(long = "enable-profiling", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_ENABLE_PROFILING")]
-    pub enable_profiling: bool,
+    pub(crate) enable_profiling: bool,
     /// TLS certificate of the HTTP server
     #[arg(
         long = "server-cert",
@@ -57,7 +57,7 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_CERT",
         hide_default_value = true
     )]
-    pub server_cert: String,
+    pub(crate) server_cert: String,
     /// TLS key of the HTTP server
     #[arg(
         long = "server-key",
@@ -65,7 +65,7 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_KEY",
         hide_default_value = true
     )]
-    pub server_key: String,
+    pub(crate) server_key: String,
     /// etcdbr: HTTPS requests may authenticate with a client certificate signed by this CA
     /// (PEM); re-read when it changes. With --server-token-file, either credential is enough
     #[arg(
@@ -74,7 +74,7 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_CLIENT_CA",
         hide_default_value = true
     )]
-    pub server_client_ca: String,
+    pub(crate) server_client_ca: String,
     /// etcdbr: requests must carry `Authorization: Bearer <token>`, a token being any
     /// non-empty line of this file; re-read when it changes (rotation without restart)
     #[arg(
@@ -83,7 +83,7 @@ pub struct ServerCmd {
         env = "ETCDBR_SERVER_TOKEN_FILE",
         hide_default_value = true
     )]
-    pub server_token_file: String,
+    pub(crate) server_token_file: String,
     /// etcdbr: comma-separated paths served without credentials when --server-token-file or
     /// --server-client-ca is set (empty: none)
     #[arg(
@@ -91,34 +91,34 @@ pub struct ServerCmd {
         default_value = crate::server::auth::DEFAULT_OPEN_PATHS,
         env = "ETCDBR_SERVER_OPEN_PATHS"
     )]
-    pub server_open_paths: String,
+    pub(crate) server_open_paths: String,
     /// period after which this sidecar checks again whether its etcd member leads
     #[arg(long = "reelection-period", default_value = "5s", value_parser = duration, env = "ETCDBR_REELECTION_PERIOD")]
-    pub reelection_period: Duration,
+    pub(crate) reelection_period: Duration,
     /// timeout of the leadership check against etcd
     #[arg(long = "etcd-connection-timeout-leader-election", default_value = "5s", value_parser = duration,
           env = "ETCDBR_ETCD_CONNECTION_TIMEOUT_LEADER_ELECTION")]
-    pub leader_election_timeout: Duration,
+    pub(crate) leader_election_timeout: Duration,
     /// restart etcd through etcd-wrapper when its peer URL changed (not available in etcdbr)
     #[arg(long = "use-etcd-wrapper", default_value = "false", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_USE_ETCD_WRAPPER")]
-    pub use_etcd_wrapper: bool,
+    pub(crate) use_etcd_wrapper: bool,
     /// the etcd configuration file that /config rewrites for this member
     #[arg(
         long = "etcd-config",
         default_value = "/var/etcd/config/etcd.conf.yaml",
         env = "ETCD_CONF"
     )]
-    pub etcd_config: PathBuf,
+    pub(crate) etcd_config: PathBuf,
     /// What /initialization/start restores with (etcdbrctl's Restoration group).
     #[command(flatten)]
-    pub restoration: RestorationArgs,
+    pub(crate) restoration: RestorationArgs,
     #[command(flatten)]
-    pub k8s: K8sLeaseArgs,
+    pub(crate) k8s: K8sLeaseArgs,
 }
 
 impl ServerCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         let cfg = self.server_config()?;
         crate::server::run(cfg, shutdown_signal(), Arc::new(PrintKeys)).await
     }

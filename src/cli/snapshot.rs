@@ -10,15 +10,15 @@ use clap::{Args, Subcommand};
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
-pub struct SnapshotCmd {
+pub(crate) struct SnapshotCmd {
     #[command(subcommand)]
-    pub action: Option<SnapshotAction>,
+    pub(crate) action: Option<SnapshotAction>,
     #[command(flatten)]
-    pub job: JobArgs,
+    pub(crate) job: JobArgs,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotAction {
+pub(crate) enum SnapshotAction {
     /// Take one full snapshot into the store, print the object's name and exit.
     Save(Box<SaveCmd>),
     /// Hash, revision, total keys and size of a snapshot, as `etcdctl snapshot status` prints
@@ -35,20 +35,20 @@ pub enum SnapshotAction {
 }
 
 #[derive(Debug, Args)]
-pub struct SaveCmd {
+pub(crate) struct SaveCmd {
     #[command(flatten)]
-    pub etcd: EtcdConnectionArgs,
+    pub(crate) etcd: EtcdConnectionArgs,
     #[command(flatten)]
-    pub store: SnapstoreArgs,
+    pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
-    pub compression: CompressionArgs,
+    pub(crate) compression: CompressionArgs,
     /// Mark the snapshot as final (name ends in .final), e.g. before deleting a cluster.
     #[arg(long = "final", default_value_t = false, env = "ETCDBR_FINAL")]
-    pub is_final: bool,
+    pub(crate) is_final: bool,
 }
 
 impl SnapshotCmd {
-    pub async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self) -> Result<()> {
         match self.action {
             Some(SnapshotAction::Save(c)) => c.run().await,
             Some(SnapshotAction::Status(c)) => c.run().await,

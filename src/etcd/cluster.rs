@@ -14,17 +14,17 @@ use std::time::Duration;
 
 /// A member as the cluster lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: u64,
+pub(crate) struct Member {
+    pub(crate) id: u64,
     /// Empty until the member has started once.
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub is_learner: bool,
+    pub(crate) name: String,
+    pub(crate) peer_urls: Vec<String>,
+    pub(crate) is_learner: bool,
 }
 
 /// What the other members say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// No member answered.
     Unreachable,
     /// Members answered but none has a leader. `bootstrapping`: every one of them is a new
@@ -42,7 +42,7 @@ pub enum View {
 }
 
 impl View {
-    pub fn members(&self) -> Option<&[Member]> {
+    pub(crate) fn members(&self) -> Option<&[Member]> {
         match self {
             View::Quorum { members, .. } => Some(members),
             _ => None,
@@ -50,14 +50,14 @@ impl View {
     }
 
     /// The member with this name or one of these peer URLs.
-    pub fn find(&self, name: &str, peer_urls: &[String]) -> Option<&Member> {
+    pub(crate) fn find(&self, name: &str, peer_urls: &[String]) -> Option<&Member> {
         self.members()?.iter().find(|m| {
             (!m.name.is_empty() && m.name == name)
                 || m.peer_urls.iter().any(|u| peer_urls.contains(u))
         })
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             View::Unreachable => "no other member answers".into(),
             View::NoQuorum {
@@ -86,7 +86,7 @@ impl View {
 /// Asks each endpoint once (bounded by the connection timeout, at most 3 s per call).
 /// `initial_members`: the size of the configured initial cluster (a bootstrapping member's raft
 /// index does not exceed it).
-pub async fn observe(cfg: &EtcdConfig, initial_members: usize) -> View {
+pub(crate) async fn observe(cfg: &EtcdConfig, initial_members: usize) -> View {
     let t = cfg.connection_timeout.min(Duration::from_secs(3));
     let mut c = cfg.clone();
     c.connection_timeout = t;
@@ -146,7 +146,11 @@ pub async fn observe(cfg: &EtcdConfig, initial_members: usize) -> View {
 }
 
 /// Observes up to `tries` times, 1 s apart, until a member with a leader answers.
-pub async fn observe_until_quorum(cfg: &EtcdConfig, initial_members: usize, tries: usize) -> View {
+pub(crate) async fn observe_until_quorum(
+    cfg: &EtcdConfig,
+    initial_members: usize,
+    tries: usize,
+) -> View {
     let mut view = View::Unreachable;
     for i in 0..tries.max(1) {
         if i > 0 {

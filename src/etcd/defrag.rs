@@ -69,7 +69,7 @@ async fn defragment_member(cfg: &EtcdConfig, url: &str) -> Result<()> {
 }
 
 /// Defragments every member, followers first, the leader last; stops at the first failure.
-pub async fn defragment_cluster(cfg: &EtcdConfig) -> Result<Vec<String>> {
+pub(crate) async fn defragment_cluster(cfg: &EtcdConfig) -> Result<Vec<String>> {
     let order = plan(cfg).await?;
     tracing::info!(?order, "defragmentation: starting");
     for url in &order {
@@ -79,7 +79,7 @@ pub async fn defragment_cluster(cfg: &EtcdConfig) -> Result<Vec<String>> {
 }
 
 /// Runs defragmentation on `schedule` until shutdown, when `allowed()` (the leader's sidecar).
-pub async fn run_scheduled(
+pub(crate) async fn run_scheduled(
     cfg: EtcdConfig,
     schedule: Schedule,
     allowed: impl Fn() -> bool,

@@ -15,22 +15,22 @@ use std::time::Duration;
 
 /// This member's view of the cluster, from one Status call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Role {
-    pub member_id: u64,
-    pub leader_id: u64,
-    pub raft_term: u64,
-    pub revision: i64,
-    pub is_learner: bool,
+pub(crate) struct Role {
+    pub(crate) member_id: u64,
+    pub(crate) leader_id: u64,
+    pub(crate) raft_term: u64,
+    pub(crate) revision: i64,
+    pub(crate) is_learner: bool,
 }
 
 impl Role {
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader_id != 0 && self.leader_id == self.member_id
     }
 }
 
 /// Reads the role of the member at `endpoint`; a cluster without leader is an error.
-pub async fn probe(client: &mut Client, endpoint: &str, timeout: Duration) -> Result<Role> {
+pub(crate) async fn probe(client: &mut Client, endpoint: &str, timeout: Duration) -> Result<Role> {
     let s = etcd::call(endpoint, "status", timeout, client.status()).await?;
     let header = s
         .header()
@@ -51,7 +51,7 @@ pub async fn probe(client: &mut Client, endpoint: &str, timeout: Duration) -> Re
 
 /// Whether writes must be fenced by leadership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence {
+pub(crate) enum Fence {
     /// The `snapshot` command: one sidecar by construction, no leader election.
     None,
     /// The `server` command: write only while this member is the leader.
@@ -60,7 +60,7 @@ pub enum Fence {
 
 impl Fence {
     /// Fails with [`Error::Fenced`] unless this sidecar may write now.
-    pub async fn check(self, client: &mut Client, endpoint: &str, what: &str) -> Result<()> {
+    pub(crate) async fn check(self, client: &mut Client, endpoint: &str, what: &str) -> Result<()> {
         if self == Fence::None {
             return Ok(());
         }

@@ -10,21 +10,21 @@ use std::future::Future;
 use std::time::Duration;
 
 #[derive(Clone)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    pub username: String,
-    pub password: String,
-    pub connection_timeout: Duration,
-    pub snapshot_timeout: Duration,
-    pub defrag_timeout: Duration,
-    pub insecure_transport: bool,
-    pub insecure_skip_tls_verify: bool,
-    pub cert: String,
-    pub key: String,
-    pub cacert: String,
+pub(crate) struct EtcdConfig {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) username: String,
+    pub(crate) password: String,
+    pub(crate) connection_timeout: Duration,
+    pub(crate) snapshot_timeout: Duration,
+    pub(crate) defrag_timeout: Duration,
+    pub(crate) insecure_transport: bool,
+    pub(crate) insecure_skip_tls_verify: bool,
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    pub(crate) cacert: String,
     /// The cluster's client endpoints for member operations (`--service-endpoints`); empty:
     /// taken from the etcd configuration's `advertise-client-urls`, else `endpoints`.
-    pub service_endpoints: Vec<String>,
+    pub(crate) service_endpoints: Vec<String>,
 }
 
 /// The password is never printed.
@@ -53,7 +53,7 @@ impl std::fmt::Debug for EtcdConfig {
 impl EtcdConfig {
     /// One plain-HTTP endpoint without credentials (a temporary etcd on loopback), every
     /// timeout `timeout`.
-    pub fn plain(endpoint: String, timeout: Duration) -> EtcdConfig {
+    pub(crate) fn plain(endpoint: String, timeout: Duration) -> EtcdConfig {
         EtcdConfig {
             endpoints: vec![endpoint],
             username: String::new(),
@@ -72,7 +72,7 @@ impl EtcdConfig {
 
     /// Checks the values no connection can work with; called once, where the configuration
     /// is built from the command line.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(Error::config(
                 "--endpoints must name at least one etcd endpoint",
@@ -103,7 +103,7 @@ impl EtcdConfig {
 
     /// The endpoint used for snapshots and status: etcd serves a snapshot from one member, and
     /// the revision read before it must come from the same member.
-    pub fn primary(&self) -> &str {
+    pub(crate) fn primary(&self) -> &str {
         self.endpoints
             .first()
             .map(String::as_str)
@@ -117,7 +117,7 @@ fn read_file(path: &str, what: &str) -> Result<Vec<u8>> {
 
 /// A client for member operations: the first of `endpoints` that answers a member list, with
 /// that list.
-pub async fn connect_cluster(
+pub(crate) async fn connect_cluster(
     cfg: &EtcdConfig,
     endpoints: &[String],
 ) -> Result<(Client, String, etcd_client::MemberListResponse)> {
@@ -139,7 +139,7 @@ pub async fn connect_cluster(
 }
 
 /// A client bound to one endpoint (see [`EtcdConfig::primary`]).
-pub async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
+pub(crate) async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.connection_timeout)
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
@@ -185,7 +185,7 @@ pub async fn connect_one(cfg: &EtcdConfig, endpoint: &str) -> Result<Client> {
 }
 
 /// Runs an etcd call with a timeout; the error names the endpoint and the call.
-pub async fn call<T, F>(endpoint: &str, what: &str, timeout: Duration, fut: F) -> Result<T>
+pub(crate) async fn call<T, F>(endpoint: &str, what: &str, timeout: Duration, fut: F) -> Result<T>
 where
     F: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
@@ -193,7 +193,7 @@ where
 }
 
 /// Like [`call`], with a deadline shared by several calls (e.g. a whole snapshot stream).
-pub async fn call_until<T, F>(
+pub(crate) async fn call_until<T, F>(
     endpoint: &str,
     what: &str,
     deadline: tokio::time::Instant,

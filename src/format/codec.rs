@@ -6,12 +6,18 @@ use crate::format::lzw::{LzwReader, LzwWriter};
 use std::io::{self, BufRead, Read, Write};
 use std::str::FromStr;
 
+/// A compression policy of stored snapshots, as etcdbrctl names it; the object name's suffix says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
+    /// Stored as it is (no suffix).
     None,
+    /// gzip (`.gz`).
     Gzip,
+    /// zlib (`.zlib`).
     Zlib,
+    /// Go's `compress/lzw`, LSB order, 8-bit literals (`.Z`).
     Lzw,
+    /// zstd (`.zst`, etcdbr only).
     Zstd,
 }
 
@@ -21,7 +27,7 @@ const DEFLATE_LEVEL: u32 = 6;
 const ZSTD_LEVEL: i32 = 1;
 
 impl Codec {
-    pub fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Codec::None => "",
             Codec::Gzip => ".gz",
@@ -31,6 +37,7 @@ impl Codec {
         }
     }
 
+    /// The codec of an object name's compression suffix ("" for none).
     pub fn from_suffix(suffix: &str) -> Result<Codec, String> {
         Ok(match suffix {
             "" => Codec::None,
@@ -43,12 +50,12 @@ impl Codec {
     }
 
     /// The codec for `--compress-snapshots` and `--compression-policy`.
-    pub fn from_flags(enabled: bool, policy: &str) -> Result<Codec, String> {
+    pub(crate) fn from_flags(enabled: bool, policy: &str) -> Result<Codec, String> {
         let c: Codec = policy.parse()?;
         Ok(if enabled { c } else { Codec::None })
     }
 
-    pub fn policy_name(self) -> &'static str {
+    pub(crate) fn policy_name(self) -> &'static str {
         match self {
             Codec::None => "none",
             Codec::Gzip => "gzip",
@@ -59,7 +66,7 @@ impl Codec {
     }
 
     /// A single-stream encoder at the default levels (deltas: small objects).
-    pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
+    pub(crate) fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
         let level = DEFLATE_LEVEL;
         Ok(match self {
             Codec::None => Encoder::None(w),
@@ -100,9 +107,9 @@ impl Codec {
 /// of threads deflating blocks (module `pdeflate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
-    pub codec: Codec,
-    pub level: u32,
-    pub threads: usize,
+    pub(crate) codec: Codec,
+    pub(crate) level: u32,
+    pub(crate) threads: usize,
 }
 
 impl Compression {
@@ -122,14 +129,15 @@ impl Compression {
         }
     }
 
-    pub fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         self.codec.suffix()
     }
 
-    pub fn policy_name(self) -> &'static str {
+    pub(crate) fn policy_name(self) -> &'static str {
         self.codec.policy_name()
     }
 
+    /// A writer compressing into `w` (level and threads as configured).
     pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
         use crate::format::pdeflate::{Container, ParallelDeflate};
         let container = match self.codec {
@@ -173,16 +181,22 @@ impl FromStr for Codec {
 
 /// A compressing writer; `finish` writes the codec's trailer and returns the inner writer.
 pub enum Encoder<W: Write> {
+    /// No compression.
     None(W),
+    /// gzip on one thread.
     Gzip(flate2::write::GzEncoder<W>),
+    /// zlib on one thread.
     Zlib(flate2::write::ZlibEncoder<W>),
+    /// lzw.
     Lzw(LzwWriter<W>),
+    /// zstd.
     Zstd(zstd::stream::write::Encoder<'static, W>),
     /// gzip or zlib on several threads.
     Parallel(crate::format::pdeflate::ParallelDeflate<W>),
 }
 
 impl<W: Write> Encoder<W> {
+    /// Ends the stream (trailers included) and returns the inner writer.
     pub fn finish(self) -> io::Result<W> {
         match self {
             Encoder::None(w) => Ok(w),

@@ -16,21 +16,31 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
+/// What an event did to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
+    /// The key was written.
     Put,
+    /// The key was deleted.
     Delete,
 }
 
 /// One etcd event as recorded in a delta.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// Put or delete.
     pub kind: EventType,
+    /// The key.
     pub key: Vec<u8>,
+    /// The revision the key was created at.
     pub create_revision: i64,
+    /// The revision of this event.
     pub mod_revision: i64,
+    /// The key's version after the event (0 after a delete).
     pub version: i64,
+    /// The value (empty for a delete).
     pub value: Vec<u8>,
+    /// The lease the key is attached to (0: none).
     pub lease: i64,
     /// When the watch delivered the event.
     pub time: DateTime<Utc>,
@@ -66,7 +76,7 @@ fn go_time(t: &DateTime<Utc>) -> String {
 
 impl Event {
     /// The JSON of one array element, exactly as etcdbrctl writes it.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut out = String::with_capacity(64 + (self.key.len() + self.value.len()) * 4 / 3);
         out.push_str("{\"etcdEvent\":{");
         let mut first = true;
@@ -106,6 +116,7 @@ pub struct DeltaBuilder {
 }
 
 impl DeltaBuilder {
+    /// Adds one event.
     pub fn push(&mut self, ev: &Event) {
         self.json.push(if self.events == 0 { '[' } else { ',' });
         self.json.push_str(&ev.to_json());
@@ -117,20 +128,20 @@ impl DeltaBuilder {
     }
 
     /// Bytes buffered so far (what `--delta-snapshot-memory-limit` compares against).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.json.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.events == 0
     }
 
-    pub fn events(&self) -> usize {
+    pub(crate) fn events(&self) -> usize {
         self.events
     }
 
     /// Revisions of the first and last buffered events.
-    pub fn revisions(&self) -> (i64, i64) {
+    pub(crate) fn revisions(&self) -> (i64, i64) {
         (self.first_revision, self.last_revision)
     }
 
@@ -182,11 +193,11 @@ struct RawElement {
 /// Bounds on a delta read as a stream (a corrupt or hostile object is an error that names it,
 /// never an unbounded allocation).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Decompressed bytes of one delta (`--max-delta-bytes`).
-    pub delta_bytes: u64,
+    pub(crate) delta_bytes: u64,
     /// JSON bytes of one event (etcd's requests are at most a few MiB; base64 adds a third).
-    pub event_bytes: u64,
+    pub(crate) event_bytes: u64,
 }
 
 impl Default for Limits {
@@ -249,7 +260,7 @@ impl<R: std::io::Read> std::io::Read for HoldBack<R> {
 /// calling `on_event` for each as soon as it is parsed: memory holds one event, whatever the
 /// delta's size. The trailer is checked at the end, so a caller must not make what it did with
 /// the events visible before this returns `Ok`. `object` names the delta in errors.
-pub fn stream<R: std::io::Read>(
+pub(crate) fn stream<R: std::io::Read>(
     r: R,
     object: &str,
     limits: Limits,

@@ -11,19 +11,22 @@ use std::cmp::Ordering;
 use std::fmt;
 
 /// Directory of the layout we write.
-pub const VERSION_V2: &str = "v2";
+pub(crate) const VERSION_V2: &str = "v2";
 /// Legacy layout, read (restore, GC, copy) but never written.
-pub const VERSION_V1: &str = "v1";
-pub const FINAL_SUFFIX: &str = ".final";
+pub(crate) const VERSION_V1: &str = "v1";
+pub(crate) const FINAL_SUFFIX: &str = ".final";
 
+/// Full or delta (etcdbrctl's `Incr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Kind {
+    /// A full snapshot: the whole db.
     Full,
+    /// A delta snapshot: watch events after the previous snapshot.
     Incr,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Full => "Full",
             Kind::Incr => "Incr",
@@ -38,19 +41,22 @@ impl fmt::Display for Kind {
 }
 
 /// Compression suffixes that can appear in a name; the codec for each is in [`crate::format::codec`].
-pub const KNOWN_SUFFIXES: &[&str] = &["", ".gz", ".zlib", ".Z", ".zst"];
+pub(crate) const KNOWN_SUFFIXES: &[&str] = &["", ".gz", ".zlib", ".Z", ".zst"];
 
 /// One snapshot object, with the fields (and JSON keys) of etcdbrctl's `brtypes.Snapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
+    /// When the snapshot was taken (the name's Unix time).
     #[serde(serialize_with = "ser_go_time")]
     pub created_on: DateTime<Utc>,
     /// Kept misspelt: it is the key etcdbrctl's clients read.
     #[serde(rename = "immutabilityExpriyTime", serialize_with = "ser_go_time")]
     pub immutability_expiry_time: DateTime<Utc>,
+    /// The store's version id of the object, when it keeps versions.
     #[serde(rename = "versionID")]
     pub version_id: Option<String>,
+    /// Full or delta.
     pub kind: Kind,
     /// `Backup-<unix>` for v1 objects, empty for v2.
     pub snap_dir: String,
@@ -59,10 +65,15 @@ pub struct Snapshot {
     /// Key prefix up to and including the version dir (`main-etcd/v2/`); empty for a snapshot
     /// that has not been listed from a store.
     pub prefix: String,
+    /// `.gz`, `.zlib`, `.Z`, `.zst` or "" (none).
     pub compression_suffix: String,
+    /// The first revision it holds (0 for a full).
     pub start_revision: i64,
+    /// The last revision it holds.
     pub last_revision: i64,
+    /// A chunk of an etcdbrctl multipart upload (not a snapshot by itself).
     pub is_chunk: bool,
+    /// Marked final (`.final`): the last snapshot before the cluster was deleted.
     pub is_final: bool,
 }
 
@@ -71,7 +82,7 @@ fn ser_go_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S
 }
 
 /// Go's `time.RFC3339Nano` rendering: fraction digits with trailing zeros trimmed.
-pub fn go_rfc3339_nano(t: &DateTime<Utc>) -> String {
+pub(crate) fn go_rfc3339_nano(t: &DateTime<Utc>) -> String {
     let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();
     let ns = t.timestamp_subsec_nanos();
     if ns == 0 {
@@ -83,7 +94,7 @@ pub fn go_rfc3339_nano(t: &DateTime<Utc>) -> String {
 }
 
 /// Go's zero `time.Time`, which etcdbrctl reports when no immutability is set.
-pub fn go_zero_time() -> DateTime<Utc> {
+pub(crate) fn go_zero_time() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0)
         .single()
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
@@ -108,7 +119,7 @@ impl Snapshot {
         )
     }
 
-    pub fn new_at(
+    pub(crate) fn new_at(
         kind: Kind,
         start_revision: i64,
         last_revision: i64,
@@ -135,7 +146,7 @@ impl Snapshot {
     }
 
     /// `<Kind>-<%08d start>-<%08d last>-<unix><suffix>[.final]`; `%08d` is a minimum width.
-    pub fn generate_name(&self) -> String {
+    pub(crate) fn generate_name(&self) -> String {
         format!(
             "{}-{:08}-{:08}-{}{}{}",
             self.kind,
@@ -211,7 +222,7 @@ impl Snapshot {
     }
 
     /// The name without a `.final` marker (what the copier writes and compares).
-    pub fn name_without_final(&self) -> &str {
+    pub(crate) fn name_without_final(&self) -> &str {
         self.snap_name
             .strip_suffix(FINAL_SUFFIX)
             .unwrap_or(&self.snap_name)
@@ -219,7 +230,7 @@ impl Snapshot {
 }
 
 /// `<prefix>/<version>/`, or `<version>/` for an empty prefix.
-pub fn version_dir(store_prefix: &str, version: &str) -> String {
+pub(crate) fn version_dir(store_prefix: &str, version: &str) -> String {
     let p = store_prefix.trim_matches('/');
     if p.is_empty() {
         format!("{version}/")
@@ -229,7 +240,7 @@ pub fn version_dir(store_prefix: &str, version: &str) -> String {
 }
 
 /// Parses a bare snapshot name (no directories).
-pub fn parse_name(name: &str) -> Result<Snapshot, String> {
+pub(crate) fn parse_name(name: &str) -> Result<Snapshot, String> {
     let tokens: Vec<&str> = name.split('-').collect();
     if tokens.len() != 4 {
         return Err(format!(
@@ -289,13 +300,14 @@ fn parse_rev(s: &str) -> Option<i64> {
 
 /// etcdbrctl's `SnapList` order: last revision ascending; on ties non-chunks before chunks, then
 /// creation time ascending.
-pub fn compare(a: &Snapshot, b: &Snapshot) -> Ordering {
+pub(crate) fn compare(a: &Snapshot, b: &Snapshot) -> Ordering {
     a.last_revision
         .cmp(&b.last_revision)
         .then_with(|| a.is_chunk.cmp(&b.is_chunk))
         .then_with(|| a.created_on.cmp(&b.created_on))
 }
 
+/// Sorts snapshots in etcdbrctl's order ([`compare`]).
 pub fn sort(list: &mut [Snapshot]) {
     list.sort_by(compare);
 }
@@ -303,13 +315,13 @@ pub fn sort(list: &mut [Snapshot]) {
 /// The base full snapshot and the deltas after it, as a restore uses them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotSet {
-    pub full: Option<Snapshot>,
-    pub deltas: Vec<Snapshot>,
+    pub(crate) full: Option<Snapshot>,
+    pub(crate) deltas: Vec<Snapshot>,
 }
 
 impl SnapshotSet {
     /// Revision the set restores to: the last delta's, else the full's, else 0.
-    pub fn last_revision(&self) -> i64 {
+    pub(crate) fn last_revision(&self) -> i64 {
         self.deltas
             .last()
             .or(self.full.as_ref())
@@ -320,7 +332,7 @@ impl SnapshotSet {
 
 /// The latest set of a sorted list: the highest-revision full and every delta after it, in
 /// revision order; without any full, no base and every delta (as etcdbrctl does).
-pub fn latest_set(sorted: &[Snapshot]) -> SnapshotSet {
+pub(crate) fn latest_set(sorted: &[Snapshot]) -> SnapshotSet {
     let mut deltas = Vec::new();
     let mut full = None;
     for s in sorted.iter().rev() {

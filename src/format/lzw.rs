@@ -8,6 +8,7 @@ use weezl::{BitOrder, LzwStatus};
 const LIT_WIDTH: u8 = 8;
 const OUT_BUF: usize = 64 * 1024;
 
+/// A writer compressing as Go's `compress/lzw` (LSB, 8-bit literals) does.
 pub struct LzwWriter<W: Write> {
     enc: weezl::encode::Encoder,
     inner: W,
@@ -15,7 +16,7 @@ pub struct LzwWriter<W: Write> {
 }
 
 impl<W: Write> LzwWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub(crate) fn new(inner: W) -> Self {
         LzwWriter {
             enc: weezl::encode::Encoder::new(BitOrder::Lsb, LIT_WIDTH),
             inner,
@@ -23,12 +24,8 @@ impl<W: Write> LzwWriter<W> {
         }
     }
 
-    pub fn inner_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// Writes the end code and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.enc.finish();
         for _ in 0..1024 {
             let r = self.enc.encode_bytes(&[], &mut self.buf);
@@ -65,14 +62,14 @@ impl<W: Write> Write for LzwWriter<W> {
     }
 }
 
-pub struct LzwReader<R: BufRead> {
+pub(crate) struct LzwReader<R: BufRead> {
     dec: weezl::decode::Decoder,
     inner: R,
     done: bool,
 }
 
 impl<R: BufRead> LzwReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         LzwReader {
             dec: weezl::decode::Decoder::new(BitOrder::Lsb, LIT_WIDTH),
             inner,

@@ -28,12 +28,12 @@ use zlib_rs::{Deflate, DeflateFlush, Status};
 
 /// Input bytes per block: large enough that the per-block flush costs nothing measurable in
 /// size, small enough that two per thread stay a few MiB.
-pub const BLOCK: usize = 1 << 20;
+pub(crate) const BLOCK: usize = 1 << 20;
 /// deflate's window: the dictionary carried from one block to the next.
 const WINDOW: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Container {
+pub(crate) enum Container {
     Gzip,
     Zlib,
 }
@@ -212,7 +212,12 @@ fn compress_block(d: &mut Deflate, job: Job) -> io::Result<Done> {
 
 impl<W: Write> ParallelDeflate<W> {
     /// `level` 0-9 (zlib's); `threads` at least 1.
-    pub fn new(mut inner: W, container: Container, level: u32, threads: usize) -> io::Result<Self> {
+    pub(crate) fn new(
+        mut inner: W,
+        container: Container,
+        level: u32,
+        threads: usize,
+    ) -> io::Result<Self> {
         let threads = threads.max(1);
         let level = level.min(9) as i32;
         // raw deflate: the container's headers and trailers are written around it
@@ -276,7 +281,7 @@ impl<W: Write> ParallelDeflate<W> {
     }
 
     /// Compresses what is buffered, writes the trailer, and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.dispatch(true)?;
         while !self.pending.is_empty() {
             self.collect_one()?;
@@ -316,7 +321,7 @@ type Inflated = Receiver<io::Result<Vec<u8>>>;
 /// gives their length) on several threads, in order; from the first member without that field
 /// on (any other gzip writer's), one multi-member stream on the calling thread. Each member's
 /// CRC-32 and size are checked; a cut inside a member is an error.
-pub struct ParallelGzipReader<R: io::BufRead> {
+pub(crate) struct ParallelGzipReader<R: io::BufRead> {
     src: Option<R>,
     threads: usize,
     /// Started at the first member that can be inflated apart.
@@ -339,7 +344,7 @@ fn inflate_member(_: &mut (), member: Vec<u8>) -> io::Result<Vec<u8>> {
 }
 
 impl<R: io::BufRead> ParallelGzipReader<R> {
-    pub fn new(src: R, threads: usize) -> Self {
+    pub(crate) fn new(src: R, threads: usize) -> Self {
         ParallelGzipReader {
             src: Some(src),
             threads: threads.max(1),

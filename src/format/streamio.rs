@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::io::Read;
 
 /// A blocking `Read` over chunks arriving on a channel.
-pub struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
     cur: Bytes,
 }
@@ -28,7 +28,7 @@ impl Read for ChannelReader {
 }
 
 impl ChannelReader {
-    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> ChannelReader {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> ChannelReader {
         ChannelReader {
             rx,
             cur: Bytes::new(),

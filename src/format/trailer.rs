@@ -7,11 +7,11 @@ use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
-pub const TRAILER: usize = 32;
+pub(crate) const TRAILER: usize = 32;
 
 /// SHA-256 over everything but the last 32 bytes seen so far, which are held back as the
 /// candidate trailer.
-pub struct TrailerHasher {
+pub(crate) struct TrailerHasher {
     h: Sha256,
     tail: Vec<u8>,
     total: u64,
@@ -28,7 +28,7 @@ impl Default for TrailerHasher {
 }
 
 impl TrailerHasher {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if data.len() >= TRAILER {
             self.h.update(&self.tail);
@@ -47,19 +47,19 @@ impl TrailerHasher {
     }
 
     /// Total bytes seen.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total
     }
 
     /// The SHA-256 of everything but the last 32 bytes, and those last bytes (the candidate
     /// trailer).
-    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn finish(self) -> (Vec<u8>, Vec<u8>) {
         (self.h.finalize().to_vec(), self.tail)
     }
 
     /// Bytes of the db itself: all but the trailer when the length says there is one (etcd's
     /// rule, `% 512 == 32`, which `snapshot restore` also follows).
-    pub fn db_len(&self) -> u64 {
+    pub(crate) fn db_len(&self) -> u64 {
         if self.total % 512 == TRAILER as u64 {
             self.total - TRAILER as u64
         } else {
@@ -68,7 +68,7 @@ impl TrailerHasher {
     }
 
     /// Checks etcd's rules: length % 512 == 32 and the trailer equals the SHA-256 of the rest.
-    pub fn verify(self, object: &str) -> Result<()> {
+    pub(crate) fn verify(self, object: &str) -> Result<()> {
         if self.total % 512 != TRAILER as u64 {
             return Err(Error::integrity(
                 object,
@@ -92,7 +92,7 @@ impl TrailerHasher {
 
 /// Decompresses `r` (a snapshot object named `object`) into `file` (at `path`), hashing the
 /// decompressed bytes on the way; the caller decides what to do with the trailer.
-pub fn decompress_to_file(
+pub(crate) fn decompress_to_file(
     object: &str,
     codec: crate::format::codec::Codec,
     r: impl std::io::Read,
@@ -125,7 +125,7 @@ pub fn decompress_to_file(
     Ok(hasher)
 }
 
-pub fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

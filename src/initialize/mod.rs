@@ -24,23 +24,23 @@ use std::time::Instant;
 use validate::{Mode, Outcome, ValidateConfig};
 
 #[derive(Debug, Clone)]
-pub struct InitConfig {
-    pub restore: RestoreConfig,
-    pub mode: Mode,
+pub(crate) struct InitConfig {
+    pub(crate) restore: RestoreConfig,
+    pub(crate) mode: Mode,
     /// No store configured: validation only, nothing to restore from.
-    pub has_store: bool,
-    pub cluster_size: usize,
-    pub pod_namespace: Option<String>,
+    pub(crate) has_store: bool,
+    pub(crate) cluster_size: usize,
+    pub(crate) pod_namespace: Option<String>,
     /// To reach the other members of a multi-member cluster (endpoints resolved: the service
     /// endpoints or every member's client URLs).
-    pub cluster: Option<crate::etcd::EtcdConfig>,
+    pub(crate) cluster: Option<crate::etcd::EtcdConfig>,
     /// Condemned data directories kept aside (`--keep-invalid-data-dirs`).
-    pub keep_invalid_dirs: usize,
+    pub(crate) keep_invalid_dirs: usize,
 }
 
 /// What initialization did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// The data directory was valid and is left as it is.
     Kept,
     /// Fresh cluster: no data directory and nothing in the store.
@@ -55,7 +55,7 @@ pub enum Action {
     ReAddedAsLearner { old_id: Option<u64>, new_id: u64 },
 }
 
-pub async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
+pub(crate) async fn initialize(cfg: &InitConfig) -> Result<(Outcome, Action)> {
     let done = initialize_locked(cfg).await?;
     let request = restore_request(&cfg.restore.data_dir);
     if matches!(done.0, Outcome::RestoreRequested(_)) {
@@ -148,7 +148,7 @@ async fn initialize_locked(cfg: &InitConfig) -> Result<(Outcome, Action)> {
 /// `<data-dir>.etcdbr-restore-requested`: an operator's request (the bootstrap script's
 /// `restore-cluster`) that this member give up its data, valid or not, and be rebuilt: from the
 /// running cluster if there is one, else with the others from the store. Removed once done.
-pub fn restore_request(data_dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn restore_request(data_dir: &std::path::Path) -> std::path::PathBuf {
     datadir::sibling(data_dir, ".etcdbr-restore-requested")
 }
 
@@ -524,7 +524,7 @@ async fn join_as_learner(
 /// * a start is taken in any state but `Progress` (a bootstrap script that finds a
 ///   `Successful` it did not ask for starts a validation of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     New,
     Progress,
     Successful,
@@ -532,10 +532,10 @@ pub enum State {
 }
 
 /// How long a read `Successful` stays readable when etcd is not seen running.
-pub const SUCCESS_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const SUCCESS_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::New => "New",
             State::Progress => "Progress",
@@ -553,7 +553,7 @@ struct Machine {
 }
 
 /// Runs initializations for the HTTP API, one at a time.
-pub struct Initializer {
+pub(crate) struct Initializer {
     cfg: InitConfig,
     state: std::sync::Arc<std::sync::Mutex<Machine>>,
     /// What the last successful initialization did (`/config` needs to know whether this
@@ -562,7 +562,7 @@ pub struct Initializer {
 }
 
 impl Initializer {
-    pub fn new(cfg: InitConfig) -> Self {
+    pub(crate) fn new(cfg: InitConfig) -> Self {
         Initializer {
             cfg,
             state: std::sync::Arc::new(std::sync::Mutex::new(Machine {
@@ -573,7 +573,7 @@ impl Initializer {
         }
     }
 
-    pub fn last_action(&self) -> Option<Action> {
+    pub(crate) fn last_action(&self) -> Option<Action> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -581,12 +581,12 @@ impl Initializer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn in_progress(&self) -> bool {
+    pub(crate) fn in_progress(&self) -> bool {
         self.lock().state == State::Progress
     }
 
     /// Starts an initialization in `mode` unless one runs; returns whether it started.
-    pub fn start(&self, mode: Mode) -> bool {
+    pub(crate) fn start(&self, mode: Mode) -> bool {
         let mut st = self.lock();
         if st.state == State::Progress {
             return false;
@@ -617,7 +617,7 @@ impl Initializer {
     }
 
     /// The state, as the machine's rules above read it.
-    pub fn read_status(&self) -> State {
+    pub(crate) fn read_status(&self) -> State {
         let mut st = self.lock();
         match st.state {
             State::Failed => {
@@ -639,7 +639,7 @@ impl Initializer {
     }
 
     /// This member's etcd answers: a `Successful` that was read has been acted on.
-    pub fn etcd_running(&self) {
+    pub(crate) fn etcd_running(&self) {
         let mut st = self.lock();
         if st.state == State::Successful && st.read_at.is_some() {
             st.state = State::New;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Cheap checks, after a clean shutdown.
     Sanity,
     /// Also the whole bbolt structure, the WAL chain and the `.snap` files.
@@ -39,7 +39,7 @@ impl std::str::FromStr for Mode {
 
 /// The validator's verdict (etcdbrctl's names).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Valid,
     DataDirectoryNotExist,
     DataDirectoryInvStruct(String),
@@ -57,7 +57,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether the initializer must not act (an operator must look).
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self, Outcome::WrongVolumeMounted(_))
     }
 }
@@ -81,18 +81,18 @@ impl std::fmt::Display for Outcome {
 }
 
 #[derive(Debug, Clone)]
-pub struct ValidateConfig {
-    pub data_dir: PathBuf,
-    pub mode: Mode,
+pub(crate) struct ValidateConfig {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) mode: Mode,
     /// The backups; `None`: no revision check.
-    pub store: Option<StoreConfig>,
+    pub(crate) store: Option<StoreConfig>,
     /// Members in the etcd config's initial cluster: above 1, no revision check (the member
     /// catches up from the leader).
-    pub cluster_size: usize,
+    pub(crate) cluster_size: usize,
     /// `POD_NAMESPACE`: enables the `safe_guard` check of the volume.
-    pub pod_namespace: Option<String>,
+    pub(crate) pod_namespace: Option<String>,
     /// To let etcd replay committed WAL entries when the db is behind the store.
-    pub temp_etcd: Option<TempEtcdConfig>,
+    pub(crate) temp_etcd: Option<TempEtcdConfig>,
 }
 
 /// `<dirname(data-dir)>/safe_guard` holds the namespace the volume belongs to.
@@ -125,7 +125,7 @@ fn safe_guard(data_dir: &Path, ns: &str) -> Result<Option<Outcome>> {
 
 /// Validates the data directory. `lock`: the initializer's lock on the db (taken before: a db
 /// etcd holds is refused there), handed to a temporary etcd when one replays the WAL.
-pub async fn validate(cfg: &ValidateConfig, lock: &mut DbLock) -> Result<Outcome> {
+pub(crate) async fn validate(cfg: &ValidateConfig, lock: &mut DbLock) -> Result<Outcome> {
     let started = Instant::now();
     let outcome = validate_inner(cfg, lock).await?;
     tracing::info!(

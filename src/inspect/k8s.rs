@@ -2,22 +2,22 @@
 //! are JSON or protobuf in the `k8s\0` envelope (`runtime.Unknown`).
 
 /// The `k8s\0` prefix of protobuf-encoded objects.
-pub const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
+pub(crate) const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
 
 /// A `/registry/` key split into its parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryKey {
+pub(crate) struct RegistryKey {
     /// `group/resource` for resources of a named group whose group is in the key (CRDs,
     /// apiservices...), else the resource (`pods`, `deployments`).
-    pub resource: String,
+    pub(crate) resource: String,
     /// Empty for cluster-scoped objects.
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 /// Splits `/registry/[group/]resource/[namespace/]name`. A first segment with a dot is a group;
 /// after the resource, two segments mean namespace and name, one means a cluster-scoped name.
-pub fn parse_registry_key(key: &[u8]) -> Option<RegistryKey> {
+pub(crate) fn parse_registry_key(key: &[u8]) -> Option<RegistryKey> {
     let key = std::str::from_utf8(key).ok()?;
     let rest = key.strip_prefix("/registry/")?;
     let mut parts: Vec<&str> = rest.split('/').collect();
@@ -71,7 +71,7 @@ struct Unknown {
 
 /// How a stored value is encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     /// `k8s\0` + runtime.Unknown; `raw` is the object's protobuf message.
     Protobuf {
         api_version: String,
@@ -86,7 +86,7 @@ pub enum Encoding {
     Other,
 }
 
-pub fn decode_value(v: &[u8]) -> Encoding {
+pub(crate) fn decode_value(v: &[u8]) -> Encoding {
     if let Some(body) = v.strip_prefix(PROTOBUF_MAGIC) {
         if let Ok(u) = <Unknown as prost::Message>::decode(body) {
             let tm = u.type_meta.unwrap_or_default();

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 /// The sha256 trailer etcd appends to a snapshot it streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trailer {
+pub(crate) enum Trailer {
     /// The length is a whole number of 512-byte blocks: a db file, no trailer.
     Absent,
     Matches,
@@ -73,16 +73,16 @@ impl Trailer {
         }
     }
 
-    pub fn is_bad(&self) -> bool {
+    pub(crate) fn is_bad(&self) -> bool {
         matches!(self, Trailer::Mismatch { .. } | Trailer::Malformed(_))
     }
 }
 
 /// A snapshot opened for reading.
-pub struct Opened {
-    pub db: Db,
+pub(crate) struct Opened {
+    pub(crate) db: Db,
     /// What the user named (file path or stored key).
-    pub label: String,
+    pub(crate) label: String,
     trailer: Option<Trailer>,
     /// The trailer of a raw file, hashed on another thread while the pages are walked.
     pending: Option<std::thread::JoinHandle<Result<Trailer>>>,
@@ -92,7 +92,7 @@ pub struct Opened {
 
 impl Opened {
     /// The sha256 trailer's state (waits for the hashing thread of a raw file).
-    pub fn trailer(&mut self) -> Result<&Trailer> {
+    pub(crate) fn trailer(&mut self) -> Result<&Trailer> {
         if let Some(h) = self.pending.take() {
             let t = h
                 .join()
@@ -182,7 +182,7 @@ fn open_db(path: &Path, label: &str) -> Result<Db> {
 /// name, or key, in the store `store` describes.
 /// `check_hash`: hash a raw file against its trailer (a decompressed copy is hashed anyway, on
 /// the way).
-pub async fn open(
+pub(crate) async fn open(
     source: &str,
     store: Option<StoreConfig>,
     temp_dir: &Path,
@@ -290,7 +290,7 @@ fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> 
 
 /// `snapshot status` output in etcdctl's formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
     Fields,
@@ -298,7 +298,7 @@ pub enum Format {
 }
 
 /// go-humanize's `Bytes` (SI units: "20 kB", "1.1 GB").
-pub fn humanize_bytes(n: u64) -> String {
+pub(crate) fn humanize_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     if n < 10 {
         return format!("{n} B");
@@ -314,7 +314,7 @@ pub fn humanize_bytes(n: u64) -> String {
 }
 
 /// Renders a status exactly as etcdctl 3.4 / etcdutl 3.5 print it.
-pub fn render_status(st: &Status, format: Format) -> String {
+pub(crate) fn render_status(st: &Status, format: Format) -> String {
     match format {
         Format::Json => format!(
             "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}\n",
@@ -388,7 +388,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `ls`/`get` output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListFormat {
+pub(crate) enum ListFormat {
     Table,
     Json,
 }
@@ -401,9 +401,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Where `snapshot status|verify|ls|get` write: what etcdctl prints on stdout (`out`), and
 /// the notes it does not print (`notes`, stderr for the command line).
-pub struct Output {
-    pub out: Box<dyn Write + Send>,
-    pub notes: Box<dyn Write + Send>,
+pub(crate) struct Output {
+    pub(crate) out: Box<dyn Write + Send>,
+    pub(crate) notes: Box<dyn Write + Send>,
 }
 
 impl Output {
@@ -414,7 +414,7 @@ impl Output {
 
 /// `snapshot status`: etcdctl's output on stdout; fails like etcdctl when the structure is
 /// damaged. What etcdctl leaves out goes to stderr.
-pub async fn write_status(mut o: Opened, format: Format, mut w: Output) -> Result<()> {
+pub(crate) async fn write_status(mut o: Opened, format: Format, mut w: Output) -> Result<()> {
     blocking(move || status_blocking(&mut o, format, &mut w)).await
 }
 
@@ -455,7 +455,7 @@ fn status_blocking(o: &mut Opened, format: Format, w: &mut Output) -> Result<()>
 }
 
 /// `snapshot verify`: every problem on its own line; an error if there is any.
-pub async fn write_verify(mut o: Opened, mut w: Output) -> Result<()> {
+pub(crate) async fn write_verify(mut o: Opened, mut w: Output) -> Result<()> {
     blocking(move || {
         let v = verify(&mut o)?;
         writeln!(w.out, "sha256 trailer: {}", v.trailer).map_err(Output::error)?;
@@ -650,7 +650,7 @@ fn write_kvs(
 }
 
 /// `snapshot ls`.
-pub async fn write_ls(
+pub(crate) async fn write_ls(
     o: Opened,
     mut w: Output,
     prefix: Vec<u8>,
@@ -675,7 +675,7 @@ pub async fn write_ls(
 }
 
 /// `snapshot get`.
-pub async fn write_get(
+pub(crate) async fn write_get(
     o: Opened,
     mut w: Output,
     key: Vec<u8>,
@@ -715,14 +715,14 @@ pub async fn write_get(
 }
 
 /// Status plus the structural check, for `verify`.
-pub struct Verdict {
-    pub problems: Vec<Problem>,
-    pub trailer: Trailer,
+pub(crate) struct Verdict {
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) trailer: Trailer,
     /// Meaningful only without problems.
-    pub status: Status,
+    pub(crate) status: Status,
 }
 
-pub fn verify(o: &mut Opened) -> Result<Verdict> {
+pub(crate) fn verify(o: &mut Opened) -> Result<Verdict> {
     let (status, problems) = schema::status_checked(&o.db);
     Ok(Verdict {
         problems,
@@ -731,33 +731,22 @@ pub fn verify(o: &mut Opened) -> Result<Verdict> {
     })
 }
 
-pub fn status(o: &Opened) -> Result<Status> {
-    schema::status(&o.db).map_err(|e| match e {
-        crate::ondisk::bbolt::BoltError::Corrupt { problem, .. } => Error::integrity(
-            &o.label,
-            format!("snapshot file integrity check failed: {problem}"),
-        ),
-        crate::ondisk::bbolt::BoltError::Io { path, what, source } => Error::io(path, what, source),
-    })
-}
-
-/// A key live at the chosen revision: its KeyValue without the value (loaded on demand, so
-/// that listing a large snapshot holds only keys in memory) and where the value is.
-pub struct Live {
-    pub kv: KeyValue,
+/// A key live at the chosen revision: where its KeyValue is (loaded on demand, so that
+/// listing a large snapshot holds only keys in memory).
+pub(crate) struct Live {
     revision_key: Vec<u8>,
 }
 
 /// The live keys under `prefix` at a revision of a snapshot, in key order.
-pub struct Listing {
-    pub revision: i64,
-    pub keys: BTreeMap<Vec<u8>, Live>,
+pub(crate) struct Listing {
+    pub(crate) revision: i64,
+    pub(crate) keys: BTreeMap<Vec<u8>, Live>,
     bucket: Option<crate::ondisk::bbolt::Bucket>,
 }
 
 impl Listing {
     /// The full KeyValue of a listed key (value read from the snapshot).
-    pub fn load(&self, o: &Opened, live: &Live) -> Result<KeyValue> {
+    pub(crate) fn load(&self, o: &Opened, live: &Live) -> Result<KeyValue> {
         let bad = |m: String| Error::integrity(&o.label, m);
         let bucket = self
             .bucket
@@ -774,7 +763,7 @@ impl Listing {
 /// The keys live at `revision` (default: the snapshot's own) under `prefix`, with their latest
 /// KeyValue at or below it. Revisions below the compaction point are refused: their history is
 /// gone.
-pub fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listing> {
+pub(crate) fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listing> {
     // the revision marks only (a few pages): the key bucket is walked once, below
     let revs = schema::revisions(&o.db).map_err(|e| Error::integrity(&o.label, e.to_string()))?;
     let newest = revs.effective();
@@ -821,7 +810,6 @@ pub fn keys_at(o: &Opened, prefix: &[u8], revision: Option<i64>) -> Result<Listi
                 keys.insert(
                     kv.key.clone(),
                     Live {
-                        kv,
                         revision_key: k.to_vec(),
                     },
                 );

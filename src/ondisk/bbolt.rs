@@ -29,7 +29,7 @@ pub(crate) const FLAG_LEAF: u16 = 0x02;
 const FLAG_META: u16 = 0x04;
 const FLAG_FREELIST: u16 = 0x10;
 /// Leaf element flag: the value is a nested bucket.
-pub const BUCKET_LEAF: u32 = 0x01;
+pub(crate) const BUCKET_LEAF: u32 = 0x01;
 const NO_FREELIST: u64 = u64::MAX;
 /// B+trees of real files are a handful of levels deep; anything deeper is a cycle or garbage.
 const MAX_DEPTH: usize = 64;
@@ -43,12 +43,12 @@ const MAX_SPAN: u64 = 1 << 31;
 /// A structural problem, with the page it was found on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub page: Option<u64>,
-    pub message: String,
+    pub(crate) page: Option<u64>,
+    pub(crate) message: String,
     /// Not seen by bbolt 1.3.6 (etcd 3.4/3.5) when etcd opens the file: a key out of order, a
     /// page whose header names another (unused) page id, the persisted freelist, one bad meta
     /// page. etcd starts on such a file; reads or later writes may go wrong.
-    pub latent: bool,
+    pub(crate) latent: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -61,7 +61,7 @@ impl std::fmt::Display for Problem {
 }
 
 /// A problem etcd would also stumble on.
-pub fn problem(page: Option<u64>, message: impl Into<String>) -> Problem {
+pub(crate) fn problem(page: Option<u64>, message: impl Into<String>) -> Problem {
     Problem {
         page,
         message: message.into(),
@@ -79,18 +79,28 @@ fn latent(page: Option<u64>, message: impl Into<String>) -> Problem {
 /// An error reading a bbolt file: the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum BoltError {
+    /// The file could not be read.
     #[error("{}: {what}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What was being done.
         what: String,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
     #[error("{}: not a valid bbolt file: {problem}", path.display())]
-    Corrupt { path: PathBuf, problem: Problem },
+    /// The file is not a sound bbolt file.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The first problem found.
+        problem: Problem,
+    },
 }
 
-pub type Result<T> = std::result::Result<T, BoltError>;
+pub(crate) type Result<T> = std::result::Result<T, BoltError>;
 
 /// A file that cannot be read is an I/O error of the crate; a damaged one an integrity error.
 impl From<BoltError> for crate::Error {
@@ -110,11 +120,15 @@ impl From<BoltError> for crate::Error {
 pub struct Meta {
     /// The meta page this was read from (0 or 1).
     pub page: u64,
+    /// The page size of the file.
     pub page_size: u32,
+    /// The root bucket's page.
     pub root: u64,
+    /// The freelist's page.
     pub freelist: u64,
     /// High-water mark: the number of pages in use.
     pub hwm: u64,
+    /// The transaction id of this meta page.
     pub txid: u64,
 }
 
@@ -142,7 +156,7 @@ fn fnv1a64(data: &[u8]) -> u64 {
 /// A bbolt file as `bolt.Open` creates it (two meta pages, an empty freelist, a root leaf)
 /// holding the named empty buckets (inline): the template [`crate::restore::membership`] hands etcd's
 /// restore tool.
-pub fn empty_file(page_size: u32, buckets: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn empty_file(page_size: u32, buckets: &[&[u8]]) -> Vec<u8> {
     let ps = page_size as usize;
     let mut out = vec![0u8; 4 * ps];
     let header = |id: u64, flags: u16| {
@@ -223,6 +237,7 @@ fn parse_meta(p: &[u8], page: u64) -> std::result::Result<Meta, String> {
 /// Where a bucket's B+tree lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketRoot {
+    /// Its own page (or pages).
     Page(u64),
     /// An inline bucket: a whole leaf page (header included) stored in the parent's value.
     Inline(Vec<u8>),
@@ -231,18 +246,14 @@ pub enum BucketRoot {
 /// A bucket found in the root bucket (etcd has no nested buckets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
+    /// The bucket's name.
     pub name: Vec<u8>,
+    /// Where its pages are.
     pub root: BucketRoot,
 }
 
-impl Bucket {
-    pub fn name_lossy(&self) -> String {
-        String::from_utf8_lossy(&self.name).into_owned()
-    }
-}
-
 /// Decodes a bucket value (`InBucket` header, then an inline page when its root is 0).
-pub fn bucket_root(value: &[u8]) -> std::result::Result<BucketRoot, String> {
+pub(crate) fn bucket_root(value: &[u8]) -> std::result::Result<BucketRoot, String> {
     let root = u64_at(value, 0).ok_or("bucket value shorter than its 16-byte header")?;
     if value.len() < BUCKET_HEADER {
         return Err("bucket value shorter than its 16-byte header".into());
@@ -342,21 +353,21 @@ impl<'a> Page<'a> {
 
 /// The root bucket's leaf page, as read (see [`Db::root_leaf`]).
 #[derive(Debug, Clone)]
-pub struct RootLeaf {
-    pub id: u64,
+pub(crate) struct RootLeaf {
+    pub(crate) id: u64,
     /// Bytes of the page with its overflow pages.
-    pub span: usize,
+    pub(crate) span: usize,
     /// The page header as stored (id, flags, count, overflow).
-    pub header: Vec<u8>,
+    pub(crate) header: Vec<u8>,
     /// (flags, key, value) in key order.
-    pub elements: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    pub(crate) elements: Vec<(u32, Vec<u8>, Vec<u8>)>,
 }
 
 impl RootLeaf {
     /// The page rebuilt with `elements` (same keys and order: only values change), laid out
     /// as bbolt writes a leaf (elements, then each key followed by its value), zero-padded to
     /// the span; `None` when it does not fit.
-    pub fn encode(&self) -> Option<Vec<u8>> {
+    pub(crate) fn encode(&self) -> Option<Vec<u8>> {
         let data: usize = self
             .elements
             .iter()
@@ -404,7 +415,7 @@ impl Db {
 
     /// [`Db::open`], accepting a file shorter than its high-water mark as bbolt 1.3.6 does: only
     /// a page that is actually read beyond the end is a problem (etcd dies of SIGBUS on it).
-    pub fn open_short(path: &Path) -> Result<Db> {
+    pub(crate) fn open_short(path: &Path) -> Result<Db> {
         Db::open_with(path, true)
     }
 
@@ -503,20 +514,21 @@ impl Db {
         })
     }
 
+    /// The meta page in use (the valid one with the highest txid).
     pub fn meta(&self) -> &Meta {
         &self.meta
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn file_len(&self) -> u64 {
+    pub(crate) fn file_len(&self) -> u64 {
         self.file_len
     }
 
     /// `tx.Size()`: the high-water mark in bytes (what `snapshot status` calls the total size).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.meta.hwm * u64::from(self.meta.page_size)
     }
 
@@ -593,7 +605,7 @@ impl Db {
     /// The root bucket's page when it is a single leaf (etcd's ten buckets fit in one):
     /// its id, its bytes (overflow included) and its elements (flags, key, value). `None` when
     /// the root is a branch page.
-    pub fn root_leaf(&self) -> Result<Option<RootLeaf>> {
+    pub(crate) fn root_leaf(&self) -> Result<Option<RootLeaf>> {
         let mut buf = Vec::new();
         self.read_page(self.meta.root, &mut buf)
             .map_err(|p| self.corrupt(p))?;
@@ -646,7 +658,7 @@ impl Db {
     }
 
     /// The named bucket of the root bucket, if any.
-    pub fn bucket(&self, name: &[u8]) -> Result<Option<Bucket>> {
+    pub(crate) fn bucket(&self, name: &[u8]) -> Result<Option<Bucket>> {
         Ok(self.buckets()?.into_iter().find(|b| b.name == name))
     }
 
@@ -712,7 +724,7 @@ impl Db {
     }
 
     /// The last entry (key, value) of `bucket`, reading only the rightmost path of its tree.
-    pub fn last(&self, bucket: &Bucket) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub(crate) fn last(&self, bucket: &Bucket) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let (mut data, mut id) = match &bucket.root {
             BucketRoot::Inline(d) => (d.clone(), None),
             BucketRoot::Page(id) => {
@@ -761,7 +773,7 @@ impl Db {
     }
 
     /// The value of `key` in `bucket` (a point lookup: one page per tree level).
-    pub fn get(&self, bucket: &Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn get(&self, bucket: &Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match &bucket.root {
             BucketRoot::Inline(data) => Ok(self
                 .find(bucket.root.clone(), 0, key)?
@@ -800,7 +812,7 @@ impl Db {
     /// [`Db::check`], calling `visit(bucket name, flags, key, value)` for every entry of every
     /// top-level bucket, in order, on the same walk (entries of damaged pages are skipped and
     /// their problems reported; an error of `visit` is reported as a problem of its page).
-    pub fn check_with(&self, visit: &mut TopVisit<'_>) -> Vec<Problem> {
+    pub(crate) fn check_with(&self, visit: &mut TopVisit<'_>) -> Vec<Problem> {
         let mut walker = Walker::new(self, false);
         if let Some(m) = &self.other_meta {
             walker.problems.push(latent(None, m.clone()));
@@ -850,15 +862,15 @@ struct Walker<'a> {
 }
 
 /// The flags [`Db::check_with`] passes once when a top-level bucket starts (no key, no value).
-pub const BUCKET_START: u32 = u32::MAX;
+pub(crate) const BUCKET_START: u32 = u32::MAX;
 
 /// Called with (bucket name, element flags, key, value) for each entry of a top-level bucket,
 /// and with [`BUCKET_START`] before the first.
-pub type TopVisit<'v> =
+pub(crate) type TopVisit<'v> =
     dyn FnMut(&[u8], u32, &[u8], &[u8]) -> std::result::Result<(), Problem> + 'v;
 
 /// Called with (element flags, key, value) for each leaf entry.
-pub type Visit<'v> = dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), Problem> + 'v;
+pub(crate) type Visit<'v> = dyn FnMut(u32, &[u8], &[u8]) -> std::result::Result<(), Problem> + 'v;
 
 impl<'a> Walker<'a> {
     fn new(db: &'a Db, strict: bool) -> Self {

@@ -38,29 +38,29 @@ use std::path::{Path, PathBuf};
 
 /// What etcd will do when it starts on the directory (it starts).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BootPlan {
+pub(crate) struct BootPlan {
     /// The `.snap` it boots from, as (index, term).
-    pub snapshot: Option<(u64, u64)>,
+    pub(crate) snapshot: Option<(u64, u64)>,
     /// `.snap` files it skips (damaged ones it renames `.broken`), with the reason.
-    pub skipped_snaps: Vec<String>,
+    pub(crate) skipped_snaps: Vec<String>,
     /// A torn tail etcd truncates (`wal.Repair`): the file, the offset it keeps, why.
-    pub repair: Option<(PathBuf, u64, String)>,
+    pub(crate) repair: Option<(PathBuf, u64, String)>,
     /// The last entry index of the log.
-    pub last_index: u64,
-    pub db: DbState,
+    pub(crate) last_index: u64,
+    pub(crate) db: DbState,
     /// Problems etcd does not notice at start (see the module doc).
-    pub latent: Vec<String>,
+    pub(crate) latent: Vec<String>,
     /// What an operator should know but that is no reason to replace the directory.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// Who this directory is: the WAL's metadata record (`etcdserverpb.Metadata`).
-    pub identity: Option<Identity>,
+    pub(crate) identity: Option<Identity>,
 }
 
 /// The member and cluster a data directory belongs to (etcd reads them from the WAL at start).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub member_id: u64,
-    pub cluster_id: u64,
+pub(crate) struct Identity {
+    pub(crate) member_id: u64,
+    pub(crate) cluster_id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -84,7 +84,7 @@ impl Identity {
 
 /// The db as etcd finds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DbState {
+pub(crate) enum DbState {
     /// `member/snap/db` does not exist: etcd creates an empty one.
     #[default]
     Missing,
@@ -96,7 +96,7 @@ pub enum DbState {
 
 impl DbState {
     /// The raft index the db has applied (0 for a new db).
-    pub fn consistent_index(&self) -> u64 {
+    pub(crate) fn consistent_index(&self) -> u64 {
         match self {
             DbState::Present(r) => r.consistent_index.unwrap_or(0),
             _ => 0,
@@ -104,7 +104,7 @@ impl DbState {
     }
 
     /// The store revision etcd starts at from the db alone (1 for a new db).
-    pub fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         match self {
             DbState::Present(r) => r.effective(),
             _ => 1,
@@ -113,10 +113,10 @@ impl DbState {
 }
 
 /// Why etcd cannot start on the directory, or would serve wrong data.
-pub type Refusal = String;
+pub(crate) type Refusal = String;
 
 /// Runs the checks of the module doc on `member` (the `member` directory of a data dir).
-pub fn check(member: &Path) -> Result<BootPlan, Refusal> {
+pub(crate) fn check(member: &Path) -> Result<BootPlan, Refusal> {
     let wal_dir = member.join("wal");
     let has_wal = std::fs::read_dir(&wal_dir)
         .map(|mut d| d.next().is_some())
@@ -176,7 +176,7 @@ pub fn check(member: &Path) -> Result<BootPlan, Refusal> {
 /// `readWALNames`: the files named `<16 hex seq>-<16 hex index>.wal`, in name order.
 /// Who a data directory is (`member` dir), from the metadata record at the head of its first WAL
 /// segment; `None` when there is no readable one.
-pub fn identity(member: &Path) -> Option<Identity> {
+pub(crate) fn identity(member: &Path) -> Option<Identity> {
     let names = wal_names(&member.join("wal")).ok()?;
     let (_, _, first) = names.first()?;
     let mut d = Decoder::new(vec![first.clone()]);

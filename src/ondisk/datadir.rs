@@ -45,7 +45,7 @@ pub fn part_dir(data_dir: &Path) -> PathBuf {
 /// SIGKILLs itself there (the crash tests kill it at every named step); with
 /// `ETCDBR_PAUSE_AT=<name>` it waits `ETCDBR_PAUSE_SECS` (5) seconds there (the lock tests
 /// start etcd meanwhile).
-pub fn crash_point(name: &str) {
+pub(crate) fn crash_point(name: &str) {
     static AT: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
     let (crash, pause) = AT.get_or_init(|| {
         (
@@ -67,7 +67,7 @@ pub fn crash_point(name: &str) {
     }
 }
 
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, "fsync the directory", e))
@@ -82,7 +82,7 @@ fn parent_of(p: &Path) -> PathBuf {
 
 /// fsyncs every file and directory below `dir` (and `dir`), depth first, without following
 /// symlinks: what a temporary etcd without fsync wrote becomes durable.
-pub fn fsync_tree(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_tree(dir: &Path) -> Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     let mut dirs = Vec::new();
     while let Some(d) = stack.pop() {
@@ -110,7 +110,7 @@ pub fn fsync_tree(dir: &Path) -> Result<()> {
 }
 
 /// Whether `dir` exists and holds anything at all.
-pub fn holds_data(dir: &Path) -> bool {
+pub(crate) fn holds_data(dir: &Path) -> bool {
     fs::read_dir(dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
@@ -122,7 +122,7 @@ fn has_marker(dir: &Path) -> bool {
 
 /// Marks `dir` complete and durable: its whole tree fsynced first, then the marker (with what
 /// it holds, for the operator) written, fsynced, and the directory fsynced.
-pub fn seal(dir: &Path, what: &str) -> Result<()> {
+pub(crate) fn seal(dir: &Path, what: &str) -> Result<()> {
     use std::io::Write;
     fsync_tree(dir)?;
     let m = dir.join(MARKER);
@@ -152,7 +152,7 @@ fn try_flock(f: &File) -> std::io::Result<bool> {
 }
 
 /// Whether a directory or file is held by a living process (its flock is taken).
-pub fn is_held(p: &Path) -> bool {
+pub(crate) fn is_held(p: &Path) -> bool {
     match File::open(p) {
         Ok(f) => !try_flock(&f).unwrap_or(true),
         Err(_) => false,
@@ -161,14 +161,14 @@ pub fn is_held(p: &Path) -> bool {
 
 /// Holds `<data-dir>.etcdbr.lock`: this process alone works on the data directory.
 #[derive(Debug)]
-pub struct WorkLock {
+pub(crate) struct WorkLock {
     _file: File,
 }
 
 impl WorkLock {
     /// Takes the lock (fails at once when another process holds it), then cleans up after
     /// interrupted runs ([`recover`]).
-    pub fn acquire(data_dir: &Path) -> Result<WorkLock> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<WorkLock> {
         let path = sibling(data_dir, ".etcdbr.lock");
         let parent = parent_of(data_dir);
         fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create", e))?;
@@ -194,7 +194,7 @@ impl WorkLock {
 
 /// bbolt's lock on `member/snap/db`, held by this process so that etcd cannot open the db.
 #[derive(Debug)]
-pub struct DbLock {
+pub(crate) struct DbLock {
     db: PathBuf,
     file: Option<File>,
 }
@@ -209,7 +209,7 @@ fn held_by_etcd(db: &Path, step: &str) -> Error {
 
 impl DbLock {
     /// Takes the lock on `<data-dir>/member/snap/db` if that file exists.
-    pub fn acquire(data_dir: &Path) -> Result<DbLock> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<DbLock> {
         let mut l = DbLock {
             db: data_dir.join("member/snap/db"),
             file: None,
@@ -232,13 +232,13 @@ impl DbLock {
     }
 
     /// Gives the lock up so that a temporary etcd of ours can open the db.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.file = None;
     }
 
     /// Takes it again after [`DbLock::release`] (the db may be a new file by now), giving a
     /// temporary etcd of ours that just stopped a few seconds to let go of it.
-    pub fn reacquire(&mut self, step: &str) -> Result<()> {
+    pub(crate) fn reacquire(&mut self, step: &str) -> Result<()> {
         self.file = None;
         let started = std::time::Instant::now();
         loop {
@@ -254,7 +254,7 @@ impl DbLock {
 
     /// Right before a destructive step: the lock is still ours on the file at the db's path,
     /// and no other process has that file open.
-    pub fn confirm(&mut self, step: &str) -> Result<()> {
+    pub(crate) fn confirm(&mut self, step: &str) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let Some(f) = &self.file else {
             // there was no db: one that appeared since belongs to someone else
@@ -296,7 +296,7 @@ impl DbLock {
 }
 
 /// Moves `dir` aside as `<data-dir>.invalid-<unix time>` (a new name each time).
-pub fn move_aside(dir: &Path, data_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn move_aside(dir: &Path, data_dir: &Path) -> Result<PathBuf> {
     let secs = chrono::Utc::now().timestamp();
     let mut to = sibling(data_dir, &format!(".invalid-{secs}"));
     let mut n = 1;
@@ -331,7 +331,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
 
 /// What [`swap_in`] did with the directory it replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replaced {
+pub(crate) enum Replaced {
     /// There was no data directory, or an empty one.
     Nothing,
     /// Moved aside to this path.
@@ -341,7 +341,7 @@ pub enum Replaced {
 /// Puts the sealed `part` in place of `data_dir` (module doc: atomic, durable, undone when
 /// another process shows up on the db), moves the old one aside and prunes those beyond
 /// `keep`.
-pub fn swap_in(
+pub(crate) fn swap_in(
     part: &Path,
     data_dir: &Path,
     lock: Option<&mut DbLock>,
@@ -425,7 +425,7 @@ pub fn swap_in(
 /// `.part` with no data directory is put in place; a `.part` holding the old directory after an
 /// exchange is moved aside; any other `.part` is removed; a marker left in the data directory
 /// is removed; `.replaced` (older etcdbr versions) is kept as a moved-aside directory.
-pub fn recover(data_dir: &Path) -> Result<()> {
+pub(crate) fn recover(data_dir: &Path) -> Result<()> {
     let part = part_dir(data_dir);
     let parent = parent_of(data_dir);
     if part.exists() {
@@ -480,7 +480,7 @@ pub fn invalid_dirs(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Keeps the newest `keep` moved-aside directories; logs and exports how many remain.
-pub fn prune_invalid(data_dir: &Path, keep: usize) {
+pub(crate) fn prune_invalid(data_dir: &Path, keep: usize) {
     let mut dirs = invalid_dirs(data_dir);
     while dirs.len() > keep {
         let d = dirs.remove(0);
@@ -508,7 +508,7 @@ pub fn prune_invalid(data_dir: &Path, keep: usize) {
 
 /// Removes restore temp dirs (`etcdbr-restore-*`) below `temp_dir` whose writer is gone
 /// (each living one holds a flock on itself).
-pub fn clean_temp_dirs(temp_dir: &Path) {
+pub(crate) fn clean_temp_dirs(temp_dir: &Path) {
     let Ok(rd) = fs::read_dir(temp_dir) else {
         return;
     };
@@ -529,13 +529,13 @@ pub fn clean_temp_dirs(temp_dir: &Path) {
 }
 
 /// A restore temp dir below `temp_dir`, locked by this process for as long as it lives.
-pub struct TempDir {
+pub(crate) struct TempDir {
     dir: tempfile::TempDir,
     _lock: File,
 }
 
 impl TempDir {
-    pub fn new(temp_dir: &Path) -> Result<TempDir> {
+    pub(crate) fn new(temp_dir: &Path) -> Result<TempDir> {
         fs::create_dir_all(temp_dir)
             .map_err(|e| Error::io(temp_dir, "create the restoration temp dir", e))?;
         clean_temp_dirs(temp_dir);
@@ -553,7 +553,7 @@ impl TempDir {
         Ok(TempDir { dir, _lock: lock })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }

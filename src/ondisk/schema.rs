@@ -4,19 +4,21 @@
 
 use crate::ondisk::bbolt::{Bucket, Db, Problem};
 
-pub const KEY_BUCKET: &[u8] = b"key";
-pub const META_BUCKET: &[u8] = b"meta";
-pub const LEASE_BUCKET: &[u8] = b"lease";
+pub(crate) const KEY_BUCKET: &[u8] = b"key";
+pub(crate) const META_BUCKET: &[u8] = b"meta";
+pub(crate) const LEASE_BUCKET: &[u8] = b"lease";
 
 /// A revision: the main revision of a write transaction and the index of the change in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Revision {
+    /// The revision.
     pub main: i64,
+    /// The change within the revision's transaction.
     pub sub: i64,
 }
 
 /// A `key` bucket key: 17 bytes `main(BE) '_' sub(BE)`, plus `'t'` for a tombstone.
-pub fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
+pub(crate) fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
     let tombstone = match k.len() {
         17 => false,
         18 if k[17] == b't' => true,
@@ -43,30 +45,31 @@ pub fn revision_key(rev: Revision) -> [u8; 17] {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct KeyValue {
     #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     #[prost(int64, tag = "2")]
-    pub create_revision: i64,
+    pub(crate) create_revision: i64,
     #[prost(int64, tag = "3")]
-    pub mod_revision: i64,
+    pub(crate) mod_revision: i64,
     #[prost(int64, tag = "4")]
-    pub version: i64,
+    pub(crate) version: i64,
     #[prost(bytes = "vec", tag = "5")]
-    pub value: Vec<u8>,
+    pub(crate) value: Vec<u8>,
     #[prost(int64, tag = "6")]
-    pub lease: i64,
+    pub(crate) lease: i64,
 }
 
 /// `leasepb.Lease`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Lease {
+pub(crate) struct Lease {
     #[prost(int64, tag = "1")]
-    pub id: i64,
+    pub(crate) id: i64,
     #[prost(int64, tag = "2")]
-    pub ttl: i64,
+    pub(crate) ttl: i64,
     #[prost(int64, tag = "3")]
-    pub remaining_ttl: i64,
+    pub(crate) remaining_ttl: i64,
 }
 
+/// Decodes an mvcc KeyValue (etcd's protobuf) from a value of the "key" bucket.
 pub fn decode_kv(v: &[u8]) -> Result<KeyValue, String> {
     <KeyValue as prost::Message>::decode(v).map_err(|e| format!("not a KeyValue: {e}"))
 }
@@ -75,20 +78,20 @@ pub fn decode_kv(v: &[u8]) -> Result<KeyValue, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// CRC-32C over every bucket name, key and value (etcd's status hash).
-    pub hash: u32,
+    pub(crate) hash: u32,
     /// Main revision of the last `key` bucket key (etcdctl's REVISION; ignores compaction).
-    pub revision: i64,
+    pub(crate) revision: i64,
     /// Entries of all buckets (3.4/3.5's TOTAL KEYS).
-    pub total_keys: u64,
+    pub(crate) total_keys: u64,
     /// Live user keys (3.6's TOTAL KEYS).
-    pub live_keys: u64,
+    pub(crate) live_keys: u64,
     /// The high-water mark in bytes (TOTAL SIZE).
-    pub total_size: u64,
-    pub finished_compact: Option<i64>,
-    pub scheduled_compact: Option<i64>,
-    pub consistent_index: Option<u64>,
+    pub(crate) total_size: u64,
+    pub(crate) finished_compact: Option<i64>,
+    pub(crate) scheduled_compact: Option<i64>,
+    pub(crate) consistent_index: Option<u64>,
     /// `meta/storageVersion` (3.6+).
-    pub storage_version: Option<String>,
+    pub(crate) storage_version: Option<String>,
 }
 
 impl Status {
@@ -108,17 +111,17 @@ pub(crate) fn meta_revision(v: &[u8]) -> Option<i64> {
 
 /// The revision marks of a db, read cheaply (the `meta` bucket and the last key only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Revisions {
+pub(crate) struct Revisions {
     /// Main revision of the last `key` bucket key (0: no key).
-    pub last: i64,
-    pub finished_compact: Option<i64>,
-    pub scheduled_compact: Option<i64>,
-    pub consistent_index: Option<u64>,
+    pub(crate) last: i64,
+    pub(crate) finished_compact: Option<i64>,
+    pub(crate) scheduled_compact: Option<i64>,
+    pub(crate) consistent_index: Option<u64>,
 }
 
 impl Revisions {
     /// The store revision etcd restores (see [`Status::effective_revision`]).
-    pub fn effective(&self) -> i64 {
+    pub(crate) fn effective(&self) -> i64 {
         self.last
             .max(self.finished_compact.unwrap_or(0))
             .max(self.scheduled_compact.unwrap_or(0))
@@ -139,7 +142,7 @@ impl From<&Status> for Revisions {
 
 /// [`Revisions`] from the rightmost path of the `key` bucket and the `meta` bucket: a few pages
 /// whatever the size of the db (the sanity check of a data directory).
-pub fn revisions(db: &Db) -> crate::ondisk::bbolt::Result<Revisions> {
+pub(crate) fn revisions(db: &Db) -> crate::ondisk::bbolt::Result<Revisions> {
     let mut r = Revisions::default();
     for bucket in db.buckets()? {
         if bucket.name == KEY_BUCKET {
@@ -251,7 +254,7 @@ pub fn status(db: &Db) -> crate::ondisk::bbolt::Result<Status> {
 
 /// The status and bbolt's structural check in one walk (what `snapshot status` runs): the
 /// status is only meaningful when the problem list is empty.
-pub fn status_checked(db: &Db) -> (Status, Vec<Problem>) {
+pub(crate) fn status_checked(db: &Db) -> (Status, Vec<Problem>) {
     let mut b = StatusBuilder::new(db.size());
     let problems = db.check_with(&mut |bucket, flags, k, v| {
         if flags == crate::ondisk::bbolt::BUCKET_START {
@@ -267,7 +270,7 @@ pub fn status_checked(db: &Db) -> (Status, Vec<Problem>) {
 /// The `key` bucket of a db, if it has one.
 /// etcd's auth state: `Some(auth revision)` when authentication is enabled (bucket `auth`, keys
 /// `authEnabled` = 1 and `authRevision`, big-endian), `None` when it is not.
-pub fn auth_enabled_at(db: &Db) -> crate::ondisk::bbolt::Result<Option<u64>> {
+pub(crate) fn auth_enabled_at(db: &Db) -> crate::ondisk::bbolt::Result<Option<u64>> {
     let Some(auth) = db.bucket(b"auth")? else {
         return Ok(None);
     };
@@ -281,6 +284,7 @@ pub fn auth_enabled_at(db: &Db) -> crate::ondisk::bbolt::Result<Option<u64>> {
     Ok(Some(rev))
 }
 
+/// The "key" bucket, where mvcc keeps every revision of every key.
 pub fn key_bucket(db: &Db) -> crate::ondisk::bbolt::Result<Option<Bucket>> {
     db.bucket(KEY_BUCKET)
 }

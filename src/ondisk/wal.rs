@@ -28,11 +28,11 @@ struct Record {
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Entry {
     #[prost(int32, optional, tag = "1")]
-    pub r#type: Option<i32>,
+    pub(crate) r#type: Option<i32>,
     #[prost(uint64, optional, tag = "2")]
-    pub term: Option<u64>,
+    pub(crate) term: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
-    pub index: Option<u64>,
+    pub(crate) index: Option<u64>,
 }
 
 /// [`Entry`] with its data, for writing (reading skips the data: validation needs none of it).
@@ -51,19 +51,19 @@ struct NewEntry {
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct HardState {
     #[prost(uint64, optional, tag = "1")]
-    pub term: Option<u64>,
+    pub(crate) term: Option<u64>,
     #[prost(uint64, optional, tag = "2")]
-    pub vote: Option<u64>,
+    pub(crate) vote: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
-    pub commit: Option<u64>,
+    pub(crate) commit: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct WalSnapshot {
     #[prost(uint64, optional, tag = "1")]
-    pub index: Option<u64>,
+    pub(crate) index: Option<u64>,
     #[prost(uint64, optional, tag = "2")]
-    pub term: Option<u64>,
+    pub(crate) term: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -90,27 +90,27 @@ struct SnapshotMetadata {
 
 /// What the WAL holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WalSummary {
-    pub files: usize,
-    pub records: u64,
+pub(crate) struct WalSummary {
+    pub(crate) files: usize,
+    pub(crate) records: u64,
     /// Highest entry index and the commit index of the last HardState.
-    pub last_index: u64,
-    pub commit: u64,
+    pub(crate) last_index: u64,
+    pub(crate) commit: u64,
     /// What an appender continues from: the CRC chain at the end, the last metadata record, the
     /// last HardState (term, vote, commit), and the last file.
-    pub end_crc: u32,
-    pub metadata: Vec<u8>,
-    pub term: u64,
-    pub vote: u64,
-    pub last_file: PathBuf,
+    pub(crate) end_crc: u32,
+    pub(crate) metadata: Vec<u8>,
+    pub(crate) term: u64,
+    pub(crate) vote: u64,
+    pub(crate) last_file: PathBuf,
 }
 
 /// A problem in the WAL or a `.snap` file: the file, the byte offset, what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalError {
-    pub file: PathBuf,
-    pub offset: u64,
-    pub message: String,
+pub(crate) struct WalError {
+    pub(crate) file: PathBuf,
+    pub(crate) offset: u64,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for WalError {
@@ -157,15 +157,15 @@ const SECTOR: u64 = 512;
 
 /// One WAL record as stored: its type, the CRC it carries and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRecord {
-    pub kind: i64,
-    pub crc: u32,
-    pub data: Vec<u8>,
+pub(crate) struct RawRecord {
+    pub(crate) kind: i64,
+    pub(crate) crc: u32,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Why [`Decoder::read_record`] stopped early, as etcd's decoder tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// etcd's `io.ErrUnexpectedEOF`: the file ends inside a record, or a record that fails its
     /// CRC holds an all-zero sector (a torn write). etcd repairs this in the last file by
     /// truncating it at `offset`, the end of the last good record.
@@ -186,20 +186,20 @@ pub enum DecodeError {
 /// etcd's WAL decoder (`wal/decoder.go`, identical in 3.4 and 3.5): the records of `files` in
 /// order, one rolling CRC-32C over the data of every record but the CRC records (whose check is
 /// the caller's, as in etcd), a zero length word or the end of a file moving on to the next.
-pub struct Decoder {
+pub(crate) struct Decoder {
     files: Vec<PathBuf>,
     /// Bytes of each file that count (a simulated repair truncates the last one).
     limits: Vec<Option<u64>>,
     idx: usize,
     cur: Option<std::io::Take<std::io::BufReader<std::fs::File>>>,
     /// Offset in the current file after the last good record (`lastValidOff`).
-    pub last_valid_off: u64,
+    pub(crate) last_valid_off: u64,
     /// The rolling CRC.
-    pub crc: u32,
+    pub(crate) crc: u32,
 }
 
 impl Decoder {
-    pub fn new(files: Vec<PathBuf>) -> Decoder {
+    pub(crate) fn new(files: Vec<PathBuf>) -> Decoder {
         let limits = vec![None; files.len()];
         Decoder {
             files,
@@ -212,14 +212,14 @@ impl Decoder {
     }
 
     /// Reads only the first `len` bytes of file `i` (what etcd's repair leaves).
-    pub fn limit(&mut self, i: usize, len: u64) {
+    pub(crate) fn limit(&mut self, i: usize, len: u64) {
         if let Some(l) = self.limits.get_mut(i) {
             *l = Some(len);
         }
     }
 
     /// The file being read (index into the list given to [`Decoder::new`]).
-    pub fn file_index(&self) -> usize {
+    pub(crate) fn file_index(&self) -> usize {
         self.idx
     }
 
@@ -280,7 +280,7 @@ impl Decoder {
     }
 
     /// The next record; `Ok(None)` at the end of the last file.
-    pub fn read_record(&mut self) -> Result<Option<RawRecord>, DecodeError> {
+    pub(crate) fn read_record(&mut self) -> Result<Option<RawRecord>, DecodeError> {
         loop {
             if self.idx >= self.files.len() {
                 return Ok(None);
@@ -369,7 +369,7 @@ impl Decoder {
 
 /// Reads every WAL file of `wal_dir` in order, checking the CRC chain across files. Strict: a
 /// torn record is an error too (for the appender, which only works on cleanly written WALs).
-pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
+pub(crate) fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
     let files = files_with(wal_dir, "wal")?;
     if files.is_empty() {
         return Err(WalError {
@@ -450,14 +450,14 @@ pub fn read_wal(wal_dir: &Path) -> Result<WalSummary, WalError> {
 /// etcd's segment size: a new `.wal` file is started past it.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// etcd refuses WAL records larger than this when it reads them (10 MiB in 3.4 and 3.5).
-pub const MAX_ENTRY_BYTES: usize = 10 << 20;
+pub(crate) const MAX_ENTRY_BYTES: usize = 10 << 20;
 
 /// Appends normal entries to the WAL of a stopped etcd member, committed: each becomes a raft
 /// entry of the member's current term after its last one, and a final HardState commits them,
 /// so etcd applies them in order when it starts. New segments only (the existing files are not
 /// modified), each opened as etcd opens one: the CRC chain carried over, the metadata and the
 /// HardState repeated.
-pub struct WalAppender {
+pub(crate) struct WalAppender {
     dir: PathBuf,
     /// The open segment (`None` before the first).
     out: Option<std::io::BufWriter<std::fs::File>>,
@@ -470,9 +470,9 @@ pub struct WalAppender {
     vote: u64,
     commit: u64,
     /// Index of the last entry written.
-    pub last_index: u64,
+    pub(crate) last_index: u64,
     /// Entry bytes written since [`WalAppender::open`].
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// A new segment is started past this offset.
     segment_bytes: u64,
 }
@@ -489,7 +489,7 @@ impl WalAppender {
     /// Reads the WAL of `wal_dir` (the whole CRC chain is checked) and starts a new segment
     /// after it. Refused when the WAL holds uncommitted entries: appending after them would
     /// commit what the member never committed.
-    pub fn open(wal_dir: &Path) -> Result<WalAppender, WalError> {
+    pub(crate) fn open(wal_dir: &Path) -> Result<WalAppender, WalError> {
         let s = read_wal(wal_dir)?;
         if s.commit != s.last_index || s.term == 0 || s.metadata.is_empty() {
             return Err(WalError {
@@ -595,7 +595,7 @@ impl WalAppender {
 
     /// Appends one normal entry holding `data` (an encoded `InternalRaftRequest`); returns its
     /// index.
-    pub fn append(&mut self, data: &[u8]) -> Result<u64, WalError> {
+    pub(crate) fn append(&mut self, data: &[u8]) -> Result<u64, WalError> {
         if data.len() > MAX_ENTRY_BYTES {
             return Err(WalError {
                 file: self.path.clone(),
@@ -635,7 +635,7 @@ impl WalAppender {
 
     /// Commits everything appended (a final HardState) and syncs the files and the directory.
     /// Returns the last index.
-    pub fn finish(mut self) -> Result<u64, WalError> {
+    pub(crate) fn finish(mut self) -> Result<u64, WalError> {
         self.commit = self.last_index;
         self.state()?;
         self.sync()?;

@@ -32,14 +32,14 @@ const TERM: &[u8] = b"term";
 
 /// Whether the membership went into the db.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Transplant {
+pub(crate) enum Transplant {
     Done,
     /// Why not (nothing was written).
     Unpatchable(String),
 }
 
 /// Writes the empty bbolt file etcd's tool restores at `path` (private, new).
-pub fn write_template(path: &Path) -> Result<()> {
+pub(crate) fn write_template(path: &Path) -> Result<()> {
     use std::io::Write;
     let mut f = crate::sys::create_private(path)
         .map_err(|e| Error::io(path, "create the membership template db", e))?;
@@ -143,7 +143,7 @@ fn read_template(data_dir: &Path) -> Result<std::result::Result<Template, String
 
 /// Gives `db` (a restored snapshot, etcd stopped) the membership etcd's tool wrote for the
 /// template in `data_dir`.
-pub fn transplant(data_dir: &Path, db: &Path) -> Result<Transplant> {
+pub(crate) fn transplant(data_dir: &Path, db: &Path) -> Result<Transplant> {
     let t = match read_template(data_dir)? {
         Ok(t) => t,
         Err(why) => return Ok(Transplant::Unpatchable(why)),

@@ -28,39 +28,39 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct RestoreConfig {
-    pub store: StoreConfig,
-    pub data_dir: PathBuf,
-    pub name: String,
-    pub initial_cluster: String,
-    pub initial_cluster_token: String,
-    pub initial_advertise_peer_urls: Vec<String>,
-    pub skip_hash_check: bool,
-    pub max_fetchers: usize,
+pub(crate) struct RestoreConfig {
+    pub(crate) store: StoreConfig,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) initial_cluster: String,
+    pub(crate) initial_cluster_token: String,
+    pub(crate) initial_advertise_peer_urls: Vec<String>,
+    pub(crate) skip_hash_check: bool,
+    pub(crate) max_fetchers: usize,
     /// Where the full snapshot is decompressed before etcd's tool restores it.
-    pub temp_dir: PathBuf,
+    pub(crate) temp_dir: PathBuf,
     /// `etcdutl` or `etcdctl`; `None`: `etcdutl` from PATH, else `etcdctl`.
-    pub restore_tool: Option<PathBuf>,
+    pub(crate) restore_tool: Option<PathBuf>,
     /// The `etcd` binary for the replay; `None`: from PATH.
-    pub etcd_binary: Option<PathBuf>,
-    pub quota_bytes: u64,
-    pub max_txn_ops: u32,
-    pub max_request_bytes: u64,
+    pub(crate) etcd_binary: Option<PathBuf>,
+    pub(crate) quota_bytes: u64,
+    pub(crate) max_txn_ops: u32,
+    pub(crate) max_request_bytes: u64,
     /// TTL of leases first seen in deltas that do not record one (etcdbrctl's).
-    pub default_lease_ttl: i64,
+    pub(crate) default_lease_ttl: i64,
     /// What to restore.
-    pub target: Target,
+    pub(crate) target: Target,
     /// `--bump-revision` (0: none) and `--mark-compacted`.
-    pub bump_revision: i64,
-    pub mark_compacted: bool,
+    pub(crate) bump_revision: i64,
+    pub(crate) mark_compacted: bool,
     /// How the deltas reach the temporary etcd.
-    pub replay_method: Method,
+    pub(crate) replay_method: Method,
     /// A gap in the revisions ends the restore at the revision before it instead of failing.
-    pub stop_at_gap: bool,
+    pub(crate) stop_at_gap: bool,
     /// A delta larger than this decompressed is refused as damaged (`--max-delta-bytes`).
-    pub max_delta_bytes: u64,
+    pub(crate) max_delta_bytes: u64,
     /// Restore below the store's newest revision without a bump ([`rewind_guard`]).
-    pub allow_rewind: bool,
+    pub(crate) allow_rewind: bool,
 }
 
 #[cfg(test)]
@@ -108,7 +108,7 @@ impl RestoreConfig {
 impl RestoreConfig {
     /// Checks the values no restore can run with; called once, where the configuration is
     /// built from the command line.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.max_fetchers == 0 {
             return Err(Error::config("--max-fetchers must be greater than 0"));
         }
@@ -131,7 +131,7 @@ impl RestoreConfig {
 
 /// The point to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The latest snapshot set.
     Latest,
     /// The state at this revision (`--to-revision`).
@@ -145,13 +145,12 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone)]
-pub struct RestoreReport {
-    pub full: Snapshot,
-    pub deltas_applied: usize,
-    pub revisions_replayed: u64,
-    pub revision: i64,
-    pub elapsed: Duration,
-    pub replay_elapsed: Duration,
+pub(crate) struct RestoreReport {
+    pub(crate) deltas_applied: usize,
+    pub(crate) revisions_replayed: u64,
+    pub(crate) revision: i64,
+    pub(crate) elapsed: Duration,
+    pub(crate) replay_elapsed: Duration,
 }
 
 /// Whether etcd's restore tool knows `--bump-revision` (etcdutl 3.5.10+, etcdctl 3.4.27+).
@@ -408,7 +407,7 @@ fn run_restore_tool(
 }
 
 /// Restores into `cfg.data_dir` (module doc), which must be absent or empty.
-pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
+pub(crate) async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
     if datadir::holds_data(&cfg.data_dir) {
         return Err(Error::config(format!(
             "{} is not empty: restore never overwrites a data directory; move it away first",
@@ -423,7 +422,7 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport> {
 /// which may replace a condemned directory): `lock` is its lock on the condemned db, checked
 /// right before the swap; the replaced directory is moved aside and at most `keep_invalid` of
 /// those are kept.
-pub async fn restore_locked(
+pub(crate) async fn restore_locked(
     cfg: &RestoreConfig,
     lock: Option<&mut DbLock>,
     keep_invalid: usize,
@@ -486,7 +485,6 @@ pub async fn restore_locked(
         }
     };
     let report = RestoreReport {
-        full,
         deltas_applied,
         revisions_replayed,
         revision: reached,
@@ -506,7 +504,7 @@ pub async fn restore_locked(
 }
 
 /// The temporary etcd the restore (and `compact`) runs.
-pub fn temp_etcd_config(cfg: &RestoreConfig, log: PathBuf) -> Result<TempEtcdConfig> {
+pub(crate) fn temp_etcd_config(cfg: &RestoreConfig, log: PathBuf) -> Result<TempEtcdConfig> {
     let binary = cfg
         .etcd_binary
         .clone()

@@ -12,21 +12,21 @@ use std::path::Path;
 
 /// The restore to carry out.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The full snapshot and the deltas after it.
-    pub set: SnapshotSet,
-    pub full: Snapshot,
+    pub(crate) set: SnapshotSet,
+    pub(crate) full: Snapshot,
     /// The revision the restore ends at (the set's last one unless the target says less).
-    pub target: i64,
+    pub(crate) target: i64,
     /// `--to-time`: events after it are not replayed.
-    pub cut_time: Option<DateTime<Utc>>,
+    pub(crate) cut_time: Option<DateTime<Utc>>,
     /// The store's newest revision (for [`Plan::check_rewind`]).
-    pub newest: i64,
+    pub(crate) newest: i64,
 }
 
 /// The plan for `cfg` over the store's listing; `store` names the store in errors. Refused
 /// already when even the target revision would rewind the store's history.
-pub fn plan(cfg: &RestoreConfig, list: &[Snapshot], store: &str) -> Result<Plan> {
+pub(crate) fn plan(cfg: &RestoreConfig, list: &[Snapshot], store: &str) -> Result<Plan> {
     let (set, stop_at) = select(list, &cfg.target)?;
     let newest = list
         .iter()
@@ -57,13 +57,13 @@ pub fn plan(cfg: &RestoreConfig, list: &[Snapshot], store: &str) -> Result<Plan>
 
 impl Plan {
     /// Whether deltas are to be replayed on top of the full.
-    pub fn replay_needed(&self) -> bool {
+    pub(crate) fn replay_needed(&self) -> bool {
         !(self.set.deltas.is_empty() || self.full.last_revision >= self.target)
     }
 
     /// How `--bump-revision` is carried out; `tool_supports_bump` is asked only when it
     /// matters (it runs the tool).
-    pub fn bump(
+    pub(crate) fn bump(
         &self,
         cfg: &RestoreConfig,
         tool: &Path,
@@ -79,7 +79,12 @@ impl Plan {
     /// past `newest` and marked compacted (the new history then sorts after the abandoned one, and
     /// the sidecar's catch-up from the store's revision falls back to a new full snapshot), or the
     /// operator says the result will not be backed up to this prefix (`--allow-rewind`).
-    pub fn check_rewind(&self, cfg: &RestoreConfig, reached: i64, store: &str) -> Result<()> {
+    pub(crate) fn check_rewind(
+        &self,
+        cfg: &RestoreConfig,
+        reached: i64,
+        store: &str,
+    ) -> Result<()> {
         let newest = self.newest;
         let bumped = reached + cfg.bump_revision.max(0);
         if reached >= newest || cfg.allow_rewind || (bumped > newest && cfg.mark_compacted) {
@@ -102,7 +107,7 @@ impl Plan {
 /// How `--bump-revision` is carried out.
 /// How `--bump-revision` is carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BumpPlan {
+pub(crate) enum BumpPlan {
     None,
     /// By etcd's restore tool (it supports the flags and no delta follows the base).
     Tool,
@@ -138,7 +143,7 @@ fn bump_plan(
 
 /// The snapshots to restore for `target`, and the revision to stop at (`None`: as far as the
 /// deltas go, for [`Target::Latest`] and [`Target::Time`]).
-pub fn select(list: &[Snapshot], target: &Target) -> Result<(SnapshotSet, Option<i64>)> {
+pub(crate) fn select(list: &[Snapshot], target: &Target) -> Result<(SnapshotSet, Option<i64>)> {
     let is_full = |s: &Snapshot| s.kind == Kind::Full && !s.is_chunk;
     match target {
         Target::Latest => {

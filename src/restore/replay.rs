@@ -41,20 +41,20 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 #[derive(Debug, Clone)]
-pub struct TempEtcdConfig {
+pub(crate) struct TempEtcdConfig {
     /// The `etcd` binary.
-    pub binary: PathBuf,
-    pub name: String,
-    pub quota_bytes: u64,
-    pub max_txn_ops: u32,
-    pub max_request_bytes: u64,
+    pub(crate) binary: PathBuf,
+    pub(crate) name: String,
+    pub(crate) quota_bytes: u64,
+    pub(crate) max_txn_ops: u32,
+    pub(crate) max_request_bytes: u64,
     /// Where the temporary etcd's log goes.
-    pub log: PathBuf,
+    pub(crate) log: PathBuf,
     /// How long it may take to answer (it applies pending WAL entries first).
-    pub ready_within: Duration,
+    pub(crate) ready_within: Duration,
     /// Keep etcd's fsync: on for a real data directory (validation lets etcd replay its WAL
     /// there), off for a restore's `.part`, which is fsynced as a whole before it is used.
-    pub fsync: bool,
+    pub(crate) fsync: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -66,12 +66,12 @@ fn free_port() -> Result<u16> {
 }
 
 /// A temporary etcd on a restored data dir; killed on drop.
-pub struct TempEtcd {
+pub(crate) struct TempEtcd {
     child: Child,
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     log: PathBuf,
     keepalive: Option<tokio::task::JoinHandle<()>>,
-    pub leases: Arc<Mutex<HashSet<i64>>>,
+    pub(crate) leases: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Drop for TempEtcd {
@@ -103,7 +103,7 @@ fn supports_no_fsync(binary: &Path) -> bool {
 
 impl TempEtcd {
     /// Starts etcd on `data_dir` and waits until it answers (at most `ready_within`).
-    pub async fn start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<TempEtcd> {
+    pub(crate) async fn start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<TempEtcd> {
         let (c, p) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{c}");
         let peer = format!("http://127.0.0.1:{p}");
@@ -207,7 +207,7 @@ impl TempEtcd {
     }
 
     /// Stops etcd gracefully (SIGTERM, then SIGKILL after 30 s).
-    pub async fn stop(mut self) -> Result<()> {
+    pub(crate) async fn stop(mut self) -> Result<()> {
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
@@ -237,7 +237,7 @@ impl TempEtcd {
     /// transaction advances the revision by exactly one or not at all (it failed), and etcd
     /// appends anything of its own (a lease revoked) after them, so reaching exactly
     /// `expected` proves that every one applied, in order, and nothing else did.
-    pub async fn expect_revision(&self, expected: i64, entries: u64) -> Result<()> {
+    pub(crate) async fn expect_revision(&self, expected: i64, entries: u64) -> Result<()> {
         let (_, rev) = self.client_and_revision().await?;
         if rev == expected {
             return Ok(());
@@ -270,7 +270,7 @@ impl TempEtcd {
 
     /// Compacts at the current revision, physically (both compaction marks written); returns
     /// the revision.
-    pub async fn compact_to_current(&self) -> Result<i64> {
+    pub(crate) async fn compact_to_current(&self) -> Result<i64> {
         let (mut c, rev) = self.client_and_revision().await?;
         match c
             .compact(
@@ -354,7 +354,7 @@ fn drift(object: &str, rev: i64, got: i64) -> Error {
 
 /// How replayed transactions reach etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
+pub(crate) enum Method {
     /// Appended to the stopped member's WAL as committed raft entries, which the temporary
     /// etcd applies when it starts (module doc).
     Wal,
@@ -363,17 +363,17 @@ pub enum Method {
 }
 
 /// Applies delta events, one transaction per source revision, through the WAL or the API.
-pub struct Replayer {
+pub(crate) struct Replayer {
     sink: Sink,
     /// The revision reached (through the WAL: once etcd applies what was appended).
-    pub revision: i64,
+    pub(crate) revision: i64,
     default_lease_ttl: i64,
     /// Revisions applied, for progress.
-    pub applied: u64,
+    pub(crate) applied: u64,
     /// A gap ends the replay at the revision before it instead of failing.
-    pub stop_at_gap: bool,
+    pub(crate) stop_at_gap: bool,
     /// The first and last missing revisions of the gap the replay stopped at.
-    pub gap: Option<(i64, i64)>,
+    pub(crate) gap: Option<(i64, i64)>,
 }
 
 enum Sink {
@@ -406,7 +406,7 @@ struct WalSink {
 
 impl Replayer {
     /// Replays through the API of a running temporary etcd.
-    pub async fn through_api(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
+    pub(crate) async fn through_api(etcd: &TempEtcd, default_lease_ttl: i64) -> Result<Replayer> {
         let (client, revision) = etcd.client_and_revision().await?;
         Ok(Replayer {
             sink: Sink::Api(Box::new(ApiSink {
@@ -431,7 +431,7 @@ impl Replayer {
     /// Replays into the WAL of the stopped member whose WAL is `wal_dir` and whose backend is
     /// at `revision`, with authentication enabled at revision `auth` if it is `Some`: the
     /// entries are then made by `root`, as etcd requires (root holds every permission).
-    pub fn through_wal(
+    pub(crate) fn through_wal(
         wal_dir: &Path,
         revision: i64,
         auth: Option<u64>,
@@ -455,7 +455,7 @@ impl Replayer {
     }
 
     /// Transactions sent again (API) because they overtook their predecessor.
-    pub fn resent(&self) -> u64 {
+    pub(crate) fn resent(&self) -> u64 {
         match &self.sink {
             Sink::Api(a) => a.resent,
             Sink::Wal(_) => 0,
@@ -463,7 +463,7 @@ impl Replayer {
     }
 
     /// Entries appended to the WAL that etcd has not applied yet, and their bytes.
-    pub fn pending(&self) -> (u64, u64) {
+    pub(crate) fn pending(&self) -> (u64, u64) {
         match &self.sink {
             Sink::Wal(w) => (w.pending, w.wal.as_ref().map(|a| a.bytes).unwrap_or(0)),
             Sink::Api(_) => (0, 0),
@@ -472,7 +472,7 @@ impl Replayer {
 
     /// Commits what was appended to the WAL (etcd applies it when it next starts); the next
     /// event opens the WAL again, after whatever etcd wrote in between.
-    pub fn commit_wal(&mut self) -> Result<()> {
+    pub(crate) fn commit_wal(&mut self) -> Result<()> {
         if let Sink::Wal(w) = &mut self.sink {
             if let Some(a) = w.wal.take() {
                 a.finish().map_err(wal_err)?;
@@ -482,7 +482,7 @@ impl Replayer {
     }
 
     /// etcd applied every pending entry (checked by the caller against [`Replayer::revision`]).
-    pub fn applied_by_etcd(&mut self) {
+    pub(crate) fn applied_by_etcd(&mut self) {
         if let Sink::Wal(w) = &mut self.sink {
             w.pending = 0;
         }
@@ -492,7 +492,12 @@ impl Replayer {
     /// the current revision are skipped (overlaps are normal); a missing revision is an error,
     /// unless `up_to` stops the replay before it. Events above `up_to` are not applied.
     /// Returns false once `up_to` was reached.
-    pub async fn apply(&mut self, events: &[Event], object: &str, up_to: i64) -> Result<bool> {
+    pub(crate) async fn apply(
+        &mut self,
+        events: &[Event],
+        object: &str,
+        up_to: i64,
+    ) -> Result<bool> {
         let mut groups: Vec<&[Event]> = Vec::new();
         let mut expect = self.revision + 1;
         let mut i = 0;
@@ -755,18 +760,18 @@ mod raftpb {
     use crate::format::delta::{Event, EventType};
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RequestHeader {
+    pub(crate) struct RequestHeader {
         #[prost(uint64, tag = "1")]
-        pub id: u64,
+        pub(crate) id: u64,
         #[prost(string, tag = "2")]
-        pub username: String,
+        pub(crate) username: String,
         #[prost(uint64, tag = "3")]
-        pub auth_revision: u64,
+        pub(crate) auth_revision: u64,
     }
 
     impl RequestHeader {
         /// A request of `root` at `auth` when authentication is enabled, else of no one.
-        pub fn new(id: u64, auth: Option<u64>) -> RequestHeader {
+        pub(crate) fn new(id: u64, auth: Option<u64>) -> RequestHeader {
             RequestHeader {
                 id,
                 username: auth.map(|_| "root".to_string()).unwrap_or_default(),
@@ -776,31 +781,31 @@ mod raftpb {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InternalRaftRequest {
+    pub(crate) struct InternalRaftRequest {
         #[prost(message, optional, tag = "100")]
-        pub header: Option<RequestHeader>,
+        pub(crate) header: Option<RequestHeader>,
         #[prost(message, optional, tag = "6")]
-        pub txn: Option<TxnRequest>,
+        pub(crate) txn: Option<TxnRequest>,
         #[prost(message, optional, tag = "8")]
-        pub lease_grant: Option<LeaseGrantRequest>,
+        pub(crate) lease_grant: Option<LeaseGrantRequest>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TxnRequest {
+    pub(crate) struct TxnRequest {
         #[prost(message, repeated, tag = "2")]
-        pub success: Vec<RequestOp>,
+        pub(crate) success: Vec<RequestOp>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RequestOp {
+    pub(crate) struct RequestOp {
         #[prost(message, optional, tag = "2")]
-        pub request_put: Option<PutRequest>,
+        pub(crate) request_put: Option<PutRequest>,
         #[prost(message, optional, tag = "3")]
-        pub request_delete_range: Option<DeleteRangeRequest>,
+        pub(crate) request_delete_range: Option<DeleteRangeRequest>,
     }
 
     impl RequestOp {
-        pub fn of(ev: &Event) -> RequestOp {
+        pub(crate) fn of(ev: &Event) -> RequestOp {
             match ev.kind {
                 EventType::Put => RequestOp {
                     request_put: Some(PutRequest {
@@ -821,26 +826,26 @@ mod raftpb {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PutRequest {
+    pub(crate) struct PutRequest {
         #[prost(bytes = "vec", tag = "1")]
-        pub key: Vec<u8>,
+        pub(crate) key: Vec<u8>,
         #[prost(bytes = "vec", tag = "2")]
-        pub value: Vec<u8>,
+        pub(crate) value: Vec<u8>,
         #[prost(int64, tag = "3")]
-        pub lease: i64,
+        pub(crate) lease: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DeleteRangeRequest {
+    pub(crate) struct DeleteRangeRequest {
         #[prost(bytes = "vec", tag = "1")]
-        pub key: Vec<u8>,
+        pub(crate) key: Vec<u8>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LeaseGrantRequest {
+    pub(crate) struct LeaseGrantRequest {
         #[prost(int64, tag = "1")]
-        pub ttl: i64,
+        pub(crate) ttl: i64,
         #[prost(int64, tag = "2")]
-        pub id: i64,
+        pub(crate) id: i64,
     }
 }

@@ -31,7 +31,7 @@ fn open(db: &Path) -> Result<Db> {
 
 /// Moves both compaction marks of the (stopped) etcd db at `db` from its revision R to
 /// `R + bump`. Returns the new revision.
-pub fn bump_and_mark_compacted(db: &Path, bump: i64) -> Result<i64> {
+pub(crate) fn bump_and_mark_compacted(db: &Path, bump: i64) -> Result<i64> {
     if bump <= 0 {
         return Err(Error::config("--bump-revision must be greater than 0"));
     }

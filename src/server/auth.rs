@@ -23,25 +23,25 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// The default of `--server-open-paths`.
-pub const DEFAULT_OPEN_PATHS: &str = "/healthz,/metrics";
+pub(crate) const DEFAULT_OPEN_PATHS: &str = "/healthz,/metrics";
 
 /// A token file larger than this is not a token file.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
-pub struct AuthConfig {
-    pub token_file: Option<PathBuf>,
-    pub client_ca: Option<PathBuf>,
-    pub open_paths: Vec<String>,
+pub(crate) struct AuthConfig {
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
+    pub(crate) open_paths: Vec<String>,
 }
 
 impl AuthConfig {
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.token_file.is_some() || self.client_ca.is_some()
     }
 
     /// `--server-open-paths`: comma-separated absolute paths; empty: none.
-    pub fn parse_open_paths(s: &str) -> Result<Vec<String>> {
+    pub(crate) fn parse_open_paths(s: &str) -> Result<Vec<String>> {
         let mut v = Vec::new();
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if !p.starts_with('/') {
@@ -68,7 +68,7 @@ struct Tokens {
     checked: Instant,
 }
 
-pub struct Guard {
+pub(crate) struct Guard {
     cfg: AuthConfig,
     tokens: Mutex<Tokens>,
     last_warning: Mutex<Option<Instant>>,
@@ -113,14 +113,14 @@ fn read_tokens(path: &Path) -> Result<Vec<Digest32>> {
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     NoCredentials,
     WrongToken,
 }
 
 impl Guard {
     /// Checks the configuration (a token file that does not read is an error at start-up).
-    pub fn new(cfg: AuthConfig) -> Result<Self> {
+    pub(crate) fn new(cfg: AuthConfig) -> Result<Self> {
         let (stamp, digests) = match &cfg.token_file {
             Some(p) => {
                 let stamp = file_stamp(p);
@@ -140,10 +140,6 @@ impl Guard {
             }),
             last_warning: Mutex::new(None),
         })
-    }
-
-    pub fn config(&self) -> &AuthConfig {
-        &self.cfg
     }
 
     /// Whether `presented` is the digest of a valid token now, every digest compared in
@@ -180,7 +176,7 @@ impl Guard {
     }
 
     /// `Ok` when the request may go on.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         path: &str,
         headers: &axum::http::HeaderMap,
@@ -251,7 +247,7 @@ impl Guard {
 }
 
 /// The middleware: refuses what [`Guard::check`] refuses, before any handler runs.
-pub async fn require(
+pub(crate) async fn require(
     axum::extract::State(guard): axum::extract::State<Arc<Guard>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,

@@ -13,7 +13,7 @@ use crate::etcd::cluster::Member;
 use serde_yaml_ng::{Mapping, Value};
 use std::path::Path;
 
-pub fn read(path: &Path) -> Result<Mapping> {
+pub(crate) fn read(path: &Path) -> Result<Mapping> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::io(
             path,
@@ -39,7 +39,7 @@ fn get_str<'a>(m: &'a Mapping, key: &str) -> Option<&'a str> {
 }
 
 /// The `name=url` entries of `initial-cluster`.
-pub fn initial_cluster(m: &Mapping) -> Vec<(String, String)> {
+pub(crate) fn initial_cluster(m: &Mapping) -> Vec<(String, String)> {
     get_str(m, "initial-cluster")
         .unwrap_or("")
         .split(',')
@@ -73,7 +73,7 @@ fn member_urls(v: &Value, member: &str) -> Option<String> {
 }
 
 /// Every other member's client URLs (`advertise-client-urls` as a map member -> URLs).
-pub fn other_client_urls(m: &Mapping, me: &str) -> Vec<String> {
+pub(crate) fn other_client_urls(m: &Mapping, me: &str) -> Vec<String> {
     match m.get("advertise-client-urls") {
         Some(Value::Mapping(map)) => map
             .iter()
@@ -92,7 +92,7 @@ pub fn other_client_urls(m: &Mapping, me: &str) -> Vec<String> {
 
 /// Rewrites the configuration for `member`; `running`: the members of the running cluster when
 /// one with a leader answered.
-pub fn rewrite(mut m: Mapping, member: &str, running: Option<&[Member]>) -> Result<Mapping> {
+pub(crate) fn rewrite(mut m: Mapping, member: &str, running: Option<&[Member]>) -> Result<Mapping> {
     m.insert("name".into(), member.into());
     for key in ["initial-advertise-peer-urls", "advertise-client-urls"] {
         if let Some(v) = m.get(key) {
@@ -137,7 +137,7 @@ pub fn rewrite(mut m: Mapping, member: &str, running: Option<&[Member]>) -> Resu
     Ok(m)
 }
 
-pub fn to_yaml(m: &Mapping) -> Result<String> {
+pub(crate) fn to_yaml(m: &Mapping) -> Result<String> {
     serde_yaml_ng::to_string(m)
         .map_err(|e| Error::Internal(format!("cannot encode the etcd configuration: {e}")))
 }

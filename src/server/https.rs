@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 /// The files of the API's TLS configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
     /// `--server-client-ca`: client certificates signed by it are verified (and then
     /// authenticate the request, module `auth`); connections without one are still served,
     /// and the request needs a token or an open path instead.
-    pub client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
 }
 
 /// How often the files are looked at (by the first handshake after the interval).
@@ -45,14 +45,14 @@ struct Current {
 /// The TLS server configuration, reloaded when its files change. A change that does not load
 /// (a certificate renewed before its key is written, a key that does not fit) keeps the previous
 /// configuration, with a warning, until the files change again.
-pub struct TlsReloader {
+pub(crate) struct TlsReloader {
     files: TlsFiles,
     current: Mutex<Current>,
 }
 
 impl TlsReloader {
     /// Loads the files; an error here is a configuration error at start-up.
-    pub fn new(files: TlsFiles) -> Result<Self> {
+    pub(crate) fn new(files: TlsFiles) -> Result<Self> {
         let stamps = files.stamps();
         let config = load(&files)?;
         Ok(TlsReloader {
@@ -67,7 +67,7 @@ impl TlsReloader {
     }
 
     /// The configuration for a new connection.
-    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if cur.checked.elapsed() >= RECHECK {
             cur.checked = Instant::now();

@@ -25,16 +25,16 @@ use tokio_rustls::TlsAcceptor;
 /// A request's connection presented a client certificate that `--server-client-ca` verified
 /// (set on every request; `false` on plain HTTP).
 #[derive(Debug, Clone, Copy)]
-pub struct ClientCertVerified(pub bool);
+pub(crate) struct ClientCertVerified(pub bool);
 
 /// No endpoint reads a body: a larger one is refused.
-pub const MAX_BODY: u64 = 64 * 1024;
+pub(crate) const MAX_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub header_timeout: Duration,
-    pub handshake_timeout: Duration,
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -49,7 +49,7 @@ impl Default for Limits {
 
 /// Refuses request bodies above [`MAX_BODY`] (by their `Content-Length`; a chunked body must
 /// declare its length instead).
-pub async fn limit_body(
+pub(crate) async fn limit_body(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -73,7 +73,7 @@ pub async fn limit_body(
 
 /// Serves `app` on `listener` (TLS when `tls` is set, with the configuration of the moment)
 /// until `stop` is set; then stops accepting and lets the open connections finish their request.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<crate::server::https::TlsReloader>>,
     app: Router,
@@ -181,7 +181,7 @@ async fn connection<I>(
 }
 
 /// Binds the API's address, with an error that names it.
-pub async fn bind(addr: &str) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(addr, "listen (is another process using --server-port?)", e))

@@ -38,30 +38,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 const PROXIED_HEADER: &str = "x-etcdbr-proxied";
 
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub job: SnapshotJob,
-    pub host: String,
-    pub port: u16,
-    pub reelection_period: Duration,
-    pub leader_election_timeout: Duration,
-    pub defrag_schedule: Schedule,
+pub(crate) struct ServerConfig {
+    pub(crate) job: SnapshotJob,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) reelection_period: Duration,
+    pub(crate) leader_election_timeout: Duration,
+    pub(crate) defrag_schedule: Schedule,
     /// For `/initialization/*`.
-    pub init: crate::initialize::InitConfig,
+    pub(crate) init: crate::initialize::InitConfig,
     /// The etcd configuration file `/config` rewrites.
-    pub etcd_config: std::path::PathBuf,
+    pub(crate) etcd_config: std::path::PathBuf,
     /// HTTPS: certificate chain, key, client CA (PEM files).
-    pub tls: Option<crate::server::https::TlsFiles>,
+    pub(crate) tls: Option<crate::server::https::TlsFiles>,
     /// Who may call the API.
-    pub auth: crate::server::auth::AuthConfig,
+    pub(crate) auth: crate::server::auth::AuthConfig,
     /// `--on-demand-full-min-interval` (zero: none).
-    pub full_min_interval: Duration,
+    pub(crate) full_min_interval: Duration,
 }
 
 impl ServerConfig {
     /// Checks the values the server cannot run with; called once, where the configuration is
     /// built from the command line (the job's etcd and store configurations are checked where
     /// they are built).
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.reelection_period <= Duration::from_secs(1) {
             return Err(Error::config("--reelection-period must be longer than 1s"));
         }
@@ -783,7 +783,7 @@ struct RunningJob {
 
 /// Runs the server until `shutdown`: HTTP, the leadership loop, the job while leading,
 /// defragmentation on schedule.
-pub async fn run(
+pub(crate) async fn run(
     cfg: ServerConfig,
     shutdown: watch::Receiver<bool>,
     observer: Arc<dyn Observer>,

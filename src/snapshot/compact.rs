@@ -16,14 +16,14 @@ use crate::store::SnapStore;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct CompactConfig {
-    pub restore: RestoreConfig,
-    pub defragment: bool,
-    pub snapshot_timeout: Duration,
-    pub defrag_timeout: Duration,
+pub(crate) struct CompactConfig {
+    pub(crate) restore: RestoreConfig,
+    pub(crate) defragment: bool,
+    pub(crate) snapshot_timeout: Duration,
+    pub(crate) defrag_timeout: Duration,
 }
 
-pub async fn compact(cfg: &CompactConfig) -> Result<FullSnapshotReport> {
+pub(crate) async fn compact(cfg: &CompactConfig) -> Result<FullSnapshotReport> {
     let store = SnapStore::open(cfg.restore.store.clone()).await?;
     let (set, _) = restore::plan::select(&store.list().await?, &Target::Latest)?;
     let newest = set

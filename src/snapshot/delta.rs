@@ -34,23 +34,23 @@ const MAX_WATCH_MESSAGE: usize = 256 << 20;
 const MAX_LEASES_CACHED: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
-pub struct DeltaConfig {
-    pub period: Duration,
-    pub memory_limit: usize,
-    pub codec: Codec,
+pub(crate) struct DeltaConfig {
+    pub(crate) period: Duration,
+    pub(crate) memory_limit: usize,
+    pub(crate) codec: Codec,
     /// Time allowed to write the final delta on shutdown.
-    pub flush_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
 }
 
 /// Why a delta phase ended.
 #[derive(Debug)]
-pub enum PhaseEnd {
+pub(crate) enum PhaseEnd {
     /// The deadline (next full snapshot) was reached; everything buffered was written.
-    Deadline { last_revision: i64 },
+    Deadline,
     /// Shutdown: the final delta was written (or there was nothing to write).
     Shutdown { last_revision: i64 },
     /// The start revision was compacted away: a full snapshot is needed.
-    Compacted { compact_revision: i64 },
+    Compacted,
     /// A full snapshot was requested (HTTP); the buffered events were written first.
     FullRequested {
         is_final: bool,
@@ -62,12 +62,12 @@ pub enum PhaseEnd {
 }
 
 /// The stops and requests a delta phase answers, besides its watch.
-pub struct PhaseIo<'a> {
-    pub requests: Option<&'a mut mpsc::Receiver<Request>>,
+pub(crate) struct PhaseIo<'a> {
+    pub(crate) requests: Option<&'a mut mpsc::Receiver<Request>>,
     /// Graceful stop: write a final delta.
-    pub shutdown: &'a mut watch::Receiver<bool>,
+    pub(crate) shutdown: &'a mut watch::Receiver<bool>,
     /// Leadership lost: stop without writing.
-    pub abandon: &'a mut watch::Receiver<bool>,
+    pub(crate) abandon: &'a mut watch::Receiver<bool>,
 }
 
 /// The delta watch and its buffer. It outlives a delta phase: while a full snapshot streams,
@@ -76,7 +76,7 @@ pub struct PhaseIo<'a> {
 /// and once the full is stored at revision R ([`DeltaWatch::after_full`]) the held events after R
 /// start the next delta at R + 1. The store's layout is the same as without it: no delta
 /// straddles a full.
-pub struct DeltaWatch {
+pub(crate) struct DeltaWatch {
     client: Client,
     endpoint: String,
     store: Arc<SnapStore>,
@@ -101,18 +101,22 @@ pub struct DeltaWatch {
 }
 
 /// What the snapshot job hands a new [`DeltaWatch`].
-pub struct WatchSetup {
-    pub client: Client,
-    pub endpoint: String,
-    pub store: Arc<SnapStore>,
-    pub fence: Fence,
-    pub health: Arc<Health>,
-    pub observer: Arc<dyn Observer>,
+pub(crate) struct WatchSetup {
+    pub(crate) client: Client,
+    pub(crate) endpoint: String,
+    pub(crate) store: Arc<SnapStore>,
+    pub(crate) fence: Fence,
+    pub(crate) health: Arc<Health>,
+    pub(crate) observer: Arc<dyn Observer>,
 }
 
 impl DeltaWatch {
     /// Starts a whole-keyspace watch from `stored + 1`.
-    pub async fn open(setup: WatchSetup, cfg: DeltaConfig, stored: i64) -> Result<DeltaWatch> {
+    pub(crate) async fn open(
+        setup: WatchSetup,
+        cfg: DeltaConfig,
+        stored: i64,
+    ) -> Result<DeltaWatch> {
         let WatchSetup {
             client,
             endpoint,
@@ -157,19 +161,19 @@ impl DeltaWatch {
     }
 
     /// The last revision the store holds, as this watch knows it.
-    pub fn stored(&self) -> i64 {
+    pub(crate) fn stored(&self) -> i64 {
         self.stored
     }
 
     /// Whether [`Self::message`] should be read while a full streams: below the memory limit
     /// and not broken.
-    pub fn can_hold(&self) -> bool {
+    pub(crate) fn can_hold(&self) -> bool {
         self.broken.is_none() && self.held_bytes + self.buf.len() < self.cfg.memory_limit
     }
 
     /// The next watch response (cancel-safe: a response is either returned or left in the
     /// stream).
-    pub async fn message(&mut self) -> Result<Option<etcd_client::WatchResponse>> {
+    pub(crate) async fn message(&mut self) -> Result<Option<etcd_client::WatchResponse>> {
         self.stream.message().await.map_err(|source| Error::Etcd {
             endpoint: self.endpoint.clone(),
             what: "delta watch".into(),
@@ -179,7 +183,7 @@ impl DeltaWatch {
 
     /// Keeps a response received while a full snapshot streams. A failure marks the watch
     /// broken (the job opens a new one after the full) instead of ending the full.
-    pub async fn hold(&mut self, msg: Result<Option<etcd_client::WatchResponse>>) {
+    pub(crate) async fn hold(&mut self, msg: Result<Option<etcd_client::WatchResponse>>) {
         let resp = match msg {
             Ok(Some(r)) if !r.canceled() => r,
             Ok(Some(r)) => {
@@ -222,7 +226,7 @@ impl DeltaWatch {
     /// After a full snapshot: stored at `revision` (the held events up to it are in it, the
     /// others start the next delta), or failed (`None`: every held event stays for the next
     /// delta). An error when the watch broke meanwhile: the job opens a new one.
-    pub fn after_full(&mut self, revision: Option<i64>) -> Result<()> {
+    pub(crate) fn after_full(&mut self, revision: Option<i64>) -> Result<()> {
         if let Some(r) = revision {
             self.stored = self.stored.max(r);
         }
@@ -256,7 +260,7 @@ impl DeltaWatch {
 
     /// Runs one delta phase until `deadline`, a stop, a request for a full, or an error; the
     /// store's last revision ([`Self::stored`]) is exact afterwards, also on failure.
-    pub async fn run_phase(
+    pub(crate) async fn run_phase(
         &mut self,
         io: PhaseIo<'_>,
         deadline: DateTime<Utc>,
@@ -534,7 +538,7 @@ async fn phase_loop(
                         tracing::warn!(start = start + 1, compact_revision = resp.compact_revision(), "the delta watch start was compacted away; a full snapshot is needed");
                         // what was buffered before the cancel is still a valid delta
                         ph.flush().await?;
-                        return Ok(PhaseEnd::Compacted { compact_revision: resp.compact_revision() });
+                        return Ok(PhaseEnd::Compacted);
                     }
                     return Err(Error::etcd_protocol(&endpoint, format!("the delta watch was cancelled: {}", resp.cancel_reason())));
                 }
@@ -559,7 +563,7 @@ async fn phase_loop(
             }
             _ = &mut stop_at => {
                 ph.flush().await?;
-                return Ok(PhaseEnd::Deadline { last_revision: ph.stored });
+                return Ok(PhaseEnd::Deadline);
             }
             _ = flag_set(stops.abandon) => {
                 tracing::info!(dropped_bytes = ph.buf.len(), last_stored = ph.stored, "leadership lost: stopping delta snapshots without writing the buffered events");

@@ -28,14 +28,12 @@ use tokio::sync::mpsc;
 
 /// What a full snapshot produced.
 #[derive(Debug, Clone)]
-pub struct FullSnapshotReport {
-    pub snapshot: Snapshot,
-    pub key: String,
-    /// db bytes streamed from etcd (without the trailer).
-    pub db_bytes: u64,
+pub(crate) struct FullSnapshotReport {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) key: String,
     /// Whether the name's revision is known to equal the data's (see the module doc).
-    pub revision_exact: bool,
-    pub elapsed: Duration,
+    pub(crate) revision_exact: bool,
+    pub(crate) elapsed: Duration,
 }
 
 async fn revision(
@@ -61,7 +59,7 @@ async fn revision(
 }
 
 /// Takes one full snapshot from `cfg.primary()` into `store`.
-pub async fn take(
+pub(crate) async fn take(
     client: &mut Client,
     cfg: &EtcdConfig,
     store: &SnapStore,
@@ -183,7 +181,6 @@ pub async fn take(
         key: store.key_of(&stored),
         revision_exact: revision_exact && stored.last_revision == revision,
         snapshot: stored,
-        db_bytes,
         elapsed: started.elapsed(),
     };
     tracing::info!(

@@ -24,14 +24,14 @@ use std::time::Duration;
 const DELTA_ERROR_LIMIT: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
+pub(crate) enum Policy {
     Exponential,
     LimitBased { max_backups: usize },
 }
 
 impl Policy {
     /// The policy named by `--garbage-collection-policy`, with `--max-backups`.
-    pub fn from_flags(name: &str, max_backups: usize) -> Result<Policy> {
+    pub(crate) fn from_flags(name: &str, max_backups: usize) -> Result<Policy> {
         match name {
             "Exponential" => Ok(Policy::Exponential),
             "LimitBased" if max_backups == 0 => Err(Error::config(
@@ -46,24 +46,24 @@ impl Policy {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct GcConfig {
-    pub policy: Policy,
-    pub delta_retention: Duration,
+pub(crate) struct GcConfig {
+    pub(crate) policy: Policy,
+    pub(crate) delta_retention: Duration,
 }
 
 /// What one cycle did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct GcReport {
-    pub deleted_full: usize,
-    pub deleted_delta: usize,
-    pub deleted_chunk: usize,
-    pub failed: usize,
-    pub skipped_immutable: usize,
+pub(crate) struct GcReport {
+    pub(crate) deleted_full: usize,
+    pub(crate) deleted_delta: usize,
+    pub(crate) deleted_chunk: usize,
+    pub(crate) failed: usize,
+    pub(crate) skipped_immutable: usize,
 }
 
 /// Where deletions go: the store, or a recording double in tests.
 #[allow(async_fn_in_trait)]
-pub trait Deleter {
+pub(crate) trait Deleter {
     async fn delete(&self, snap: &Snapshot) -> Result<()>;
 }
 
@@ -74,7 +74,7 @@ impl Deleter for SnapStore {
 }
 
 /// Start index of every stream in a sorted list.
-pub fn stream_starts(list: &[Snapshot]) -> Vec<usize> {
+pub(crate) fn stream_starts(list: &[Snapshot]) -> Vec<usize> {
     let mut idx = vec![0];
     idx.extend((1..list.len()).filter(|&i| list[i].kind == Kind::Full && !list[i].is_chunk));
     idx
@@ -155,7 +155,7 @@ impl<D: Deleter> Run<'_, D> {
 }
 
 /// One GC cycle over a sorted list, at time `now`.
-pub async fn collect<D: Deleter>(
+pub(crate) async fn collect<D: Deleter>(
     d: &D,
     list: &[Snapshot],
     cfg: &GcConfig,
@@ -232,7 +232,7 @@ pub async fn collect<D: Deleter>(
 }
 
 /// One GC cycle on a store, now.
-pub async fn collect_store(store: &SnapStore, cfg: &GcConfig) -> Result<GcReport> {
+pub(crate) async fn collect_store(store: &SnapStore, cfg: &GcConfig) -> Result<GcReport> {
     let list = store.list().await?;
     let report = collect(store, &list, cfg, Utc::now()).await;
     tracing::info!(?report, "GC: cycle done");

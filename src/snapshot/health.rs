@@ -16,17 +16,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub schedule: Schedule,
+pub(crate) struct HealthConfig {
+    pub(crate) schedule: Schedule,
     /// `None` when delta snapshots are disabled.
-    pub delta_period: Option<Duration>,
+    pub(crate) delta_period: Option<Duration>,
     /// Time a full snapshot may take after its scheduled time.
-    pub full_grace: Duration,
+    pub(crate) full_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RoleState {
+pub(crate) enum RoleState {
     Unknown,
     Leader,
     Follower,
@@ -42,39 +42,38 @@ struct Inner {
     /// the store, and the revision the store then covered.
     last_stored: Option<(DateTime<Utc>, i64)>,
     last_failure: Option<(DateTime<Utc>, String)>,
-    initializing: bool,
     /// Why the job refuses to write (etcd's history was rewound), until it may again.
     blocked: Option<String>,
 }
 
-pub struct Health {
+pub(crate) struct Health {
     cfg: HealthConfig,
     inner: Mutex<Inner>,
 }
 
 /// What `/healthz` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub health: bool,
-    pub role: RoleState,
+pub(crate) struct Report {
+    pub(crate) health: bool,
+    pub(crate) role: RoleState,
     #[serde(rename = "snapshotterActive")]
-    pub snapshotter_active: bool,
+    pub(crate) snapshotter_active: bool,
     #[serde(rename = "fullSnapshotStale")]
-    pub full_stale: bool,
+    pub(crate) full_stale: bool,
     #[serde(rename = "deltaSnapshotStale")]
-    pub delta_stale: bool,
+    pub(crate) delta_stale: bool,
     #[serde(rename = "etcdRevision")]
-    pub etcd_revision: i64,
+    pub(crate) etcd_revision: i64,
     #[serde(rename = "lastStoredRevision")]
-    pub last_stored_revision: Option<i64>,
+    pub(crate) last_stored_revision: Option<i64>,
     #[serde(rename = "lastFailure", skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
+    pub(crate) last_failure: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
 }
 
 impl Health {
-    pub fn new(cfg: HealthConfig) -> Health {
+    pub(crate) fn new(cfg: HealthConfig) -> Health {
         Health {
             cfg,
             inner: Mutex::new(Inner::default()),
@@ -86,7 +85,7 @@ impl Health {
     }
 
     /// The latest role probe (`Err`: etcd unreachable or without leader).
-    pub fn set_role(&self, role: Result<Role, String>) {
+    pub(crate) fn set_role(&self, role: Result<Role, String>) {
         let mut i = self.lock();
         match role {
             Ok(r) => {
@@ -108,29 +107,21 @@ impl Health {
     }
 
     /// Whether the latest probe found this member leading (cheap: no staleness evaluation).
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         let i = self.lock();
         i.etcd_error.is_none() && i.role.is_some_and(|r| r.is_leader())
     }
 
-    pub fn set_initializing(&self, on: bool) {
-        self.lock().initializing = on;
-    }
-
-    pub fn job_started(&self) {
+    pub(crate) fn job_started(&self) {
         self.lock().job_since = Some(Utc::now());
     }
 
-    pub fn job_stopped(&self) {
+    pub(crate) fn job_stopped(&self) {
         self.lock().job_since = None;
     }
 
-    pub fn is_job_active(&self) -> bool {
-        self.lock().job_since.is_some()
-    }
-
     /// What the store held when the job (re)started.
-    pub fn store_seen(&self, set: &SnapshotSet) {
+    pub(crate) fn store_seen(&self, set: &SnapshotSet) {
         let mut i = self.lock();
         if let Some(f) = &set.full {
             i.last_full = Some((f.created_on, f.last_revision));
@@ -146,7 +137,7 @@ impl Health {
         set_delta_gauges(set.deltas.len(), set.deltas.first(), set.deltas.last());
     }
 
-    pub fn full_stored(&self, s: &Snapshot) {
+    pub(crate) fn full_stored(&self, s: &Snapshot) {
         let mut i = self.lock();
         i.last_full = Some((s.created_on, s.last_revision));
         i.last_stored = Some((Utc::now(), s.last_revision));
@@ -155,7 +146,7 @@ impl Health {
     }
 
     /// A delta was stored; `first` is the first delta after the latest full.
-    pub fn delta_stored(&self, s: &Snapshot, count: usize, first: Option<&Snapshot>) {
+    pub(crate) fn delta_stored(&self, s: &Snapshot, count: usize, first: Option<&Snapshot>) {
         let mut i = self.lock();
         i.last_stored = Some((Utc::now(), s.last_revision));
         metrics::latest(Kind::Incr, s.last_revision, s.created_on.timestamp());
@@ -163,21 +154,21 @@ impl Health {
     }
 
     /// The job refuses to write for this reason (`None`: it may again).
-    pub fn set_blocked(&self, why: Option<String>) {
+    pub(crate) fn set_blocked(&self, why: Option<String>) {
         self.lock().blocked = why;
     }
 
-    pub fn failed(&self, e: &crate::Error) {
+    pub(crate) fn failed(&self, e: &crate::Error) {
         self.lock().last_failure = Some((Utc::now(), e.to_string()));
         metrics::failure(e.category());
     }
 
     /// Evaluates health now; also refreshes the staleness gauges.
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         self.report_at(Utc::now())
     }
 
-    pub fn report_at(&self, now: DateTime<Utc>) -> Report {
+    pub(crate) fn report_at(&self, now: DateTime<Utc>) -> Report {
         let i = self.lock();
         let role = match (&i.etcd_error, i.role) {
             (None, Some(r)) if r.is_leader() => RoleState::Leader,
@@ -190,9 +181,6 @@ impl Health {
             reasons.push(format!("etcd: {e}"));
         } else if i.role.is_none() {
             reasons.push("etcd has not been probed yet".into());
-        }
-        if i.initializing {
-            reasons.push("the data directory is being initialized".into());
         }
         if role == RoleState::Leader {
             if let Some(b) = &i.blocked {

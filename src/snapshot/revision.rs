@@ -60,6 +60,7 @@ struct Want {
     target: Target,
 }
 
+/// Reads the revision of the data of a snapshot as it streams (module doc).
 pub struct RevisionScanner {
     floor: i64,
     db_size: u64,
@@ -128,6 +129,7 @@ impl RevisionScanner {
         }
     }
 
+    /// Feeds the next bytes of the stream.
     pub fn update(&mut self, mut data: &[u8]) {
         if self.failed {
             return;

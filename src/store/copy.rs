@@ -15,28 +15,28 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-pub struct CopyConfig {
-    pub source: StoreConfig,
-    pub dest: StoreConfig,
+pub(crate) struct CopyConfig {
+    pub(crate) source: StoreConfig,
+    pub(crate) dest: StoreConfig,
     /// Newest backups (full + its deltas) to copy; `None`: all.
-    pub max_backups: Option<usize>,
+    pub(crate) max_backups: Option<usize>,
     /// Only backups whose full is at most this many days old; `None`: any age.
-    pub max_age_days: Option<i64>,
-    pub parallel: usize,
+    pub(crate) max_age_days: Option<i64>,
+    pub(crate) parallel: usize,
     /// Wait for a final full snapshot in the source before copying (at most this long; `None`:
     /// no limit); `Some` only with `--wait-for-final-snapshot`.
-    pub wait_for_final: Option<Option<Duration>>,
+    pub(crate) wait_for_final: Option<Option<Duration>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CopyReport {
-    pub copied: usize,
-    pub skipped: usize,
-    pub bytes: u64,
+pub(crate) struct CopyReport {
+    pub(crate) copied: usize,
+    pub(crate) skipped: usize,
+    pub(crate) bytes: u64,
 }
 
 /// Groups a sorted list into backups (a full and its deltas), newest first.
-pub fn backups(list: &[Snapshot]) -> Vec<Vec<Snapshot>> {
+pub(crate) fn backups(list: &[Snapshot]) -> Vec<Vec<Snapshot>> {
     let mut out: Vec<Vec<Snapshot>> = Vec::new();
     for s in list.iter().filter(|s| !s.is_chunk) {
         match s.kind {
@@ -112,7 +112,7 @@ async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<
     }
 }
 
-pub async fn copy(cfg: &CopyConfig) -> Result<CopyReport> {
+pub(crate) async fn copy(cfg: &CopyConfig) -> Result<CopyReport> {
     if cfg.parallel == 0 {
         return Err(Error::config(
             "--max-parallel-copy-operations must be greater than 0",

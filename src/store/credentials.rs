@@ -12,9 +12,9 @@ use std::time::SystemTime;
 
 /// The credential fields as strings, keyed by the JSON key (== per-field file name).
 #[derive(Clone, Default)]
-pub struct Fields {
-    pub source: String,
-    pub values: Map<String, Value>,
+pub(crate) struct Fields {
+    pub(crate) source: String,
+    pub(crate) values: Map<String, Value>,
 }
 
 /// The source and the field names, never their values (keys and secrets).
@@ -28,7 +28,7 @@ impl std::fmt::Debug for Fields {
 }
 
 impl Fields {
-    pub fn get(&self, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
         match self.values.get(key)? {
             Value::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
             Value::Bool(b) => Some(b.to_string()),
@@ -37,14 +37,14 @@ impl Fields {
         }
     }
 
-    pub fn require(&self, key: &str) -> Result<String> {
+    pub(crate) fn require(&self, key: &str) -> Result<String> {
         self.get(key).ok_or_else(|| Error::Credentials {
             path: self.source.clone(),
             reason: format!("field {key:?} is missing or empty"),
         })
     }
 
-    pub fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         matches!(
             self.get(key).as_deref(),
             Some("true") | Some("True") | Some("1")
@@ -55,12 +55,14 @@ impl Fields {
 /// Where credentials of a kind come from (for `--store-*` re-reads on rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// One JSON file with every field (`*_JSON` variables).
     JsonFile(PathBuf),
+    /// A directory with one file per field.
     Dir(PathBuf),
 }
 
 /// The source configured for `<env_prefix><base>` ("AWS_APPLICATION_CREDENTIALS", ...), if any.
-pub fn source(env_prefix: &str, base: &str) -> Option<Source> {
+pub(crate) fn source(env_prefix: &str, base: &str) -> Option<Source> {
     let json = std::env::var(format!("{env_prefix}{base}_JSON"))
         .ok()
         .filter(|s| !s.is_empty());
@@ -74,7 +76,7 @@ pub fn source(env_prefix: &str, base: &str) -> Option<Source> {
 }
 
 /// Reads credential fields from a source; `keys` lists the per-field file names to look for.
-pub fn read(source: &Source, keys: &[&str]) -> Result<Fields> {
+pub(crate) fn read(source: &Source, keys: &[&str]) -> Result<Fields> {
     match source {
         Source::JsonFile(p) => read_json(p),
         Source::Dir(dir) => {
@@ -136,7 +138,7 @@ fn read_json(p: &Path) -> Result<Fields> {
 }
 
 /// Newest modification time of the credential files (a change means: rebuild the store).
-pub fn modified(source: &Source) -> Option<SystemTime> {
+pub(crate) fn modified(source: &Source) -> Option<SystemTime> {
     let newest = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
     match source {
         Source::JsonFile(p) => newest(p),

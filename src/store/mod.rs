@@ -31,17 +31,22 @@ use tokio::task::JoinHandle;
 /// Prefix of our temp files in a Local store; listing skips them silently.
 const LOCAL_TMP_PREFIX: &str = ".etcdbr-";
 /// Default Local container, as etcdbrctl.
-pub const DEFAULT_LOCAL_CONTAINER: &str = "default.bkp";
+pub(crate) const DEFAULT_LOCAL_CONTAINER: &str = "default.bkp";
 /// S3 allows 10,000 parts; etcdbrctl sizes parts for 9,999.
 const MAX_PARTS: u64 = 9_999;
 /// Bytes gathered before handing a piece to the uploader task.
 const SINK_PIECE: usize = 1 << 20;
 
+/// Where the snapshots are stored (`--storage-provider`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
+    /// A local directory.
     Local,
+    /// S3 or an S3-compatible server.
     S3,
+    /// Google Cloud Storage.
     Gcs,
+    /// Azure Blob Storage.
     Abs,
 }
 
@@ -62,7 +67,7 @@ impl FromStr for Provider {
 }
 
 impl Provider {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Provider::Local => "Local",
             Provider::S3 => "S3",
@@ -72,16 +77,22 @@ impl Provider {
     }
 }
 
+/// A store as the flags describe it (etcdbrctl's snapstore flags).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// Where.
     pub provider: Provider,
     /// Bucket or container; for Local a directory (relative paths are below `$HOME`, as etcdbrctl).
     pub container: String,
+    /// Another endpoint than the provider's (an S3-compatible server, an emulator).
     pub endpoint_override: String,
     /// `--store-prefix`, without the version directory.
     pub prefix: String,
+    /// Parts uploaded at once.
     pub max_parallel_chunk_uploads: usize,
+    /// The size of a part (at least 5 MiB, the S3 minimum).
     pub min_chunk_size: usize,
+    /// Where temporary files go.
     pub temp_dir: PathBuf,
     /// "", "SOURCE_" or "SECONDARY_": prefix of the credential environment variables.
     pub env_prefix: String,
@@ -93,7 +104,7 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// The credentials of kind `base` ("AWS_APPLICATION_CREDENTIALS", ...): the configured
     /// source, else `<env_prefix><base>[_JSON]` from the environment.
-    pub fn credential_source(&self, base: &str) -> Option<credentials::Source> {
+    pub(crate) fn credential_source(&self, base: &str) -> Option<credentials::Source> {
         self.credentials
             .clone()
             .or_else(|| credentials::source(&self.env_prefix, base))
@@ -101,7 +112,7 @@ impl StoreConfig {
 
     /// Checks the values no store can work with; called once, where the configuration is
     /// built from the command line.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.max_parallel_chunk_uploads == 0 {
             return Err(Error::config(
                 "--max-parallel-chunk-uploads must be greater than 0",
@@ -136,6 +147,7 @@ enum Backend {
     Remote,
 }
 
+/// An open store: lists, reads, writes (two-phase) and deletes snapshots.
 pub struct SnapStore {
     cfg: StoreConfig,
     backend: Backend,
@@ -151,7 +163,7 @@ impl std::fmt::Debug for SnapStore {
 }
 
 /// Resolves a Local container the way etcdbrctl does: relative to `$HOME`.
-pub fn local_root(container: &str) -> PathBuf {
+pub(crate) fn local_root(container: &str) -> PathBuf {
     let c = if container.is_empty() {
         DEFAULT_LOCAL_CONTAINER
     } else {
@@ -254,11 +266,7 @@ impl SnapStore {
         )))
     }
 
-    pub fn config(&self) -> &StoreConfig {
-        &self.cfg
-    }
-
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.backend {
             Backend::Local { root } => format!(
                 "Local store {}",
@@ -388,19 +396,19 @@ impl SnapStore {
         }
     }
 
-    pub async fn latest_set(&self) -> Result<SnapshotSet> {
+    pub(crate) async fn latest_set(&self) -> Result<SnapshotSet> {
         Ok(layout::latest_set(&self.list().await?))
     }
 
     /// The file holding a snapshot in a Local store (`None` for remote stores).
-    pub fn local_path(&self, snap: &Snapshot) -> Option<PathBuf> {
+    pub(crate) fn local_path(&self, snap: &Snapshot) -> Option<PathBuf> {
         match &self.backend {
             Backend::Local { root } => Some(root.join(self.key_of(snap))),
             Backend::Remote => None,
         }
     }
 
-    pub fn key_of(&self, snap: &Snapshot) -> String {
+    pub(crate) fn key_of(&self, snap: &Snapshot) -> String {
         snap.key(&self.cfg.prefix)
     }
 
@@ -432,6 +440,7 @@ impl SnapStore {
             .boxed())
     }
 
+    /// Deletes a snapshot's object.
     pub async fn delete(&self, snap: &Snapshot) -> Result<()> {
         let key = self.key_of(snap);
         self.os
@@ -680,7 +689,7 @@ enum PendingKind {
 }
 
 impl PendingUpload {
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
@@ -702,7 +711,7 @@ impl PendingUpload {
 }
 
 mod remote;
-pub use remote::credential_source;
+use remote::credential_source;
 
 /// A store that is rebuilt when its credential files change (rotation without restart).
 pub struct RotatingStore {
@@ -712,6 +721,7 @@ pub struct RotatingStore {
 }
 
 impl RotatingStore {
+    /// A store opened on first use and again when its credentials change.
     pub fn new(cfg: StoreConfig) -> RotatingStore {
         RotatingStore {
             cfg,
@@ -720,6 +730,7 @@ impl RotatingStore {
         }
     }
 
+    /// The store, re-opened first if the credentials file changed.
     pub async fn get(&mut self) -> Result<&Arc<SnapStore>> {
         let mtime = credential_source(&self.cfg).and_then(|s| credentials::modified(&s));
         if self.store.is_none() || mtime != self.cred_mtime {

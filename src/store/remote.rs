@@ -192,7 +192,7 @@ pub(super) fn build_gcs(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
 }
 
 /// The credential source to watch for rotation (see [`credentials::modified`]).
-pub fn credential_source(cfg: &StoreConfig) -> Option<Source> {
+pub(crate) fn credential_source(cfg: &StoreConfig) -> Option<Source> {
     match cfg.provider {
         super::Provider::S3 => cfg.credential_source("AWS_APPLICATION_CREDENTIALS"),
         super::Provider::Abs => cfg.credential_source("AZURE_APPLICATION_CREDENTIALS"),

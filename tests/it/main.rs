@@ -2,6 +2,10 @@
 //! tests one part of the product from the outside, against real etcd and real object-store
 //! servers started on loopback ([`common`]).
 
+// the helpers are `pub` for the test modules of this one crate; a failed set-up is a failed
+// test, so unwrap/expect are fine here
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(dead_code)]
 mod common;
 

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// An out-of-schedule snapshot asked for over HTTP.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     Full {
         is_final: bool,
         reply: oneshot::Sender<std::result::Result<Snapshot, String>>,
@@ -22,7 +22,7 @@ pub enum Request {
 
 /// How the job starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartMode {
+pub(crate) enum StartMode {
     /// A full snapshot at once (the `snapshot` command).
     Full,
     /// The start-up decision (the `server` command); see the module doc.
@@ -30,35 +30,28 @@ pub enum StartMode {
 }
 
 /// How the job is driven: by whom, fenced how, stopped how.
-pub struct Control {
-    pub start: StartMode,
-    pub fence: Fence,
-    pub health: Arc<Health>,
-    pub requests: Option<mpsc::Receiver<Request>>,
+pub(crate) struct Control {
+    pub(crate) start: StartMode,
+    pub(crate) fence: Fence,
+    pub(crate) health: Arc<Health>,
+    pub(crate) requests: Option<mpsc::Receiver<Request>>,
     /// Graceful stop (SIGTERM): the final delta is written.
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// Leadership lost: stop at once, write nothing more.
-    pub abandon: watch::Receiver<bool>,
+    pub(crate) abandon: watch::Receiver<bool>,
     /// Told of every object stored.
-    pub observer: Arc<dyn Observer>,
+    pub(crate) observer: Arc<dyn Observer>,
 }
 
 /// Told of what the job stores, for whoever runs it: the `snapshot` and `server` commands print
 /// each key on stdout. Called from the job's task: it must return quickly.
-pub trait Observer: Send + Sync {
+pub(crate) trait Observer: Send + Sync {
     /// A full or delta snapshot was stored under `key`.
     fn stored(&self, key: &str);
 }
 
-/// An [`Observer`] that ignores everything.
-pub struct Quiet;
-
-impl Observer for Quiet {
-    fn stored(&self, _key: &str) {}
-}
-
 /// The next request, or never when there is no request channel (or it closed).
-pub async fn next_request(rx: &mut Option<&mut mpsc::Receiver<Request>>) -> Request {
+pub(crate) async fn next_request(rx: &mut Option<&mut mpsc::Receiver<Request>>) -> Request {
     match rx {
         Some(r) => match r.recv().await {
             Some(req) => req,

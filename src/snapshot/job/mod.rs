@@ -32,14 +32,14 @@ use tokio::sync::{oneshot, watch};
 /// etcdbrctl's snapshotter restart backoff: 1 s, times `multiplier` per failure; after
 /// `attempt_limit` attempts, `threshold`.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub multiplier: u32,
-    pub attempt_limit: u32,
-    pub threshold: Duration,
+pub(crate) struct Backoff {
+    pub(crate) multiplier: u32,
+    pub(crate) attempt_limit: u32,
+    pub(crate) threshold: Duration,
 }
 
 impl Backoff {
-    pub fn delay(&self, failures: u32) -> Duration {
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
         if failures == 0 {
             return Duration::ZERO;
         }
@@ -53,21 +53,21 @@ impl Backoff {
 }
 
 #[derive(Debug, Clone)]
-pub struct SnapshotJob {
-    pub etcd: EtcdConfig,
-    pub store: StoreConfig,
+pub(crate) struct SnapshotJob {
+    pub(crate) etcd: EtcdConfig,
+    pub(crate) store: StoreConfig,
     /// Of full snapshots (deltas use its codec, on one thread: they are small).
-    pub compression: Compression,
-    pub schedule: Schedule,
-    pub backoff: Backoff,
+    pub(crate) compression: Compression,
+    pub(crate) schedule: Schedule,
+    pub(crate) backoff: Backoff,
     /// Garbage collection and its period; `None` when disabled (period of 1s or less).
-    pub gc: Option<(GcConfig, Duration)>,
+    pub(crate) gc: Option<(GcConfig, Duration)>,
     /// Delta snapshots between fulls; `None` when disabled (period below 1s).
-    pub delta: Option<DeltaConfig>,
+    pub(crate) delta: Option<DeltaConfig>,
 }
 
 /// Runs a GC cycle every `period` until shutdown; errors are logged, never fatal.
-pub async fn run_gc(
+pub(crate) async fn run_gc(
     cfg: StoreConfig,
     gc: GcConfig,
     period: Duration,
@@ -91,7 +91,7 @@ pub async fn run_gc(
 }
 
 /// One full snapshot into the store (the `snapshot save` command).
-pub async fn save_once(
+pub(crate) async fn save_once(
     etcd_cfg: &EtcdConfig,
     store_cfg: StoreConfig,
     compression: Compression,
@@ -112,7 +112,7 @@ pub async fn save_once(
 
 /// The `snapshot` command: runs until `shutdown` turns true, starting with a full snapshot.
 /// Failures are logged and retried with backoff; the run only fails on configuration errors.
-pub async fn run_scheduled(
+pub(crate) async fn run_scheduled(
     job: SnapshotJob,
     shutdown: watch::Receiver<bool>,
     observer: Arc<dyn Observer>,
@@ -137,7 +137,7 @@ pub async fn run_scheduled(
 }
 
 /// Runs the job (GC included) until a stop in `ctl`.
-pub async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
+pub(crate) async fn run_job(job: SnapshotJob, ctl: Control) -> Result<()> {
     let gc_task = job.gc.map(|(gc, period)| {
         let mut stop = ctl.shutdown.clone();
         let mut abandon = ctl.abandon.clone();
@@ -286,7 +286,6 @@ impl Runner {
         Ok(Some(FullSnapshotReport {
             key: full.snap_name.clone(),
             snapshot: full,
-            db_bytes: 0,
             revision_exact: true,
             elapsed: started.elapsed(),
         }))
@@ -416,13 +415,13 @@ impl Runner {
                 self.job.delta.is_some() && self.stored.is_some() && self.client.is_some();
             if can_delta {
                 match self.delta_phase().await {
-                    Ok(PhaseEnd::Deadline { .. }) => self.failures = 0,
+                    Ok(PhaseEnd::Deadline) => self.failures = 0,
                     Ok(PhaseEnd::Shutdown { last_revision }) => {
                         tracing::info!(last_revision, "stopped after the final delta");
                         return Ok(());
                     }
                     Ok(PhaseEnd::Abandoned) => return Ok(()),
-                    Ok(PhaseEnd::Compacted { .. }) => self.next = Utc::now(),
+                    Ok(PhaseEnd::Compacted) => self.next = Utc::now(),
                     Ok(PhaseEnd::FullRequested { is_final, reply }) => {
                         pending_full = Some((is_final, Some(reply)));
                     }
@@ -499,7 +498,7 @@ impl Runner {
         // a phase that ended for a full keeps its watch, to be read while the full streams
         if matches!(
             r,
-            Ok(PhaseEnd::Deadline { .. }) | Ok(PhaseEnd::FullRequested { .. })
+            Ok(PhaseEnd::Deadline) | Ok(PhaseEnd::FullRequested { .. })
         ) {
             self.watch = Some(watch);
         }

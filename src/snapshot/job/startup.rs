@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 /// What the job does first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// A full snapshot at once, for this reason.
     Full(String),
     /// The latest full is current: deltas from the store's last revision (`stored`) + 1.
@@ -23,7 +23,7 @@ pub enum Decision {
 }
 
 /// The decision for the store's latest `set`, with etcd at `etcd_revision` at `now`.
-pub fn decide(
+pub(crate) fn decide(
     set: &SnapshotSet,
     schedule: &Schedule,
     now: DateTime<Utc>,
