@@ -450,15 +450,6 @@ struct DeltaWrite {
 impl DeltaWrite {
     async fn run(mut self, payload: Vec<u8>) -> Result<Written> {
         let (start, last) = (self.start, self.last);
-        // Another writer (an old or new leader's sidecar) must not have extended the chain.
-        let set = self.store.latest_set().await?;
-        if set.last_revision() != start - 1 {
-            return Err(Error::Fenced(format!(
-                "the store's latest snapshot set now ends at revision {}, not at {} where this sidecar's chain ends: another sidecar is writing; re-reading the store",
-                set.last_revision(),
-                start - 1
-            )));
-        }
         let snap = Snapshot::new(Kind::Incr, start, last, self.codec.suffix(), false);
         let bytes = payload.len();
         let codec = self.codec;
@@ -489,7 +480,8 @@ impl DeltaWrite {
             pending.abort().await;
             return Err(e);
         }
-        let snap = self.store.commit(pending, &snap, &snap).await?;
+        // another writer (an old or new leader's sidecar) must not have extended the chain
+        let (snap, set) = self.store.commit_fenced(pending, &snap, start - 1).await?;
         tracing::info!(object = key, start, last, bytes, "delta snapshot stored");
         let first = set.deltas.first().cloned().unwrap_or_else(|| snap.clone());
         Ok(Written {

@@ -523,6 +523,34 @@ impl SnapStore {
     /// Makes an upload visible under the name of `wanted` (the same snapshot, possibly with a
     /// corrected revision). Call only after the sink was closed and the data verified. Returns
     /// the snapshot as stored: `wanted`, or the uploaded name when the store cannot rename.
+    /// [`SnapStore::commit`] for the writer of a chain: only while the store's latest set still
+    /// ends at `chain_end`, where this writer's chain ends. When another writer (an old or new
+    /// leader's sidecar) extended it meanwhile, the upload is aborted and nothing is visible:
+    /// [`Error::Fenced`]. Also returns the set it was checked against.
+    pub async fn commit_fenced(
+        &self,
+        pending: PendingUpload,
+        snap: &Snapshot,
+        chain_end: i64,
+    ) -> Result<(Snapshot, SnapshotSet)> {
+        let set = match self.latest_set().await {
+            Ok(set) => set,
+            Err(e) => {
+                pending.abort().await;
+                return Err(e);
+            }
+        };
+        let now = set.last_revision();
+        if now != chain_end {
+            pending.abort().await;
+            return Err(Error::Fenced(format!(
+                "the store's latest snapshot set now ends at revision {now}, not at {chain_end} where this sidecar's chain ends: another sidecar is writing; re-reading the store"
+            )));
+        }
+        Ok((self.commit(pending, snap, snap).await?, set))
+    }
+
+    /// Makes an upload visible under `wanted`'s name (`uploaded`'s when they are equal).
     pub async fn commit(
         &self,
         pending: PendingUpload,

@@ -2,9 +2,9 @@
 //! (it checks request signatures) and on moto (the widest API), Azure Blob on Azurite. Each
 //! store gets the same checks: an upload invisible until committed and equal when read back
 //! (multipart: 12 MiB in 5 MiB parts), a commit under a corrected name, an aborted upload that
-//! leaves nothing, foreign objects and other prefixes ignored by the listing, a prefix with
-//! spaces, `%`, `+` and non-ASCII stored under exactly that key (as etcdbrctl's SDKs do),
-//! delete, and (where the server checks credentials) a credentials file rotated without a
+//! leaves nothing, a fenced commit refused once another writer extended the chain (nothing
+//! visible), foreign objects and other prefixes ignored by the listing, a prefix with spaces,
+//! `%`, `+` and non-ASCII stored under exactly that key (as etcdbrctl's SDKs do), delete, and (where the server checks credentials) a credentials file rotated without a
 //! restart. GCS is not in the suite: `object_store`'s GCS client fails against the available
 //! emulators (see the README).
 //!
@@ -253,6 +253,32 @@ async fn conformance(case: &Case) {
         got.is_ok(),
         "{n}: no object at {raw_key:?}: {:?}",
         got.err()
+    );
+
+    // a fenced commit: refused, and nothing visible, once another writer extended the chain
+    let chain = SnapStore::open(with_prefix(&case.cfg, "chain"))
+        .await
+        .unwrap();
+    let base = full(10);
+    let pending = upload(&chain, &base, b"base").await;
+    chain.commit_fenced(pending, &base, 0).await.unwrap();
+    let late = Snapshot::new(Kind::Incr, 11, 20, ".gz", false);
+    let pending_late = upload(&chain, &late, &data(6 << 20, 4)).await;
+    let other = Snapshot::new(Kind::Incr, 11, 15, ".gz", false);
+    let pending = upload(&chain, &other, b"other writer").await;
+    chain.commit_fenced(pending, &other, 10).await.unwrap();
+    let fenced = chain
+        .commit_fenced(pending_late, &late, 10)
+        .await
+        .expect_err("a commit after another writer's");
+    assert!(
+        matches!(fenced, etcdbr::Error::Fenced(_)),
+        "{n}: fenced: {fenced}"
+    );
+    assert_eq!(
+        names(&chain).await,
+        vec![base.snap_name.clone(), other.snap_name.clone()],
+        "{n}: after a fenced commit"
     );
 
     // delete
