@@ -16,6 +16,7 @@ pub mod etcdconf;
 pub mod https;
 pub mod listener;
 mod proxy;
+mod reply;
 mod routes;
 
 use crate::error::{Error, Result};

@@ -1,7 +1,7 @@
 //! Forwarding snapshot requests from a follower's sidecar to the leader's (etcdbrctl's
 //! convention: every sidecar listens on the same port; the leader's client URL gives the host).
 
-use super::routes::text;
+use super::reply::text;
 use super::{AppState, ServerConfig};
 use crate::error::{Error, Result};
 use crate::etcd;

@@ -2,6 +2,7 @@
 //! the query and method checks, and the router.
 
 use super::proxy::not_leader;
+use super::reply::{json, text};
 use super::AppState;
 use crate::error::Error;
 use crate::format::layout::Snapshot;
@@ -40,27 +41,6 @@ pub(super) type SharedFull = futures::future::Shared<futures::future::BoxFuture<
 pub(super) struct OnDemand {
     inflight: Option<(bool, SharedFull)>,
     last_done: Option<std::time::Instant>,
-}
-
-pub(super) fn text(code: StatusCode, msg: impl Into<String>) -> Response {
-    let mut m = msg.into();
-    m.push('\n');
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        m,
-    )
-        .into_response()
-}
-
-pub(super) fn json(code: StatusCode, v: &impl serde::Serialize) -> Response {
-    match serde_json::to_string(v) {
-        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the response: {e}"),
-        ),
-    }
 }
 
 /// Go's `strconv.ParseBool`.
