@@ -1,6 +1,7 @@
 //! The bytes of a backup, independent of where they are stored: object names and the latest
 //! snapshot set ([`layout`]), delta snapshot files ([`delta`]), the compression policies
 //! ([`codec`], [`pdeflate`], [`lzw`]), the sha256 trailer of a full snapshot ([`trailer`]),
+//! the proof recorded with it ([`proof`]),
 //! and the bridges between async streams and the blocking codecs ([`streamio`]).
 
 pub mod codec;
@@ -8,5 +9,6 @@ pub mod delta;
 pub mod layout;
 pub mod lzw;
 pub mod pdeflate;
+pub mod proof;
 pub mod streamio;
 pub mod trailer;

@@ -9,6 +9,7 @@ pub mod k8s;
 use crate::error::{Error, Result};
 use crate::format::codec::Codec;
 use crate::format::layout;
+use crate::format::proof::Proof;
 use crate::format::streamio::ChannelReader;
 use crate::format::trailer::TrailerHasher;
 use crate::ondisk::bbolt::{Db, Problem};
@@ -88,6 +89,9 @@ pub(crate) struct Opened {
     pending: Option<std::thread::JoinHandle<Result<Trailer>>>,
     /// Keeps the decompressed copy alive while `db` reads it.
     _temp: Option<tempfile::TempPath>,
+    /// The proof stored with a full snapshot (etcd's keyspace hash at its revision), or why
+    /// it cannot be read.
+    proof: Option<Result<Proof>>,
 }
 
 impl Opened {
@@ -216,6 +220,10 @@ pub(crate) async fn open(
             ))
         })?;
     let key = store.key_of(snap);
+    let proof = match snap.kind {
+        layout::Kind::Full => store.proof(snap).await.transpose(),
+        layout::Kind::Incr => None,
+    };
     let codec =
         Codec::from_suffix(&snap.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
     let mut stream = store.fetch(snap).await?;
@@ -241,6 +249,7 @@ pub(crate) async fn open(
         trailer: Some(trailer),
         pending: None,
         _temp: Some(tmp),
+        proof,
     })
 }
 
@@ -272,6 +281,7 @@ fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> 
             trailer,
             pending,
             _temp: None,
+            proof: None,
         });
     }
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
@@ -285,6 +295,7 @@ fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> 
         trailer: Some(trailer),
         pending: None,
         _temp: Some(tmp),
+        proof: None,
     })
 }
 
@@ -480,7 +491,29 @@ pub(crate) async fn write_verify(mut o: Opened, mut w: Output) -> Result<()> {
             st.live_keys
         )
         .map_err(Output::error)?;
-        Ok(())
+        match o.proof.take() {
+            None => writeln!(w.out, "keyspace hash: no proof recorded with this snapshot")
+                .map_err(Output::error),
+            Some(Err(e)) => Err(e),
+            Some(Ok(p)) => {
+                let ours = crate::ondisk::hashkv::hash_kv(&o.db, p.revision, p.compact_revision)?;
+                if ours != p.hash {
+                    return Err(Error::integrity(
+                        &o.label,
+                        format!(
+                            "its keyspace hash at revision {} is {ours:08x}, but etcd (member {}) answered {:08x} when it was stored: this is not the data of the cluster it claims to come from; do not restore from it",
+                            p.revision, p.member_id, p.hash
+                        ),
+                    ));
+                }
+                writeln!(
+                    w.out,
+                    "keyspace hash: {ours:08x}, equal to etcd's HashKV at revision {} (compacted at {}, member {}, cluster {})",
+                    p.revision, p.compact_revision, p.member_id, p.cluster_id
+                )
+                .map_err(Output::error)
+            }
+        }
     })
     .await
 }

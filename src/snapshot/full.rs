@@ -18,6 +18,7 @@ use crate::etcd::leader::Fence;
 use crate::etcd::{self, EtcdConfig};
 use crate::format::codec::Compression;
 use crate::format::layout::{Kind, Snapshot};
+use crate::format::proof::Proof;
 use crate::format::trailer::{TrailerHasher, TRAILER};
 use crate::snapshot::revision::RevisionScanner;
 use crate::store::SnapStore;
@@ -25,6 +26,58 @@ use etcd_client::{Client, GetOptions};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Records etcd's own keyspace hash at the stored full's revision next to it ([`Proof`]), from
+/// the member that streamed it. Best effort: a full without a proof is still a backup (a
+/// compaction past its revision meanwhile, an old member), and the log says why.
+async fn record_proof(
+    client: &mut Client,
+    endpoint: &str,
+    timeout: Duration,
+    store: &SnapStore,
+    stored: &Snapshot,
+) {
+    let revision = stored.last_revision;
+    let answer = etcd::call(
+        endpoint,
+        "HashKV at the snapshot's revision",
+        timeout,
+        client.hash_kv(revision),
+    )
+    .await;
+    let proof = match answer {
+        Ok(r) => Proof {
+            snapshot: stored.snap_name.clone(),
+            revision,
+            compact_revision: r.compact_version(),
+            hash: r.hash(),
+            member_id: r
+                .header()
+                .map(|h| format!("{:x}", h.member_id()))
+                .unwrap_or_default(),
+            cluster_id: r
+                .header()
+                .map(|h| format!("{:x}", h.cluster_id()))
+                .unwrap_or_default(),
+        },
+        Err(e) => {
+            tracing::warn!(snapshot = %stored.snap_name, revision, error = %e, "no proof recorded for this full snapshot: etcd did not give its keyspace hash at the snapshot's revision");
+            return;
+        }
+    };
+    match store.put_proof(stored, &proof).await {
+        Ok(()) => tracing::info!(
+            snapshot = %stored.snap_name,
+            revision,
+            compact_revision = proof.compact_revision,
+            hash = format!("{:08x}", proof.hash),
+            "recorded etcd's keyspace hash with the full snapshot"
+        ),
+        Err(e) => {
+            tracing::warn!(snapshot = %stored.snap_name, error = %e, "no proof recorded for this full snapshot")
+        }
+    }
+}
 
 /// What a full snapshot produced.
 #[derive(Debug, Clone)]
@@ -177,6 +230,9 @@ pub(crate) async fn take(
         return Err(e);
     }
     let stored = store.commit(pending, &snap, &wanted).await?;
+    if revision_exact && stored.last_revision == revision {
+        record_proof(client, &endpoint, cfg.snapshot_timeout, store, &stored).await;
+    }
     let report = FullSnapshotReport {
         key: store.key_of(&stored),
         revision_exact: revision_exact && stored.last_revision == revision,

@@ -14,6 +14,7 @@ pub mod credentials;
 
 use crate::error::{Error, Result};
 use crate::format::layout::{self, Snapshot, SnapshotSet};
+use crate::format::proof::{Proof, MAX_PROOF_BYTES};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::{
@@ -370,6 +371,9 @@ impl SnapStore {
             {
                 continue;
             }
+            if Proof::snapshot_key_of(key).is_some() {
+                continue;
+            }
             match Snapshot::parse_key(key) {
                 // etcdbrctl lists the whole prefix and would also take the snapshots of a
                 // store nested below it (`<prefix>/other/v2/...`): another cluster's history
@@ -440,13 +444,86 @@ impl SnapStore {
             .boxed())
     }
 
-    /// Deletes a snapshot's object.
+    /// Deletes a snapshot's object, and first the proof of a full (a proof without its
+    /// snapshot proves nothing; a snapshot whose proof is gone is still a backup).
     pub async fn delete(&self, snap: &Snapshot) -> Result<()> {
+        if snap.kind == layout::Kind::Full && !snap.is_chunk {
+            self.delete_proof(snap).await?;
+        }
         let key = self.key_of(snap);
         self.os
             .delete(&Self::os_path(&key))
             .await
             .map_err(|e| Error::store(&key, "delete", e))
+    }
+
+    /// Stores the proof of a full snapshot next to it ([`Proof`]). On a Local store the file is
+    /// written aside, fsynced, renamed into place and its directory fsynced, as snapshots are.
+    pub async fn put_proof(&self, snap: &Snapshot, proof: &Proof) -> Result<()> {
+        let key = Proof::key_for(&self.key_of(snap));
+        let bytes = proof.to_bytes();
+        match &self.backend {
+            Backend::Local { root } => {
+                let dest = root.join(&key);
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                    let tmp = dir.join(format!(
+                        "{LOCAL_TMP_PREFIX}{:016x}.proof.part",
+                        rand::random::<u64>()
+                    ));
+                    let mut f = open_private(&tmp)?;
+                    let written = f
+                        .write_all(&bytes)
+                        .and_then(|()| f.sync_all())
+                        .and_then(|()| fs::rename(&tmp, &dest));
+                    if let Err(e) = written {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(Error::io(&dest, "write the proof", e));
+                    }
+                    fs::File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| Error::io(&dir, "fsync", e))
+                })
+                .await
+                .map_err(|e| Error::task("proof writer", e))?
+            }
+            Backend::Remote => self
+                .os
+                .put(&Self::os_path(&key), object_store::PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::store(&key, "upload the proof", e)),
+        }
+    }
+
+    /// The proof stored with a full snapshot, if there is one.
+    pub async fn proof(&self, snap: &Snapshot) -> Result<Option<Proof>> {
+        let key = Proof::key_for(&self.key_of(snap));
+        let r = match self.os.get(&Self::os_path(&key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(&key, "download the proof", e)),
+        };
+        if r.meta.size > MAX_PROOF_BYTES as u64 {
+            return Err(Error::integrity(
+                &key,
+                format!("{} bytes: not a proof", r.meta.size),
+            ));
+        }
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| Error::store(&key, "download the proof", e))?;
+        Proof::parse(&key, &bytes).map(Some)
+    }
+
+    /// Deletes the proof of a snapshot, if there is one.
+    async fn delete_proof(&self, snap: &Snapshot) -> Result<()> {
+        let key = Proof::key_for(&self.key_of(snap));
+        match self.os.delete(&Self::os_path(&key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store(&key, "delete the proof", e)),
+        }
     }
 
     /// Starts writing `snap`. `size_hint` (bytes, e.g. etcd's db size) sizes multipart parts.

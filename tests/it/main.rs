@@ -19,6 +19,7 @@ mod drill;
 mod full_snapshot;
 mod initialize;
 mod inspect;
+mod proof;
 mod restore;
 mod runbook;
 mod server;

@@ -1,7 +1,8 @@
 //! One conformance suite run against every store provider that runs here: Local, S3 on s3s-fs
 //! (it checks request signatures) and on moto (the widest API), Azure Blob on Azurite. Each
 //! store gets the same checks: an upload invisible until committed and equal when read back
-//! (multipart: 12 MiB in 5 MiB parts), a commit under a corrected name, an aborted upload that
+//! (multipart: 12 MiB in 5 MiB parts), a full's proof stored, read back and deleted with it
+//! (never listed), a commit under a corrected name, an aborted upload that
 //! leaves nothing, a fenced commit refused once another writer extended the chain (nothing
 //! visible), foreign objects and other prefixes ignored by the listing, a prefix with spaces,
 //! `%`, `+` and non-ASCII stored under exactly that key (as etcdbrctl's SDKs do), delete, and (where the server checks credentials) a credentials file rotated without a
@@ -193,6 +194,24 @@ async fn conformance(case: &Case) {
         "{n}: size"
     );
 
+    // a full's proof: stored next to it, read back equal, never listed as a snapshot
+    let proof = etcdbr::format::proof::Proof {
+        snapshot: a.snap_name.clone(),
+        revision: 100,
+        compact_revision: 90,
+        hash: 0x1234_abcd,
+        member_id: "8e9e05c52164694d".into(),
+        cluster_id: "cdf818194e3a8c32".into(),
+    };
+    assert_eq!(store.proof(&a).await.unwrap(), None, "{n}: no proof yet");
+    store.put_proof(&a, &proof).await.unwrap();
+    assert_eq!(store.proof(&a).await.unwrap(), Some(proof), "{n}: proof");
+    assert_eq!(
+        names(&store).await,
+        vec![a.snap_name.clone()],
+        "{n}: proofs are not listed"
+    );
+
     // a commit under a corrected name: only that name is listed
     let (lower, exact) = (full(200), full(205));
     let small = data(3 << 20, 2);
@@ -287,6 +306,11 @@ async fn conformance(case: &Case) {
         names(&store).await,
         vec![exact.snap_name.clone()],
         "{n}: after delete"
+    );
+    assert_eq!(
+        store.proof(&a).await.unwrap(),
+        None,
+        "{n}: deleted with its full"
     );
     let gone = store.fetch(&a).await.err().expect("a deleted object");
     assert!(
