@@ -20,6 +20,7 @@
 //! * [`snapshot`]: full and delta snapshots, garbage collection, compaction, and the scheduled
 //!   job with its start-up decision and the health of the backups;
 //! * [`initialize`]: start-up validation of the data dir and the restore that replaces it;
+//! * [`verify`]: the restore drill, proving the backups restore into the cluster's data;
 //! * [`inspect`]: `snapshot status|verify|ls|get`, natively;
 //! * [`server`]: the sidecar's HTTP API, its hardened listener, TLS, who may call it, and the
 //!   `/config` rewrite;
@@ -42,5 +43,6 @@ pub mod snapshot;
 pub mod stop;
 pub mod store;
 pub mod sys;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -15,6 +15,7 @@ pub mod options;
 pub mod restore;
 pub mod server;
 pub mod snapshot;
+pub mod verify;
 
 use crate::error::Result;
 use crate::snapshot::job::control::Observer;
@@ -65,6 +66,9 @@ pub(crate) enum Command {
     Initialize(Box<initialize::InitializeCmd>),
     /// Copy backups from a source store to the destination store.
     Copy(Box<copy::CopyCmd>),
+    /// Prove the backups: `--restore` restores the latest snapshot set into a temporary
+    /// directory and compares its keyspace with etcd's HashKV at its revision.
+    Verify(Box<verify::VerifyCmd>),
 }
 
 impl Command {
@@ -77,6 +81,7 @@ impl Command {
             Command::Compact(c) => c.run().await,
             Command::Initialize(c) => c.run().await,
             Command::Copy(c) => c.run().await,
+            Command::Verify(c) => c.run().await,
         }
     }
 }

@@ -149,6 +149,8 @@ pub(crate) enum Target {
 
 #[derive(Debug, Clone)]
 pub(crate) struct RestoreReport {
+    /// The full restored from.
+    pub(crate) full: Snapshot,
     pub(crate) deltas_applied: usize,
     pub(crate) revisions_replayed: u64,
     pub(crate) revision: i64,
@@ -235,6 +237,7 @@ pub(crate) async fn restore_locked(
         }
     };
     let report = RestoreReport {
+        full,
         deltas_applied,
         revisions_replayed,
         revision: reached,
