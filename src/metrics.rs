@@ -34,6 +34,9 @@ pub(crate) struct Metrics {
     pub(crate) watch_revision: IntGauge,
     pub(crate) up_seconds: Gauge,
     pub(crate) invalid_data_dirs: IntGauge,
+    pub(crate) drill_last_success: Gauge,
+    pub(crate) drill_result: IntGaugeVec,
+    pub(crate) drill_seconds: Gauge,
     pub(crate) validation_duration: HistogramVec,
     pub(crate) restoration_duration: HistogramVec,
     pub(crate) add_learner_duration: HistogramVec,
@@ -174,6 +177,21 @@ fn build() -> prometheus::Result<Metrics> {
             "start_time_seconds",
             "Start time of the sidecar (unix seconds).",
         ))?,
+        drill_last_success: Gauge::with_opts(ns(
+            "restore_drill_last_success_timestamp_seconds",
+            "Unix time of the last restore drill that proved the backups equal to the cluster.",
+        ))?,
+        drill_result: IntGaugeVec::new(
+            ns(
+                "restore_drill_result",
+                "Outcome of the last restore drill: 1 for its result (equal, unproven, mismatch, failed), 0 for the others.",
+            ),
+            &["result"],
+        )?,
+        drill_seconds: Gauge::with_opts(ns(
+            "restore_drill_duration_seconds",
+            "Time the last restore drill took.",
+        ))?,
         invalid_data_dirs: IntGauge::with_opts(ns(
             "invalid_data_dirs",
             "Replaced data directories kept aside as <data-dir>.invalid-<time> (bounded by --keep-invalid-data-dirs).",
@@ -249,6 +267,9 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.up_seconds.clone()))?;
     r.register(Box::new(m.watch_revision.clone()))?;
     r.register(Box::new(m.invalid_data_dirs.clone()))?;
+    r.register(Box::new(m.drill_last_success.clone()))?;
+    r.register(Box::new(m.drill_result.clone()))?;
+    r.register(Box::new(m.drill_seconds.clone()))?;
     r.register(Box::new(m.validation_duration.clone()))?;
     r.register(Box::new(m.restoration_duration.clone()))?;
     r.register(Box::new(m.add_learner_duration.clone()))?;
@@ -348,6 +369,25 @@ pub(crate) fn failure(category: &str) {
 }
 
 /// How many replaced data directories are kept aside.
+/// The outcomes of a restore drill (label `result` of `etcdbr_restore_drill_result`).
+pub(crate) const DRILL_RESULTS: &[&str] = &["equal", "unproven", "mismatch", "failed"];
+
+/// Records a restore drill's outcome (one of [`DRILL_RESULTS`]).
+pub(crate) fn drill(result: &str, secs: f64) {
+    if let Some(m) = get() {
+        for r in DRILL_RESULTS {
+            m.drill_result
+                .with_label_values(&[r])
+                .set(i64::from(*r == result));
+        }
+        m.drill_seconds.set(secs);
+        if result == "equal" {
+            m.drill_last_success
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+}
+
 pub(crate) fn set_invalid_data_dirs(n: usize) {
     if let Some(m) = get() {
         m.invalid_data_dirs.set(n as i64);

@@ -5,6 +5,7 @@ use super::options::{duration, go_bool, JobArgs, K8sLeaseArgs, RestorationArgs};
 use super::{shutdown_signal, PrintKeys};
 use crate::error::{Error, Result};
 use crate::initialize::validate::Mode;
+use crate::schedule::Schedule;
 use crate::server::auth::AuthConfig;
 use crate::server::etcdconf;
 use crate::server::https::TlsFiles;
@@ -38,6 +39,15 @@ pub(crate) struct ServerCmd {
         env = "ETCDBR_ON_DEMAND_FULL_MIN_INTERVAL"
     )]
     pub(crate) on_demand_full_min_interval: std::time::Duration,
+    /// Schedule of restore drills on the leader's sidecar (cron; empty: none): the latest
+    /// snapshot set restored into a temporary directory below --restoration-temp-snapshots-dir
+    /// and compared with etcd's HashKV (`etcdbrctl verify --restore` by hand)
+    #[arg(
+        long = "verify-schedule",
+        default_value = "",
+        env = "ETCDBR_VERIFY_SCHEDULE"
+    )]
+    pub(crate) verify_schedule: String,
     /// address on which the HTTP server listens (etcdbr; empty: all interfaces)
     #[arg(
         long = "server-host",
@@ -193,6 +203,10 @@ impl ServerCmd {
             job,
             host: s.server_host,
             full_min_interval: s.on_demand_full_min_interval,
+            verify_schedule: (!s.verify_schedule.trim().is_empty())
+                .then(|| Schedule::parse(&s.verify_schedule))
+                .transpose()
+                .map_err(|e| Error::config(format!("--verify-schedule: {e}")))?,
             port: s.server_port,
             reelection_period: s.reelection_period,
             leader_election_timeout: s.leader_election_timeout,

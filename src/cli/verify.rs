@@ -45,7 +45,7 @@ impl VerifyCmd {
             r.revision,
             r.elapsed.as_secs_f64()
         );
-        match r.verdict {
+        match &r.verdict {
             Verdict::Equal {
                 source,
                 compact_revision,
@@ -60,6 +60,7 @@ impl VerifyCmd {
                 "the latest set restores to revision {} (keyspace hash {:08x}), but nothing could prove it equal to the cluster's: {why}; run the drill while the cluster still has that revision (before its next compaction)",
                 r.revision, r.hash
             ))),
+            Verdict::Differs { .. } => Err(Error::integrity(r.full.clone(), r.describe())),
         }
     }
 }

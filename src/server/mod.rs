@@ -52,6 +52,8 @@ pub(crate) struct ServerConfig {
     pub(crate) auth: crate::server::auth::AuthConfig,
     /// `--on-demand-full-min-interval` (zero: none).
     pub(crate) full_min_interval: Duration,
+    /// `--verify-schedule`: restore drills on the leader's sidecar (`None`: none).
+    pub(crate) verify_schedule: Option<Schedule>,
 }
 
 impl ServerConfig {
@@ -195,8 +197,20 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
 
+    let drill_task = cfg.verify_schedule.clone().map(|schedule| {
+        tokio::spawn(drill_loop(
+            cfg.clone(),
+            schedule,
+            health.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let result = leadership_loop(&cfg, &st, shutdown).await;
     defrag_task.abort();
+    if let Some(t) = drill_task {
+        t.abort();
+    }
     let _ = http_stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
@@ -205,6 +219,62 @@ pub(crate) async fn run(
         _ => {}
     }
     result
+}
+
+/// Restore drills on `schedule` while this sidecar's member leads ([`crate::verify`]): the
+/// result in the log (the objects named), the metrics, `/snapshot/latest` and, when the
+/// backups differ from the cluster, `/healthz`.
+async fn drill_loop(
+    cfg: ServerConfig,
+    schedule: Schedule,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut restore = cfg.init.restore.clone();
+    // beside the initializer's temporary files, never among them
+    restore.temp_dir = restore.temp_dir.join("drill");
+    let dcfg = crate::verify::DrillConfig {
+        restore,
+        etcd: Some(cfg.job.etcd.clone()),
+    };
+    loop {
+        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+            return;
+        };
+        let wait = (next - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::stop::flag_set(&mut shutdown) => return,
+        }
+        if !health.is_leader() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let (result, revision, detail) = match crate::verify::drill(&dcfg).await {
+            Ok(r) => {
+                let label = r.verdict.label();
+                if label == "mismatch" {
+                    tracing::error!(detail = %r.describe(), "restore drill: the backups differ from the cluster");
+                } else {
+                    tracing::info!(result = label, detail = %r.describe(), "restore drill");
+                }
+                (label, Some(r.revision), r.describe())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restore drill failed");
+                ("failed", None, e.to_string())
+            }
+        };
+        metrics::drill(result, started.elapsed().as_secs_f64());
+        health.drill_done(crate::snapshot::health::Drill {
+            time: chrono::Utc::now(),
+            result,
+            revision,
+            detail,
+        });
+    }
 }
 
 /// Asks the cluster (the member-operation endpoints) to promote learner `id`.

@@ -251,6 +251,9 @@ struct Latest {
     /// Revision the latest set restores to (etcdbr extension).
     #[serde(rename = "latestRevision")]
     latest_revision: i64,
+    /// The last restore drill of this sidecar (`--verify-schedule`; etcdbr extension).
+    #[serde(rename = "restoreDrill", skip_serializing_if = "Option::is_none")]
+    restore_drill: Option<crate::snapshot::health::Drill>,
 }
 
 async fn snapshot_latest(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
@@ -273,6 +276,7 @@ async fn snapshot_latest(State(st): State<Arc<AppState>>, RawQuery(q): RawQuery)
                     .map(|f| (now - f.created_on).num_seconds()),
                 latest_age: newest.map(|s| (now - s.created_on).num_seconds()),
                 latest_revision: set.last_revision(),
+                restore_drill: st.health.last_drill(),
                 full: set.full,
                 deltas: (!set.deltas.is_empty()).then_some(set.deltas),
             };

@@ -44,6 +44,22 @@ struct Inner {
     last_failure: Option<(DateTime<Utc>, String)>,
     /// Why the job refuses to write (etcd's history was rewound), until it may again.
     blocked: Option<String>,
+    /// The last restore drill.
+    drill: Option<Drill>,
+}
+
+/// The last restore drill, as `/snapshot/latest` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Drill {
+    /// When it ended.
+    pub(crate) time: DateTime<Utc>,
+    /// `equal`, `unproven`, `mismatch` or `failed`.
+    pub(crate) result: &'static str,
+    /// The revision the latest set restored to (when it restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) revision: Option<i64>,
+    /// What it was compared with, or why it failed.
+    pub(crate) detail: String,
 }
 
 pub(crate) struct Health {
@@ -164,6 +180,16 @@ impl Health {
     }
 
     /// Evaluates health now; also refreshes the staleness gauges.
+    /// Records a restore drill's outcome.
+    pub(crate) fn drill_done(&self, d: Drill) {
+        self.lock().drill = Some(d);
+    }
+
+    /// The last restore drill.
+    pub(crate) fn last_drill(&self) -> Option<Drill> {
+        self.lock().drill.clone()
+    }
+
     pub(crate) fn report(&self) -> Report {
         self.report_at(Utc::now())
     }
@@ -185,6 +211,13 @@ impl Health {
         if role == RoleState::Leader {
             if let Some(b) = &i.blocked {
                 reasons.push(b.clone());
+            }
+            if let Some(d) = i.drill.as_ref().filter(|d| d.result == "mismatch") {
+                reasons.push(format!(
+                    "the restore drill of {} found backups that differ from the cluster: {}",
+                    d.time.format("%Y-%m-%dT%H:%M:%SZ"),
+                    d.detail
+                ));
             }
             match i.job_since {
                 None => reasons.push("the snapshotter is not running yet".into()),

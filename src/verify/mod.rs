@@ -40,6 +40,26 @@ pub(crate) enum Verdict {
     },
     /// Nothing to compare with (the reason says why); the restore itself succeeded.
     Unproven(String),
+    /// Different from what `source` says: the backups do not hold the cluster's data.
+    Differs {
+        /// Who said otherwise.
+        source: String,
+        /// What it said.
+        theirs: u32,
+        /// The compaction revision the hash was computed under.
+        compact_revision: i64,
+    },
+}
+
+impl Verdict {
+    /// The `result` label of `etcdbr_restore_drill_result`.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Verdict::Equal { .. } => "equal",
+            Verdict::Unproven(_) => "unproven",
+            Verdict::Differs { .. } => "mismatch",
+        }
+    }
 }
 
 /// The outcome of a drill that restored.
@@ -53,8 +73,7 @@ pub(crate) struct DrillReport {
     pub(crate) elapsed: Duration,
 }
 
-/// Runs one drill. A keyspace that differs from the cluster's is an [`Error::Integrity`]
-/// naming the set; a set that cannot be restored fails as the restore does.
+/// Runs one drill; a set that cannot be restored fails as the restore does.
 pub(crate) async fn drill(cfg: &DrillConfig) -> Result<DrillReport> {
     let started = Instant::now();
     let work = datadir::TempDir::new(&cfg.restore.temp_dir)?;
@@ -67,10 +86,6 @@ pub(crate) async fn drill(cfg: &DrillConfig) -> Result<DrillReport> {
     (rc.bump_revision, rc.mark_compacted) = (0, false);
     let restored = crate::restore::restore(&rc).await?;
     let revision = restored.revision;
-    let set = format!(
-        "{} and {} deltas",
-        restored.full.snap_name, restored.deltas_applied
-    );
     let db_path = rc.data_dir.join("member/snap/db");
     let db = tokio::task::spawn_blocking(move || -> Result<Db> {
         let db = Db::open(&db_path)?;
@@ -122,25 +137,50 @@ pub(crate) async fn drill(cfg: &DrillConfig) -> Result<DrillReport> {
     };
     let ours = hash_of(db, revision, compact).await?;
     drop(work);
-    if ours != theirs {
-        return Err(Error::integrity(
-            set,
-            format!(
-                "restored to revision {revision}, its keyspace hash is {ours:08x}, but {source} says {theirs:08x} (compacted at {compact}): the backups do not hold the cluster's data; find the altered object with `snapshot verify` and take a new full snapshot"
-            ),
-        ));
-    }
+    let verdict = if ours == theirs {
+        Verdict::Equal {
+            source,
+            compact_revision: compact,
+        }
+    } else {
+        Verdict::Differs {
+            source,
+            theirs,
+            compact_revision: compact,
+        }
+    };
     Ok(DrillReport {
         full: restored.full.snap_name,
         deltas: restored.deltas_applied,
         revision,
         hash: ours,
-        verdict: Verdict::Equal {
-            source,
-            compact_revision: compact,
-        },
+        verdict,
         elapsed: started.elapsed(),
     })
+}
+
+impl DrillReport {
+    /// One line for the log, the API and the command line.
+    pub(crate) fn describe(&self) -> String {
+        let set = format!(
+            "{} and {} deltas, restored to revision {}",
+            self.full, self.deltas, self.revision
+        );
+        match &self.verdict {
+            Verdict::Equal { source, compact_revision } => format!(
+                "{set}: keyspace hash {:08x}, equal to etcd's HashKV from {source} (compacted at {compact_revision})",
+                self.hash
+            ),
+            Verdict::Unproven(why) => format!(
+                "{set}: keyspace hash {:08x}, unproven: {why}",
+                self.hash
+            ),
+            Verdict::Differs { source, theirs, compact_revision } => format!(
+                "{set}: keyspace hash {:08x}, but {source} says {theirs:08x} (compacted at {compact_revision}): the backups do not hold the cluster's data; find the altered object with `snapshot verify` and take a new full snapshot",
+                self.hash
+            ),
+        }
+    }
 }
 
 async fn hash_of(db: Db, revision: i64, compact: i64) -> Result<u32> {

@@ -448,3 +448,67 @@ fn the_restore_drill_proves_the_chain_etcd34() {
 fn the_restore_drill_proves_the_chain_etcd35() {
     restore_drill(EtcdVersion::V35);
 }
+
+/// `--verify-schedule`: the leader's sidecar drills on schedule; the result is in
+/// `/snapshot/latest` and in the metrics, and the sidecar stays healthy.
+#[test]
+fn the_sidecar_drills_on_schedule() {
+    let version = EtcdVersion::V35;
+    let etcd = Etcd::start(version);
+    let dir = tempfile::tempdir().expect("tmp");
+    let (bk, log) = (dir.path().join("bk"), dir.path().join("sidecar.log"));
+    for i in 0..30 {
+        etcd.put(&format!("/s/{i}"), b"v");
+    }
+    let (tool, _) = version.status_tool();
+    let work = dir.path().join("work");
+    let (etcd_bin, tool, work) = (
+        version.etcd().display().to_string(),
+        tool.display().to_string(),
+        work.display().to_string(),
+    );
+    let (_sidecar, port) = sidecar_server(
+        &etcd.endpoint,
+        &bk,
+        &log,
+        &[
+            "--verify-schedule",
+            "@every 2s",
+            "--etcd-binary",
+            &etcd_bin,
+            "--etcd-restore-tool",
+            &tool,
+            "--restoration-temp-snapshots-dir",
+            &work,
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let drill = loop {
+        etcd.put("/s/tick", b"t");
+        if let Ok((200, body)) = http_body(port, "GET", "/snapshot/latest") {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if v["restoreDrill"]["result"] == "equal" {
+                break v["restoreDrill"].clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no successful drill: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        drill["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("equal to etcd's HashKV")),
+        "{drill}"
+    );
+    let (_, metrics) = http_body(port, "GET", "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("etcdbr_restore_drill_result{result=\"equal\"} 1"),
+        "{metrics}"
+    );
+    let (code, health) = http_body(port, "GET", "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{health}");
+}
