@@ -103,6 +103,17 @@ async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<
     match written {
         Ok(n) => {
             dest.commit(pending, &target, &target).await?;
+            // the proof travels with its full, after it (never a proof without its full); a
+            // full without one is still a backup
+            if s.kind == crate::format::layout::Kind::Full {
+                let copied = match source.proof(s).await {
+                    Ok(Some(p)) => dest.put_proof(&target, &p).await,
+                    other => other.map(|_| ()),
+                };
+                if let Err(e) = copied {
+                    tracing::warn!(snapshot = %s.snap_name, error = %e, "the full was copied without its proof");
+                }
+            }
             Ok(n)
         }
         Err(e) => {

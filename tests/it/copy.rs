@@ -1,5 +1,6 @@
 //! `etcdbrctl copy` between real stores (Local directories and moto's S3): the reference's
-//! filters, `.final` stripped, bytes unchanged, already-copied objects skipped.
+//! filters, `.final` stripped, bytes unchanged, already-copied objects skipped, a full's proof
+//! copied with it.
 
 use crate::common::*;
 use std::path::Path;
@@ -28,6 +29,16 @@ fn copies_with_filters_and_skips_existing() {
         format!("Full-00000000-00000600-{}.gz.final", now - 60),
     ];
     let contents: Vec<Vec<u8>> = names.iter().map(|n| put(&src, n)).collect();
+    // the newest full's proof (etcd's HashKV recorded with it) travels with it
+    let proof = format!(
+        r#"{{"snapshot":"{}","revision":600,"compactRevision":550,"hash":305441741,"memberId":"1","clusterId":"2"}}"#,
+        names[5]
+    );
+    std::fs::write(
+        src.join("v2").join(format!("{}.hashkv.json", names[5])),
+        &proof,
+    )
+    .unwrap();
     let copy = |dest: &Path, extra: &[&str]| -> String {
         run_ok(
             etcdbrctl()
@@ -43,6 +54,14 @@ fn copies_with_filters_and_skips_existing() {
     copy(&d1, &["--max-backups-to-copy", "1"]);
     let got = files_in(&d1.join("v2"));
     assert_eq!(got, vec![names[5].trim_end_matches(".final").to_string()]);
+    assert_eq!(
+        proofs_in(&d1.join("v2")),
+        vec![format!(
+            "{}.hashkv.json",
+            names[5].trim_end_matches(".final")
+        )],
+        "the proof is copied with its full"
+    );
     assert_eq!(
         std::fs::read(d1.join("v2").join(&got[0])).unwrap(),
         contents[5]
