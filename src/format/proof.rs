@@ -1,15 +1,20 @@
 //! The proof recorded with a full snapshot: etcd's own keyspace hash (`HashKV`) at the
 //! snapshot's revision, with the compaction it was computed under and the member that answered,
-//! stored next to the snapshot as `<snapshot key>.hashkv.json`. A snapshot is proven equal to
-//! the cluster it came from when the same hash, computed natively from its data
+//! stored beside the version directory as `<prefix>/proofs/<snapshot name>.hashkv.json`, so
+//! that `<prefix>/v2/` holds exactly what etcdbrctl writes there. A snapshot is proven equal
+//! to the cluster it came from when the same hash, computed natively from its data
 //! ([`crate::ondisk::hashkv`]), matches.
 //!
-//! etcdbrctl's parser takes such an object for a foreign one and ignores it (with a warning
-//! when it lists the store); our listing skips it silently, GC deletes it with its snapshot.
+//! etcdbrctl, which lists the whole prefix, takes such an object for a foreign one and ignores
+//! it (with a warning); our listing skips it silently, GC deletes it with its snapshot, `copy`
+//! copies it with its snapshot.
 
 use serde::{Deserialize, Serialize};
 
-/// What follows a snapshot's key in the key of its proof.
+/// The directory of proofs, beside the version directories.
+pub const PROOF_DIR: &str = "proofs";
+
+/// What follows a snapshot's name in the name of its proof.
 pub const PROOF_SUFFIX: &str = ".hashkv.json";
 
 /// A proof can never be larger than this; a larger object is not one.
@@ -34,14 +39,22 @@ pub struct Proof {
 }
 
 impl Proof {
-    /// The key of the proof of the snapshot stored under `snapshot_key`.
-    pub fn key_for(snapshot_key: &str) -> String {
-        format!("{snapshot_key}{PROOF_SUFFIX}")
+    /// The key of the proof of snapshot `name` in the store with prefix `store_prefix`.
+    pub fn key_for(store_prefix: &str, name: &str) -> String {
+        let p = store_prefix.trim_matches('/');
+        if p.is_empty() {
+            format!("{PROOF_DIR}/{name}{PROOF_SUFFIX}")
+        } else {
+            format!("{p}/{PROOF_DIR}/{name}{PROOF_SUFFIX}")
+        }
     }
 
-    /// The snapshot key a proof key belongs to, if `key` is a proof's.
-    pub fn snapshot_key_of(key: &str) -> Option<&str> {
-        key.strip_suffix(PROOF_SUFFIX)
+    /// Whether `key` is the key of a proof of the store with prefix `store_prefix`.
+    pub fn is_proof_key(store_prefix: &str, key: &str) -> bool {
+        let dir = Proof::key_for(store_prefix, "");
+        let dir = &dir[..dir.len() - PROOF_SUFFIX.len()];
+        key.strip_prefix(dir)
+            .is_some_and(|name| !name.contains('/') && name.ends_with(PROOF_SUFFIX))
     }
 
     /// Reads a proof (`object` names it in errors).
@@ -80,11 +93,21 @@ mod tests {
             member_id: "8e9e05c52164694d".into(),
             cluster_id: "cdf818194e3a8c32".into(),
         };
-        let key = Proof::key_for("v2/Full-00000000-00000042-1700000000.gz");
+        let key = Proof::key_for("main/", "Full-00000000-00000042-1700000000.gz");
         assert_eq!(
-            Proof::snapshot_key_of(&key),
-            Some("v2/Full-00000000-00000042-1700000000.gz")
+            key,
+            "main/proofs/Full-00000000-00000042-1700000000.gz.hashkv.json"
         );
+        assert!(Proof::is_proof_key("main", &key));
+        assert!(!Proof::is_proof_key("", &key), "another prefix's");
+        assert!(Proof::is_proof_key(
+            "",
+            "proofs/Full-00000000-00000042-1700000000.gz.hashkv.json"
+        ));
+        assert!(!Proof::is_proof_key(
+            "main",
+            "main/v2/Full-00000000-00000042-1700000000.gz"
+        ));
         assert_eq!(Proof::parse(&key, &p.to_bytes()).unwrap(), p);
         assert!(Proof::parse(&key, b"{}").is_err());
         assert!(Proof::parse(&key, &vec![b' '; MAX_PROOF_BYTES + 1]).is_err());

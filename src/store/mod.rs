@@ -371,7 +371,7 @@ impl SnapStore {
             {
                 continue;
             }
-            if Proof::snapshot_key_of(key).is_some() {
+            if Proof::is_proof_key(&self.cfg.prefix, key) {
                 continue;
             }
             match Snapshot::parse_key(key) {
@@ -457,16 +457,24 @@ impl SnapStore {
             .map_err(|e| Error::store(&key, "delete", e))
     }
 
-    /// Stores the proof of a full snapshot next to it ([`Proof`]). On a Local store the file is
+    /// Stores the proof of a full snapshot ([`Proof`], in `<prefix>/proofs/`). On a Local store the file is
     /// written aside, fsynced, renamed into place and its directory fsynced, as snapshots are.
     pub async fn put_proof(&self, snap: &Snapshot, proof: &Proof) -> Result<()> {
-        let key = Proof::key_for(&self.key_of(snap));
+        let key = Proof::key_for(&self.cfg.prefix, &snap.snap_name);
         let bytes = proof.to_bytes();
         match &self.backend {
             Backend::Local { root } => {
                 let dest = root.join(&key);
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                    if !dir.is_dir() {
+                        create_dir_all_private(&dir)?;
+                        if let Some(up) = dir.parent() {
+                            fs::File::open(up)
+                                .and_then(|d| d.sync_all())
+                                .map_err(|e| Error::io(up, "fsync", e))?;
+                        }
+                    }
                     let tmp = dir.join(format!(
                         "{LOCAL_TMP_PREFIX}{:016x}.proof.part",
                         rand::random::<u64>()
@@ -498,7 +506,7 @@ impl SnapStore {
 
     /// The proof stored with a full snapshot, if there is one.
     pub async fn proof(&self, snap: &Snapshot) -> Result<Option<Proof>> {
-        let key = Proof::key_for(&self.key_of(snap));
+        let key = Proof::key_for(&self.cfg.prefix, &snap.snap_name);
         let r = match self.os.get(&Self::os_path(&key)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -519,7 +527,7 @@ impl SnapStore {
 
     /// Deletes the proof of a snapshot, if there is one.
     async fn delete_proof(&self, snap: &Snapshot) -> Result<()> {
-        let key = Proof::key_for(&self.key_of(snap));
+        let key = Proof::key_for(&self.cfg.prefix, &snap.snap_name);
         match self.os.delete(&Self::os_path(&key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::store(&key, "delete the proof", e)),

@@ -492,14 +492,11 @@ impl Drop for Proxy {
 }
 
 /// Names of the files in a directory (empty if it does not exist).
-/// The names in `dir`, sorted, without the proofs a store keeps next to full snapshots
-/// (`*.hashkv.json`; `proofs_in` lists those).
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|r| {
             r.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| !n.ends_with(".hashkv.json"))
                 .collect()
         })
         .unwrap_or_default();
@@ -507,7 +504,7 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The proofs (`*.hashkv.json`) in a store directory, sorted.
+/// The proofs (`<store>/proofs/*.hashkv.json`) in `dir`, sorted.
 pub fn proofs_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|r| {

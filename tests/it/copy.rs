@@ -34,8 +34,9 @@ fn copies_with_filters_and_skips_existing() {
         r#"{{"snapshot":"{}","revision":600,"compactRevision":550,"hash":305441741,"memberId":"1","clusterId":"2"}}"#,
         names[5]
     );
+    std::fs::create_dir_all(src.join("proofs")).unwrap();
     std::fs::write(
-        src.join("v2").join(format!("{}.hashkv.json", names[5])),
+        src.join("proofs").join(format!("{}.hashkv.json", names[5])),
         &proof,
     )
     .unwrap();
@@ -55,7 +56,7 @@ fn copies_with_filters_and_skips_existing() {
     let got = files_in(&d1.join("v2"));
     assert_eq!(got, vec![names[5].trim_end_matches(".final").to_string()]);
     assert_eq!(
-        proofs_in(&d1.join("v2")),
+        proofs_in(&d1.join("proofs")),
         vec![format!(
             "{}.hashkv.json",
             names[5].trim_end_matches(".final")

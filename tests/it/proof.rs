@@ -189,14 +189,14 @@ fn proof_recorded_and_checked(version: EtcdVersion) {
     a.etcdctl(&["compaction", "--physical", &c.to_string()]);
     a.put("/k/after", b"x");
     let name = save_full(&a, &sa);
-    let proofs = proofs_in(&sa.join("v2"));
+    let proofs = proofs_in(&sa.join("proofs"));
     assert_eq!(
         proofs,
         vec![format!("{name}.hashkv.json")],
         "one proof, named after the full"
     );
     let proof: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sa.join("v2").join(&proofs[0])).expect("read"))
+        serde_json::from_slice(&std::fs::read(sa.join("proofs").join(&proofs[0])).expect("read"))
             .expect("proof json");
     assert_eq!(proof["revision"].as_i64(), Some(a.revision()));
     assert_eq!(proof["compactRevision"].as_i64(), Some(c));
@@ -229,7 +229,7 @@ fn proof_recorded_and_checked(version: EtcdVersion) {
     let names_before = files_in(&sa.join("v2"));
     a.put("/k/newer", b"z");
     let newer = save_full(&a, &sa);
-    assert_eq!(proofs_in(&sa.join("v2")).len(), 2);
+    assert_eq!(proofs_in(&sa.join("proofs")).len(), 2);
     let gc = etcdbrctl()
         .args([
             "snapshot",
@@ -259,17 +259,17 @@ fn proof_recorded_and_checked(version: EtcdVersion) {
         .expect("spawn the job");
     let mut gc = Proc(gc);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while proofs_in(&sa.join("v2")).len() > 1 || files_in(&sa.join("v2")).contains(&name) {
+    while proofs_in(&sa.join("proofs")).len() > 1 || files_in(&sa.join("v2")).contains(&name) {
         assert!(
             std::time::Instant::now() < deadline,
             "GC left {:?} / {:?} (before: {names_before:?})",
             files_in(&sa.join("v2")),
-            proofs_in(&sa.join("v2"))
+            proofs_in(&sa.join("proofs"))
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let _ = gc.kill();
-    let left = proofs_in(&sa.join("v2"));
+    let left = proofs_in(&sa.join("proofs"));
     assert!(
         left.iter().all(|p| !p.starts_with(&name)) && !left.is_empty(),
         "the deleted full's proof is gone, the kept ones remain: {left:?} (newer {newer})"
