@@ -1,8 +1,9 @@
-//! The three Linux calls the standard library does not offer, each behind a safe function:
+//! The Linux calls the standard library does not offer, each behind a safe function:
 //! an atomic exchange of two directories (`renameat2(RENAME_EXCHANGE)`), a probe for other
 //! processes holding a file open (a write lease, `F_SETLEASE`), and SIGKILL of this process
 //! (the test-only crash points). `rustix` has the first but not the lease, so `libc` it is.
-//! Also [`create_private`], the one way temporary files are created.
+//! Also [`create_private`], the one way temporary files are created, and [`free_bytes`]
+//! (`statvfs`).
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -92,9 +93,31 @@ pub(crate) fn kill_self() -> ! {
     std::process::abort()
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `p` (`statvfs`).
+pub(crate) fn free_bytes(p: &Path) -> std::io::Result<u64> {
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs buffer
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_of_a_real_directory() {
+        let d = tempfile::tempdir().expect("tmp");
+        assert!(free_bytes(d.path()).expect("statvfs") > 0);
+        assert!(free_bytes(&d.path().join("missing")).is_err());
+    }
 
     #[test]
     fn private_files_are_0600_and_refuse_links_and_existing_files() {

@@ -76,6 +76,9 @@ pub(crate) struct DrillReport {
 /// Runs one drill; a set that cannot be restored fails as the restore does.
 pub(crate) async fn drill(cfg: &DrillConfig) -> Result<DrillReport> {
     let started = Instant::now();
+    if let Some(e) = &cfg.etcd {
+        room_for_the_db(e, &cfg.restore.temp_dir).await?;
+    }
     let work = datadir::TempDir::new(&cfg.restore.temp_dir)?;
     let mut rc = cfg.restore.clone();
     rc.data_dir = work.path().join("drill.etcd");
@@ -181,6 +184,31 @@ impl DrillReport {
             ),
         }
     }
+}
+
+/// Bounded disk: the drill writes one copy of the db (about the member's db size) below
+/// `temp_dir`, and does not start when that would leave less than 10 % of it, and 64 MiB, free.
+async fn room_for_the_db(cfg: &EtcdConfig, temp_dir: &std::path::Path) -> Result<()> {
+    let endpoint = cfg.primary().to_string();
+    let Ok(mut c) = etcd::connect_one(cfg, &endpoint).await else {
+        return Ok(()); // the drill says why etcd cannot answer
+    };
+    let Ok(st) = etcd::call(&endpoint, "status", cfg.connection_timeout, c.status()).await else {
+        return Ok(());
+    };
+    let need = u64::try_from(st.db_size()).unwrap_or(0);
+    std::fs::create_dir_all(temp_dir)
+        .map_err(|e| Error::io(temp_dir, "create the restoration temp dir", e))?;
+    let free = crate::sys::free_bytes(temp_dir)
+        .map_err(|e| Error::io(temp_dir, "read the free space", e))?;
+    let margin = (need / 10).max(64 << 20);
+    if free < need.saturating_add(margin) {
+        return Err(Error::Refused(format!(
+            "{}: {free} bytes free, the drill needs about {need} (the db of {endpoint}) plus {margin}: not started; give --restoration-temp-snapshots-dir more room",
+            temp_dir.display()
+        )));
+    }
+    Ok(())
 }
 
 async fn hash_of(db: Db, revision: i64, compact: i64) -> Result<u32> {
