@@ -11,6 +11,8 @@ cargo clippy --all-targets --locked -- -D warnings
 # Kubernetes schemas (no helm binary needed)
 "$ETCDBR_TOOLS_DIR/venv/bin/hadolint" Dockerfile
 "$ETCDBR_TOOLS_DIR/venv/bin/shellcheck" scripts/etcd-bootstrap.sh scripts/test.sh scripts/install-test-deps.sh .ci/run
+# the architecture: no module or folder cycles (src/lib.rs lists the folders in their order)
+"$ETCDBR_TOOLS_DIR/venv/bin/python" scripts/module-graph.py
 cargo build --locked --bin etcdbrctl
 "$ETCDBR_TOOLS_DIR/venv/bin/python" scripts/test-chart.py "$ETCDBR_TOOLS_DIR/bin/chart-render" target/debug/etcdbrctl
 cargo test --locked -- --test-threads 2
