@@ -26,6 +26,7 @@ SETS = {
             "storageProvider": "S3",
             "storageContainer": "etcd-backups",
             "credentialsSecret": "etcd-backup-s3",
+            "verifySchedule": "0 3 * * 0",
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "prometheusRule": {"enabled": True},
