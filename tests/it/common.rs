@@ -506,16 +506,10 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 
 /// The proofs (`<store>/proofs/*.hashkv.json`) in `dir`, sorted.
 pub fn proofs_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.ends_with(".hashkv.json"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    files_in(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".hashkv.json"))
+        .collect()
 }
 
 /// Azurite's Blob service with one container, and the development account's credentials.
