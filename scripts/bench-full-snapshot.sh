@@ -50,6 +50,6 @@ for run in none zstd "gzip 1" "gzip 0" "zlib 1" "zlib 0" "gzip 1 1" "gzip 0 1" "
   label="$pol"
   case $pol in gzip|zlib) label="$pol L$level, ${threads/#0/all} thr";; esac
   read -r T M < <(best "$BIN" snapshot save --endpoints "$EP" --storage-provider Local --store-container "$W/out" "${flags[@]}")
-  SIZE=$(find "$W/out" -type f -name 'Full-*' -printf '%s\n' | tail -1)
+  SIZE=$(find "$W/out" -type f -name 'Full-*' -path '*/v2/*' -printf '%s\n' | tail -1)
   printf '%-28s %8.2f %8.2f %9d MiB  %6d MiB stored\n' "etcdbrctl save ($label)" "$T" "$(python3 -c "print($T/$T0)")" $((M / 1024)) $((SIZE / 1048576))
 done

@@ -64,7 +64,7 @@ clean_s3; sync; C0=$(cpu)
 env AWS_APPLICATION_CREDENTIALS_JSON="$W/aws.json" "$BIN" snapshot save --endpoints "$EP" --storage-provider S3 \
   --store-container bench --store-endpoint-override "http://127.0.0.1:$S" "${CFLAGS[@]}" >/dev/null 2>&1
 SERVER_CPU=$(python3 -c "print(f'{($(cpu) - $C0) / $(getconf CLK_TCK):.1f}')")
-STORED=$(find "$W/s3/bench" -type f -name 'Full-*' -printf '%s\n' | tail -1)
+STORED=$(find "$W/s3/bench" -type f -name 'Full-*' -path '*/v2/*' -printf '%s\n' | tail -1)
 [ -n "$STORED" ] || { echo "no full snapshot in the S3 bucket"; ls -R "$W/s3"; exit 1; }
 printf '%-34s %8s %8s %12s\n' "command" "seconds" "ratio" "peak RSS"
 printf '%-34s %8.2f %8s %9d MiB\n' "etcdctl snapshot save" "$T0" "1.00" $((M0 / 1024))

@@ -1,7 +1,7 @@
 //! `etcdbrctl snapshot`: the scheduled snapshot job (a full at once, then on the cron schedule,
 //! deltas in between), and its actions: `save` (one full), `status`, `verify`, `ls`, `get`.
 
-use super::inspect::{GetCmd, InspectArgs, LsCmd, StatusCmd};
+use super::inspect::{GetCmd, HashkvCmd, LsCmd, StatusCmd, VerifyArgs};
 use super::options::{CompressionArgs, EtcdConnectionArgs, JobArgs, SnapstoreArgs};
 use super::PrintKeys;
 use crate::error::Result;
@@ -25,9 +25,13 @@ pub(crate) enum SnapshotAction {
     /// them (without etcd, and without hanging on a running etcd's db); the effective revision
     /// and the sha256 trailer on stderr.
     Status(StatusCmd),
-    /// Check a snapshot: its sha256 trailer and the structure of every page (bbolt's
-    /// `tx.Check`). Exits non-zero, naming each problem and its page, if it is damaged.
-    Verify(InspectArgs),
+    /// Check a snapshot: its sha256 trailer, the structure of every page (bbolt's
+    /// `tx.Check`), and its keyspace against etcd's HashKV recorded with a stored full (or
+    /// given with --proof). Exits non-zero, naming each problem, if it is damaged or differs.
+    Verify(VerifyArgs),
+    /// etcd's keyspace hash (HashKV) of a snapshot, computed without etcd: compare it with
+    /// `etcdctl endpoint hashkv --rev R` of a member.
+    Hashkv(HashkvCmd),
     /// List the keys of a snapshot at its revision (or an older one still in its history).
     Ls(LsCmd),
     /// Print one key of a snapshot.
@@ -52,7 +56,8 @@ impl SnapshotCmd {
         match self.action {
             Some(SnapshotAction::Save(c)) => c.run().await,
             Some(SnapshotAction::Status(c)) => c.run().await,
-            Some(SnapshotAction::Verify(c)) => c.verify().await,
+            Some(SnapshotAction::Verify(c)) => c.run().await,
+            Some(SnapshotAction::Hashkv(c)) => c.run().await,
             Some(SnapshotAction::Ls(c)) => c.run().await,
             Some(SnapshotAction::Get(c)) => c.run().await,
             None => run_scheduled(&self.job).await,

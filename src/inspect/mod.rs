@@ -95,6 +95,14 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
+    /// Checks the snapshot against the proof in `path` (a local file's; a stored full's is
+    /// found by itself).
+    pub(crate) fn set_proof(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read the proof", e))?;
+        self.proof = Some(Proof::parse(&path.display().to_string(), &bytes));
+        Ok(())
+    }
+
     /// The sha256 trailer's state (waits for the hashing thread of a raw file).
     pub(crate) fn trailer(&mut self) -> Result<&Trailer> {
         if let Some(h) = self.pending.take() {
@@ -514,6 +522,23 @@ pub(crate) async fn write_verify(mut o: Opened, mut w: Output) -> Result<()> {
                 .map_err(Output::error)
             }
         }
+    })
+    .await
+}
+
+/// etcd's keyspace hash of the snapshot: (revision, compaction revision, hash), both
+/// revisions by default the snapshot's own (its effective revision, its finished compaction).
+pub(crate) async fn hash_kv(
+    o: Opened,
+    revision: Option<i64>,
+    compact: Option<i64>,
+) -> Result<(i64, i64, u32)> {
+    blocking(move || {
+        let st = schema::status(&o.db)?;
+        let revision = revision.unwrap_or_else(|| st.effective_revision());
+        let compact = compact.unwrap_or(st.finished_compact.unwrap_or(0));
+        let hash = crate::ondisk::hashkv::hash_kv(&o.db, revision, compact)?;
+        Ok((revision, compact, hash))
     })
     .await
 }

@@ -56,6 +56,17 @@ fn compare_all(etcd: &Etcd, dir: &Path, name: &str, from: i64) -> usize {
         );
         compared += 1;
     }
+    // the command line gives the same number
+    let (theirs, compact) = etcd_hashkv(etcd, current);
+    let out = run_ok(
+        etcdbrctl()
+            .args(["snapshot", "hashkv"])
+            .arg(&db_file)
+            .args(["--revision", &current.to_string()])
+            .args(["--compact-revision", &compact.to_string()]),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["hash"].as_u64(), Some(u64::from(theirs)), "{name}: {out}");
     eprintln!("{name}: revisions {from}..={current} compared");
     compared
 }
@@ -214,6 +225,23 @@ fn proof_recorded_and_checked(version: EtcdVersion) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // a copy of the object and its proof, checked as local files
+    let (local, local_proof) = (dir.path().join(&name), dir.path().join("proof.json"));
+    std::fs::copy(sa.join("v2").join(&name), &local).expect("copy");
+    std::fs::copy(sa.join("proofs").join(&proofs[0]), &local_proof).expect("copy");
+    let out = etcdbrctl()
+        .args(["snapshot", "verify"])
+        .arg(&local)
+        .arg("--proof")
+        .arg(&local_proof)
+        .output()
+        .expect("verify a file");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("equal to etcd's"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // another cluster's full under this name: trailer and pages are fine, the data is not
     let other = save_full(&b, &sb);
     std::fs::copy(sb.join("v2").join(&other), sa.join("v2").join(&name)).expect("replace");
@@ -223,6 +251,21 @@ fn proof_recorded_and_checked(version: EtcdVersion) {
     assert!(
         stderr.contains(&name) && stderr.contains("not the data of the cluster"),
         "{stderr}"
+    );
+    let foreign = dir.path().join("foreign.gz");
+    std::fs::copy(sb.join("v2").join(&other), &foreign).expect("copy");
+    let out = etcdbrctl()
+        .args(["snapshot", "verify"])
+        .arg(&foreign)
+        .arg("--proof")
+        .arg(&local_proof)
+        .output()
+        .expect("verify a file");
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("not the data of the cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // GC deletes a proof with its full (LimitBased, one backup kept)
