@@ -534,9 +534,10 @@ pub(crate) async fn hash_kv(
     compact: Option<i64>,
 ) -> Result<(i64, i64, u32)> {
     blocking(move || {
-        let st = schema::status(&o.db)?;
-        let revision = revision.unwrap_or_else(|| st.effective_revision());
-        let compact = compact.unwrap_or(st.finished_compact.unwrap_or(0));
+        // the meta bucket and the last key: a few pages, not a scan
+        let r = schema::revisions(&o.db)?;
+        let revision = revision.unwrap_or_else(|| r.effective());
+        let compact = compact.unwrap_or(r.finished_compact.unwrap_or(0));
         let hash = crate::ondisk::hashkv::hash_kv(&o.db, revision, compact)?;
         Ok((revision, compact, hash))
     })

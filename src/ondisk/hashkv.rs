@@ -16,7 +16,7 @@
 //! 40 bytes per distinct key, far below what etcd itself holds per key), a second one hashes.
 
 use crate::ondisk::bbolt::{problem, Db};
-use crate::ondisk::schema::{decode_kv, key_bucket, parse_revision_key, Revision};
+use crate::ondisk::schema::{key_bucket, parse_revision_key, Revision};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
@@ -36,6 +36,41 @@ fn fingerprint(key: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The key of an mvcc `KeyValue` (protobuf field 1), without decoding (or copying) the value.
+fn kv_key(mut v: &[u8]) -> Option<&[u8]> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut x = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            x |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(x);
+            }
+        }
+        None
+    }
+    while !v.is_empty() {
+        let tag = varint(&mut v)?;
+        let len = match tag & 7 {
+            0 => {
+                varint(&mut v)?;
+                continue;
+            }
+            1 => 8,
+            5 => 4,
+            2 => usize::try_from(varint(&mut v)?).ok()?,
+            _ => return None,
+        };
+        let field = v.get(..len)?;
+        v = &v[len..];
+        if tag == (1 << 3 | 2) {
+            return Some(field);
+        }
+    }
+    None
+}
+
 /// etcd's `HashKV` at `revision` of the db's keyspace, for a member compacted at
 /// `compact_revision` (0: never). Errors name the damaged entry.
 pub fn hash_kv(db: &Db, revision: i64, compact_revision: i64) -> crate::Result<u32> {
@@ -46,8 +81,9 @@ pub fn hash_kv(db: &Db, revision: i64, compact_revision: i64) -> crate::Result<u
     let entry = |k: &[u8], v: &[u8]| -> Result<(Revision, bool, u64), String> {
         let (rev, tombstone) = parse_revision_key(k)
             .ok_or_else(|| format!("key bucket entry {k:02x?}: not a revision"))?;
-        let kv = decode_kv(v).map_err(|e| format!("key bucket entry {}: {e}", rev.main))?;
-        Ok((rev, tombstone, fingerprint(&kv.key)))
+        let key =
+            kv_key(v).ok_or_else(|| format!("key bucket entry {}: not a KeyValue", rev.main))?;
+        Ok((rev, tombstone, fingerprint(key)))
     };
     // pass 1: each key's newest revision up to `revision`
     let mut newest: HashMap<u64, Newest> = HashMap::new();
@@ -81,4 +117,25 @@ pub fn hash_kv(db: &Db, revision: i64, compact_revision: i64) -> crate::Result<u
         Ok(())
     })?;
     Ok(crc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_of_a_keyvalue_without_decoding_it() {
+        let kv = crate::ondisk::schema::KeyValue {
+            key: b"/registry/pods/a".to_vec(),
+            create_revision: 5,
+            mod_revision: 300,
+            version: 2,
+            value: vec![7; 100_000],
+            lease: 0x1234_5678_9abc,
+        };
+        let bytes = prost::Message::encode_to_vec(&kv);
+        assert_eq!(kv_key(&bytes), Some(&b"/registry/pods/a"[..]));
+        assert_eq!(kv_key(&bytes[..3]), None, "truncated");
+        assert_eq!(kv_key(&[]), None);
+    }
 }
