@@ -18,7 +18,7 @@
 use crate::ondisk::bbolt::{problem, Db};
 use crate::ondisk::schema::{key_bucket, parse_revision_key, Revision};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 
 /// A key's newest revision at or below the hash revision, and whether it is a tombstone.
 #[derive(Clone, Copy)]
@@ -27,11 +27,10 @@ struct Newest {
     tombstone: bool,
 }
 
-/// A fixed-key hasher: the same fingerprints in every process (no randomness needed here).
+/// A fingerprint of a key: `DefaultHasher::new()` has fixed keys, so it is the same in every
+/// process (no randomness needed here).
 fn fingerprint(key: &[u8]) -> u64 {
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(key);
     h.finish()
 }
@@ -78,30 +77,39 @@ pub fn hash_kv(db: &Db, revision: i64, compact_revision: i64) -> crate::Result<u
     let Some(bucket) = key_bucket(db)? else {
         return Ok(crc);
     };
-    let entry = |k: &[u8], v: &[u8]| -> Result<(Revision, bool, u64), String> {
-        let (rev, tombstone) = parse_revision_key(k)
-            .ok_or_else(|| format!("key bucket entry {k:02x?}: not a revision"))?;
-        let key =
-            kv_key(v).ok_or_else(|| format!("key bucket entry {}: not a KeyValue", rev.main))?;
-        Ok((rev, tombstone, fingerprint(key)))
+    let revision_of = |k: &[u8]| {
+        parse_revision_key(k)
+            .ok_or_else(|| problem(None, format!("key bucket entry {k:02x?}: not a revision")))
     };
-    // pass 1: each key's newest revision up to `revision`
+    let fingerprint_of = |rev: Revision, v: &[u8]| {
+        kv_key(v).map(fingerprint).ok_or_else(|| {
+            problem(
+                None,
+                format!("key bucket entry {}: not a KeyValue", rev.main),
+            )
+        })
+    };
+    // pass 1, needed only when some entries lie at or below the compaction: each key's newest
+    // revision up to `revision`
     let mut newest: HashMap<u64, Newest> = HashMap::new();
-    db.for_each(&bucket, &mut |_, k, v| {
-        let (rev, tombstone, fp) = entry(k, v).map_err(|m| problem(None, m))?;
-        if rev.main <= revision {
-            newest.insert(fp, Newest { rev, tombstone });
-        }
-        Ok(())
-    })?;
+    if compact_revision > 0 {
+        db.for_each(&bucket, &mut |_, k, v| {
+            let (rev, tombstone) = revision_of(k)?;
+            if rev.main <= revision {
+                newest.insert(fingerprint_of(rev, v)?, Newest { rev, tombstone });
+            }
+            Ok(())
+        })?;
+    }
     let keep_any = newest.values().any(|n| !n.tombstone);
     // pass 2: the hash, in the bucket's (revision) order
     db.for_each(&bucket, &mut |_, k, v| {
-        let (rev, tombstone, fp) = entry(k, v).map_err(|m| problem(None, m))?;
+        let (rev, tombstone) = revision_of(k)?;
         if rev.main > revision {
             return Ok(());
         }
         if rev.main <= compact_revision && keep_any {
+            let fp = fingerprint_of(rev, v)?;
             let kept = newest
                 .get(&fp)
                 .is_some_and(|n| n.rev == rev && !n.tombstone);

@@ -470,9 +470,7 @@ impl SnapStore {
                     if !dir.is_dir() {
                         create_dir_all_private(&dir)?;
                         if let Some(up) = dir.parent() {
-                            fs::File::open(up)
-                                .and_then(|d| d.sync_all())
-                                .map_err(|e| Error::io(up, "fsync", e))?;
+                            crate::ondisk::datadir::fsync_dir(up)?;
                         }
                     }
                     let tmp = dir.join(format!(
@@ -488,9 +486,7 @@ impl SnapStore {
                         let _ = fs::remove_file(&tmp);
                         return Err(Error::io(&dest, "write the proof", e));
                     }
-                    fs::File::open(&dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| Error::io(&dir, "fsync", e))
+                    crate::ondisk::datadir::fsync_dir(&dir)
                 })
                 .await
                 .map_err(|e| Error::task("proof writer", e))?
