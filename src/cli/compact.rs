@@ -1,7 +1,9 @@
 //! `etcdbrctl compact`: the latest snapshot set restored, compacted, defragmented and stored
 //! as one new full snapshot.
 
-use super::options::{duration, go_bool, K8sLeaseArgs, RestorationArgs, SnapstoreArgs};
+use super::options::{
+    duration, go_bool, EncryptArgs, K8sLeaseArgs, RestorationArgs, SnapstoreArgs,
+};
 use crate::error::{Error, Result};
 use crate::restore::Target;
 use crate::snapshot::compact::{compact, CompactConfig};
@@ -15,6 +17,9 @@ pub(crate) struct CompactCmd {
     pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
     pub(crate) restoration: RestorationArgs,
+    /// the compacted full is encrypted to these (unset: stored plain)
+    #[command(flatten)]
+    pub(crate) encryption: EncryptArgs,
     /// defragment the compacted etcd before the snapshot
     #[arg(long = "defragment", default_value = "true", value_parser = go_bool, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true", env = "ETCDBR_DEFRAGMENT")]
@@ -35,7 +40,9 @@ pub(crate) struct CompactCmd {
 impl CompactCmd {
     pub(crate) async fn run(self) -> Result<()> {
         let cfg = CompactConfig {
-            restore: self.restoration.restore_config((&self.store).try_into()?)?,
+            restore: self
+                .restoration
+                .restore_config(self.encryption.apply((&self.store).try_into()?)?)?,
             defragment: self.defragment,
             snapshot_timeout: self.snapshot_timeout,
             defrag_timeout: self.defrag_timeout,

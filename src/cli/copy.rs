@@ -1,6 +1,6 @@
 //! `etcdbrctl copy`: backups from a source store into the destination store.
 
-use super::options::{duration, go_bool, SnapstoreArgs};
+use super::options::{duration, go_bool, DecryptArgs, EncryptArgs, SnapstoreArgs};
 use crate::error::{Error, Result};
 use crate::store::copy::{copy, CopyConfig};
 use crate::store::{Provider, StoreConfig};
@@ -16,6 +16,12 @@ pub(crate) struct CopyCmd {
     pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
     pub(crate) source: SourceStoreArgs,
+    /// every copied object is (re-)encrypted to these; unset: bytes are copied as they are
+    #[command(flatten)]
+    pub(crate) encryption: EncryptArgs,
+    /// decrypts encrypted source objects to re-encrypt them (needed with recipients only)
+    #[command(flatten)]
+    pub(crate) decryption: DecryptArgs,
     /// newest backups (a full and its deltas) to copy; -1 copies all
     #[arg(long = "max-backups-to-copy", default_value_t = -1, allow_negative_numbers = true, env = "ETCDBR_MAX_BACKUPS_TO_COPY")]
     pub(crate) max_backups_to_copy: i64,
@@ -126,6 +132,7 @@ impl SourceStoreArgs {
             },
             env_prefix: "SOURCE_".into(),
             credentials: None,
+            keys: Default::default(),
         };
         c.validate()
             .map_err(|e| Error::config(format!("source store: {e}")))?;
@@ -135,9 +142,9 @@ impl SourceStoreArgs {
 
 impl CopyCmd {
     pub(crate) async fn run(self) -> Result<()> {
-        let dest = StoreConfig::try_from(&self.store)?;
+        let dest = self.encryption.apply(StoreConfig::try_from(&self.store)?)?;
         let cfg = CopyConfig {
-            source: self.source.store_config(&dest)?,
+            source: self.decryption.apply(self.source.store_config(&dest)?)?,
             dest,
             max_backups: (self.max_backups_to_copy >= 0)
                 .then_some(self.max_backups_to_copy as usize),

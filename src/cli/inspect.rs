@@ -1,7 +1,7 @@
 //! `etcdbrctl snapshot status|verify|ls|get`: looking inside a snapshot (a local file or an
 //! object in the store), natively; etcdctl's output on stdout, the rest on stderr.
 
-use super::options::SnapstoreArgs;
+use super::options::{DecryptArgs, SnapstoreArgs};
 use crate::error::Result;
 use crate::inspect::{self, Opened, Output};
 use clap::Args;
@@ -22,6 +22,8 @@ pub(crate) struct InspectArgs {
     pub(crate) source: String,
     #[command(flatten)]
     pub(crate) store: SnapstoreArgs,
+    #[command(flatten)]
+    pub(crate) decryption: DecryptArgs,
 }
 
 impl InspectArgs {
@@ -29,6 +31,7 @@ impl InspectArgs {
         inspect::open(
             &self.source,
             self.store.optional()?,
+            self.decryption.keys()?,
             &self.store.snapstore_temp_directory,
             check_hash,
         )

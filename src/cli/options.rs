@@ -6,6 +6,7 @@ use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdConfig;
 use crate::format::codec::{Codec, Compression};
+use crate::format::encryption::Keys;
 use crate::restore::{RestoreConfig, Target};
 use crate::schedule::Schedule;
 use crate::snapshot::delta::DeltaConfig;
@@ -281,9 +282,58 @@ impl TryFrom<&SnapstoreArgs> for StoreConfig {
             temp_dir: a.snapstore_temp_directory.clone(),
             env_prefix: String::new(),
             credentials: None,
+            keys: Keys::default(),
         };
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// Encryption of what a command writes (etcdbr only).
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct EncryptArgs {
+    /// age public keys (age1..., one per line, as `age-keygen -y` prints them) to encrypt every
+    /// object written to; several while rotating keys (unset: objects are stored plain)
+    #[arg(
+        long = "encryption-recipients-file",
+        env = "ETCDBR_ENCRYPTION_RECIPIENTS_FILE"
+    )]
+    pub(crate) recipients_file: Option<PathBuf>,
+}
+
+/// Decryption of what a command reads (etcdbr only).
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct DecryptArgs {
+    /// age secret keys (AGE-SECRET-KEY-1..., one per line, as `age-keygen` writes them) to
+    /// decrypt encrypted objects with; several while rotating keys (plain objects need none)
+    #[arg(
+        long = "encryption-identity-file",
+        env = "ETCDBR_ENCRYPTION_IDENTITY_FILE"
+    )]
+    pub(crate) identity_file: Option<PathBuf>,
+}
+
+impl EncryptArgs {
+    /// `store` with the recipients set (read and checked now, so a bad file fails at start).
+    pub(crate) fn apply(&self, mut store: StoreConfig) -> Result<StoreConfig> {
+        store.keys.recipients = Keys::from_files(self.recipients_file.as_deref(), None)?.recipients;
+        if let (Some(r), Some(f)) = (&store.keys.recipients, &self.recipients_file) {
+            tracing::info!(file = %f.display(), recipients = r.len(), "objects written are encrypted (age)");
+        }
+        Ok(store)
+    }
+}
+
+impl DecryptArgs {
+    /// `store` with the identities set (read and checked now, so a bad file fails at start).
+    pub(crate) fn apply(&self, mut store: StoreConfig) -> Result<StoreConfig> {
+        store.keys.identities = Keys::from_files(None, self.identity_file.as_deref())?.identities;
+        Ok(store)
+    }
+
+    /// The identities alone (reading local files, without a store).
+    pub(crate) fn keys(&self) -> Result<Keys> {
+        Keys::from_files(None, self.identity_file.as_deref())
     }
 }
 
@@ -467,6 +517,8 @@ pub(crate) struct JobArgs {
     #[command(flatten)]
     pub(crate) compression: CompressionArgs,
     #[command(flatten)]
+    pub(crate) encryption: EncryptArgs,
+    #[command(flatten)]
     pub(crate) backoff: BackoffArgs,
     /// Schedule of etcd defragmentation (standard 5-field cron).
     #[arg(
@@ -482,7 +534,7 @@ impl JobArgs {
     pub(crate) fn job(&self) -> Result<(SnapshotJob, Schedule)> {
         let job = SnapshotJob {
             etcd: (&self.etcd).try_into()?,
-            store: (&self.store).try_into()?,
+            store: self.encryption.apply((&self.store).try_into()?)?,
             compression: (&self.compression).try_into()?,
             schedule: self.snapshotter.schedule()?,
             backoff: (&self.backoff).try_into()?,
@@ -498,6 +550,8 @@ impl JobArgs {
 /// etcdbrctl's Restoration group, plus the tools the restore runs.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct RestorationArgs {
+    #[command(flatten)]
+    pub(crate) decryption: DecryptArgs,
     /// initial cluster configuration for restore bootstrapping
     #[arg(
         long = "initial-cluster",
@@ -684,6 +738,7 @@ impl RestorationArgs {
             temp_dir: store_args.snapstore_temp_directory.clone(),
             env_prefix: String::new(),
             credentials: None,
+            keys: Keys::default(),
         });
         Ok(crate::initialize::InitConfig {
             restore: self.restore_config(store_cfg)?,
@@ -728,7 +783,7 @@ impl RestorationArgs {
             _ => Target::Latest,
         };
         let cfg = RestoreConfig {
-            store,
+            store: self.decryption.apply(store)?,
             data_dir: self.data_dir.clone(),
             name: self.name.clone(),
             initial_cluster: self.initial_cluster.clone(),

@@ -2,7 +2,7 @@
 //! deltas in between), and its actions: `save` (one full), `status`, `verify`, `ls`, `get`.
 
 use super::inspect::{GetCmd, HashkvCmd, LsCmd, StatusCmd, VerifyArgs};
-use super::options::{CompressionArgs, EtcdConnectionArgs, JobArgs, SnapstoreArgs};
+use super::options::{CompressionArgs, EncryptArgs, EtcdConnectionArgs, JobArgs, SnapstoreArgs};
 use super::PrintKeys;
 use crate::error::Result;
 use crate::snapshot::job;
@@ -46,6 +46,8 @@ pub(crate) struct SaveCmd {
     pub(crate) store: SnapstoreArgs,
     #[command(flatten)]
     pub(crate) compression: CompressionArgs,
+    #[command(flatten)]
+    pub(crate) encryption: EncryptArgs,
     /// Mark the snapshot as final (name ends in .final), e.g. before deleting a cluster.
     #[arg(long = "final", default_value_t = false, env = "ETCDBR_FINAL")]
     pub(crate) is_final: bool,
@@ -68,7 +70,7 @@ impl SnapshotCmd {
 impl SaveCmd {
     async fn run(self) -> Result<()> {
         let etcd = (&self.etcd).try_into()?;
-        let store = (&self.store).try_into()?;
+        let store = self.encryption.apply((&self.store).try_into()?)?;
         let compression = (&self.compression).try_into()?;
         let report = job::save_once(&etcd, store, compression, self.is_final).await?;
         println!("{}", report.key);

@@ -2,9 +2,11 @@
 //! snapshot set".
 //!
 //! Keys are `<prefix>/v2/<name>` (written) or `<prefix>/v1/Backup-<unix>/<name>` (legacy, read
-//! only), where `<name>` is `<Kind>-<%08d start>-<%08d last>-<unix><suffix>[.final]`. Chunk
+//! only), where `<name>` is `<Kind>-<%08d start>-<%08d last>-<unix><suffix>[.age][.final]` (`.age`:
+//! encrypted, ours, see [`crate::format::encryption`]). Chunk
 //! objects left by etcdbrctl's GCS/Swift uploads are `<name>/<%010d part>` below the same dir.
 
+use crate::format::encryption::AGE_SUFFIX;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -75,6 +77,10 @@ pub struct Snapshot {
     pub is_chunk: bool,
     /// Marked final (`.final`): the last snapshot before the cluster was deleted.
     pub is_final: bool,
+    /// Encrypted (`.age` after the compression suffix; etcdbr only, and absent from the JSON
+    /// of a plain snapshot, so that its shape stays etcdbrctl's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 fn ser_go_time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -140,20 +146,29 @@ impl Snapshot {
             last_revision,
             is_chunk: false,
             is_final,
+            encrypted: false,
         };
         s.snap_name = s.generate_name();
         s
     }
 
-    /// `<Kind>-<%08d start>-<%08d last>-<unix><suffix>[.final]`; `%08d` is a minimum width.
+    /// The same snapshot, encrypted or not (its name follows).
+    pub fn with_encryption(mut self, encrypted: bool) -> Self {
+        self.encrypted = encrypted;
+        self.snap_name = self.generate_name();
+        self
+    }
+
+    /// `<Kind>-<%08d start>-<%08d last>-<unix><suffix>[.age][.final]`; `%08d` is a minimum width.
     pub(crate) fn generate_name(&self) -> String {
         format!(
-            "{}-{:08}-{:08}-{}{}{}",
+            "{}-{:08}-{:08}-{}{}{}{}",
             self.kind,
             self.start_revision,
             self.last_revision,
             self.created_on.timestamp(),
             self.compression_suffix,
+            if self.encrypted { AGE_SUFFIX } else { "" },
             if self.is_final { FINAL_SUFFIX } else { "" }
         )
     }
@@ -227,6 +242,12 @@ impl Snapshot {
             .strip_suffix(FINAL_SUFFIX)
             .unwrap_or(&self.snap_name)
     }
+
+    /// The name without `.final` nor `.age`: the same backup, however it is stored.
+    pub(crate) fn plain_name(&self) -> &str {
+        let n = self.name_without_final();
+        n.strip_suffix(AGE_SUFFIX).unwrap_or(n)
+    }
 }
 
 /// `<prefix>/<version>/`, or `<version>/` for an empty prefix.
@@ -269,6 +290,13 @@ pub(crate) fn parse_name(name: &str) -> Result<Snapshot, String> {
         }
         None => false,
     };
+    let encrypted = match rest.strip_suffix(AGE_SUFFIX) {
+        Some(r) => {
+            rest = r;
+            true
+        }
+        None => false,
+    };
     let (time_str, suffix) = match rest.find('.') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -286,7 +314,8 @@ pub(crate) fn parse_name(name: &str) -> Result<Snapshot, String> {
         .timestamp_opt(unix, 0)
         .single()
         .ok_or_else(|| format!("creation time {unix} out of range"))?;
-    let mut s = Snapshot::new_at(kind, start, last, suffix, is_final, created_on);
+    let mut s = Snapshot::new_at(kind, start, last, suffix, is_final, created_on)
+        .with_encryption(encrypted);
     s.snap_name = name.to_string();
     Ok(s)
 }
@@ -405,6 +434,35 @@ mod tests {
                 assert_eq!(regenerated.generate_name(), name);
             }
         }
+    }
+
+    #[test]
+    fn encrypted_names() {
+        for suffix in KNOWN_SUFFIXES {
+            for fin in [false, true] {
+                let s =
+                    Snapshot::new_at(Kind::Full, 0, 42, suffix, fin, at(7)).with_encryption(true);
+                let want = format!(
+                    "Full-00000000-00000042-7{suffix}.age{}",
+                    if fin { ".final" } else { "" }
+                );
+                assert_eq!(s.snap_name, want);
+                let p = Snapshot::parse_key(&format!("v2/{want}")).unwrap();
+                assert!(p.encrypted);
+                assert_eq!(p.compression_suffix, *suffix);
+                assert_eq!(p.is_final, fin);
+                assert_eq!(p.plain_name(), format!("Full-00000000-00000042-7{suffix}"));
+                assert_eq!(serde_json::to_value(&p).unwrap()["encrypted"], true);
+            }
+        }
+        assert!(Snapshot::parse_key("v2/Full-00000000-00000001-1.age.gz").is_err());
+        assert!(Snapshot::parse_key("v2/Full-00000000-00000001-1.age.age").is_err());
+        let plain = Snapshot::parse_key("v2/Full-00000000-00000001-1.gz").unwrap();
+        assert!(!plain.encrypted);
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("encrypted")
+            .is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod k8s;
 
 use crate::error::{Error, Result};
 use crate::format::codec::Codec;
+use crate::format::encryption::{self, Keys};
 use crate::format::layout;
 use crate::format::proof::Proof;
 use crate::format::streamio::ChannelReader;
@@ -194,31 +195,37 @@ fn open_db(path: &Path, label: &str) -> Result<Db> {
 /// name, or key, in the store `store` describes.
 /// `check_hash`: hash a raw file against its trailer (a decompressed copy is hashed anyway, on
 /// the way).
+/// `keys`: the identities that decrypt an encrypted file or object.
 pub(crate) async fn open(
     source: &str,
     store: Option<StoreConfig>,
+    keys: Keys,
     temp_dir: &Path,
     check_hash: bool,
 ) -> Result<Opened> {
     let path = PathBuf::from(source);
     if path.is_file() {
         let (p2, t2) = (path.clone(), temp_dir.to_path_buf());
-        return tokio::task::spawn_blocking(move || open_local(&p2, check_hash, &t2))
+        return tokio::task::spawn_blocking(move || open_local(&p2, check_hash, &keys, &t2))
             .await
             .map_err(|e| Error::task("inspect worker", e))?;
     }
-    let Some(cfg) = store else {
+    let Some(mut cfg) = store else {
         return Err(Error::config(format!(
             "{source}: no such file; to read a stored snapshot, name the store (--storage-provider, --store-container, --store-prefix)"
         )));
     };
+    cfg.keys.identities = keys.identities;
     let store = SnapStore::open(cfg).await?;
     let name = source.rsplit('/').next().unwrap_or(source);
     let list = store.list().await?;
     let snap = list
         .iter()
         .find(|s| {
-            s.snap_name == name || s.name_without_final() == name || store.key_of(s) == source
+            s.snap_name == name
+                || s.name_without_final() == name
+                || s.plain_name() == name
+                || store.key_of(s) == source
         })
         .ok_or_else(|| {
             Error::config(format!(
@@ -237,8 +244,10 @@ pub(crate) async fn open(
     let mut stream = store.fetch(snap).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(16);
     let (key2, temp) = (key.clone(), temp_dir.to_path_buf());
+    let (encrypted, ids) = (snap.encrypted, store.keys().identities.clone());
     let worker = tokio::task::spawn_blocking(move || {
-        decompress_into(&key2, codec, ChannelReader::new(rx), &temp)
+        let plain = encryption::open(&key2, encrypted, ids.as_deref(), ChannelReader::new(rx))?;
+        decompress_into(&key2, codec, plain, &temp)
     });
     while let Some(chunk) = stream.next().await {
         let failed = chunk.is_err();
@@ -262,13 +271,16 @@ pub(crate) async fn open(
 }
 
 /// `temp_dir` (`--snapstore-temp-directory`) receives the decompressed copy of a compressed file.
-fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> {
+fn open_local(path: &Path, check_hash: bool, keys: &Keys, temp_dir: &Path) -> Result<Opened> {
     let label = path.display().to_string();
     let mut head = [0u8; 64];
     let n = {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
         f.read(&mut head).map_err(|e| Error::io(path, "read", e))?
     };
+    if encryption::looks_encrypted(&head[..n]) {
+        return open_local_encrypted(path, keys, temp_dir);
+    }
     let codec = sniff_codec(path, &head[..n])?;
     if codec == Codec::None {
         let db = open_db(path, &label)?;
@@ -305,6 +317,49 @@ fn open_local(path: &Path, check_hash: bool, temp_dir: &Path) -> Result<Opened> 
         _temp: Some(tmp),
         proof: None,
     })
+}
+
+/// An encrypted local file: decrypted, then decompressed by the codec its name says (else the
+/// magic bytes of the plaintext), into a temporary file.
+fn open_local_encrypted(path: &Path, keys: &Keys, temp_dir: &Path) -> Result<Opened> {
+    let label = path.display().to_string();
+    let open_plain = || -> Result<Box<dyn Read + Send>> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        encryption::open(&label, true, keys.identities.as_deref(), BufReader::new(f))
+    };
+    let mut head = [0u8; 64];
+    let n = read_head(&mut open_plain()?, &mut head)
+        .map_err(|e| Error::integrity(&label, e.to_string()))?;
+    let plain_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".final").trim_end_matches(".age"))
+        .unwrap_or_default();
+    let codec = sniff_codec(Path::new(plain_name), &head[..n])?;
+    std::fs::create_dir_all(temp_dir)
+        .map_err(|e| Error::io(temp_dir, "create the temporary directory", e))?;
+    let (tmp, trailer) = decompress_into(&label, codec, open_plain()?, temp_dir)?;
+    let db = open_db(&tmp, &label)?;
+    Ok(Opened {
+        db,
+        label,
+        trailer: Some(trailer),
+        pending: None,
+        _temp: Some(tmp),
+        proof: None,
+    })
+}
+
+/// Fills `buf` as far as the reader goes.
+fn read_head(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// `snapshot status` output in etcdctl's formats.

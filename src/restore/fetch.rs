@@ -5,12 +5,14 @@
 use crate::error::{Error, Result};
 use crate::format::codec::Codec;
 use crate::format::delta;
+use crate::format::encryption::{self, Identities};
 use crate::format::layout::Snapshot;
 use crate::format::streamio::ChannelReader;
 use crate::store::SnapStore;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Decompresses `input` (the full snapshot `key`) into a new private file at `dest`, checking
@@ -52,13 +54,15 @@ pub(super) async fn download_full(
     let codec =
         Codec::from_suffix(&full.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
     let (dest2, key2) = (dest.to_path_buf(), key.clone());
+    let (encrypted, ids) = (full.encrypted, store.keys().identities.clone());
     // a Local store's file is read directly: through the store's stream (small chunks over a
     // channel) it cost a third more time in system calls
     if let Some(src) = store.local_path(full).filter(|p| p.is_file()) {
         return tokio::task::spawn_blocking(move || -> Result<u64> {
             let input = std::fs::File::open(&src)
                 .map_err(|e| Error::io(&src, "open the full snapshot", e))?;
-            decompress_full(&key2, codec, input, &dest2, check_hash)
+            let plain = encryption::open(&key2, encrypted, ids.as_deref(), input)?;
+            decompress_full(&key2, codec, plain, &dest2, check_hash)
         })
         .await
         .map_err(|e| Error::task("snapshot decompression worker", e))?;
@@ -67,7 +71,8 @@ pub(super) async fn download_full(
     let mut stream = store.fetch(full).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
     let worker = tokio::task::spawn_blocking(move || {
-        decompress_full(&key2, codec, ChannelReader::new(rx), &dest2, check_hash)
+        let plain = encryption::open(&key2, encrypted, ids.as_deref(), ChannelReader::new(rx))?;
+        decompress_full(&key2, codec, plain, &dest2, check_hash)
     });
     let (started, mut last_log, mut got) = (Instant::now(), Instant::now(), 0u64);
     while let Some(chunk) = stream.next().await {
@@ -118,11 +123,8 @@ pub(super) async fn fetch_delta(
         return Ok((p, false));
     }
     use tokio::io::AsyncWriteExt;
-    let dest = tmp.join(format!(
-        "delta-{:016x}{}",
-        rand::random::<u64>(),
-        d.compression_suffix
-    ));
+    // still as stored (compressed, encrypted): decoded as it is read
+    let dest = tmp.join(format!("delta-{:016x}", rand::random::<u64>()));
     let mut f = crate::sys::create_private(&dest)
         .map(tokio::fs::File::from_std)
         .map_err(|e| Error::io(&dest, "create the delta download", e))?;
@@ -155,14 +157,22 @@ pub(super) fn decode_delta(
     file: PathBuf,
     d: &Snapshot,
     key: String,
+    identities: Option<Arc<Identities>>,
     limits: delta::Limits,
 ) -> Result<DecodedDelta> {
     let codec = Codec::from_suffix(&d.compression_suffix).map_err(|e| Error::integrity(&key, e))?;
+    let encrypted = d.encrypted;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<delta::Event>>(2);
     let task = tokio::task::spawn_blocking(move || -> Result<()> {
         let f = std::fs::File::open(&file).map_err(|e| Error::io(&file, "open the delta", e))?;
+        let plain = encryption::open(
+            &key,
+            encrypted,
+            identities.as_deref(),
+            std::io::BufReader::with_capacity(1 << 20, f),
+        )?;
         let r = codec
-            .decoder(std::io::BufReader::with_capacity(1 << 20, f))
+            .decoder(std::io::BufReader::with_capacity(1 << 20, plain))
             .map_err(|e| Error::integrity(&key, format!("cannot decompress: {e}")))?;
         let (mut batch, mut bytes): (Vec<delta::Event>, usize) = (Vec::new(), 0);
         let mut open = true;

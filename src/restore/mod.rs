@@ -80,6 +80,7 @@ impl RestoreConfig {
             temp_dir: std::env::temp_dir(),
             env_prefix: String::new(),
             credentials: None,
+            keys: Default::default(),
         };
         RestoreConfig {
             store,
@@ -183,6 +184,7 @@ pub(crate) async fn restore_locked(
     let store = SnapStore::open(cfg.store.clone()).await?;
     let list = store.list().await?;
     let plan = plan::plan(cfg, &list, &store.describe())?;
+    plan.check_keys(store.keys().identities.is_some())?;
     let full = plan.full.clone();
     tracing::info!(
         full = %full.snap_name,
@@ -539,7 +541,13 @@ async fn replay_all(
     while let Some((d, file)) = fetched.next().await {
         let (file, downloaded) = file?;
         let key = store.key_of(&d);
-        let (mut batches, decoder) = decode_delta(file.clone(), &d, key.clone(), limits)?;
+        let (mut batches, decoder) = decode_delta(
+            file.clone(),
+            &d,
+            key.clone(),
+            store.keys().identities.clone(),
+            limits,
+        )?;
         let mut applied = Ok(());
         while let Some(events) = batches.recv().await {
             if !more {

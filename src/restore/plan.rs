@@ -24,6 +24,27 @@ pub(crate) struct Plan {
     pub(crate) newest: i64,
 }
 
+impl Plan {
+    /// Refuses at once, before anything is downloaded, a set with encrypted objects when no
+    /// identity is given (a wrong identity fails on the first object's header, as early).
+    pub(crate) fn check_keys(&self, have_identities: bool) -> Result<()> {
+        if have_identities {
+            return Ok(());
+        }
+        let mut encrypted = std::iter::once(&self.full)
+            .chain(&self.set.deltas)
+            .filter(|s| s.encrypted);
+        match encrypted.next() {
+            None => Ok(()),
+            Some(first) => Err(Error::config(format!(
+                "{} of the snapshots to restore are encrypted (age; the first: {}): give their secret key with --encryption-identity-file",
+                1 + encrypted.count(),
+                first.snap_name
+            ))),
+        }
+    }
+}
+
 /// The plan for `cfg` over the store's listing; `store` names the store in errors. Refused
 /// already when even the target revision would rewind the store's history.
 pub(crate) fn plan(cfg: &RestoreConfig, list: &[Snapshot], store: &str) -> Result<Plan> {

@@ -31,6 +31,14 @@ pub(crate) async fn compact(cfg: &CompactConfig) -> Result<FullSnapshotReport> {
         .last()
         .or(set.full.as_ref())
         .ok_or_else(|| Error::NoSnapshot("the store holds no full snapshot".into()))?;
+    if !store.keys().encrypts() {
+        if let Some(e) = set.full.iter().chain(&set.deltas).find(|s| s.encrypted) {
+            return Err(Error::config(format!(
+                "{} is encrypted: give --encryption-recipients-file so that the compacted full is encrypted too (compact never writes an encrypted backup out in plain)",
+                e.snap_name
+            )));
+        }
+    }
     let codec = Codec::from_suffix(&newest.compression_suffix)
         .map_err(|e| Error::integrity(&newest.snap_name, e))?;
     let is_final = set.full.as_ref().is_some_and(|f| f.is_final);

@@ -14,6 +14,7 @@ use crate::etcd;
 use crate::etcd::leader::Fence;
 use crate::format::codec::Codec;
 use crate::format::delta::{DeltaBuilder, Event, EventType};
+use crate::format::encryption::SealWriter;
 use crate::format::layout::{Kind, Snapshot};
 use crate::metrics;
 use crate::snapshot::health::Health;
@@ -450,20 +451,22 @@ struct DeltaWrite {
 impl DeltaWrite {
     async fn run(mut self, payload: Vec<u8>) -> Result<Written> {
         let (start, last) = (self.start, self.last);
-        let snap = Snapshot::new(Kind::Incr, start, last, self.codec.suffix(), false);
+        let snap = Snapshot::new(Kind::Incr, start, last, self.codec.suffix(), false)
+            .with_encryption(self.store.keys().encrypts());
         let bytes = payload.len();
         let codec = self.codec;
         let (sink, pending) = self.store.begin_upload(&snap, bytes as u64).await?;
+        let recipients = self.store.keys().recipients.clone();
         let key = pending.key().to_string();
         let k2 = key.clone();
         let written = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut enc = codec
-                .encoder(sink)
-                .map_err(|e| Error::io(&k2, "compress the delta", e))?;
-            enc.write_all(&payload)
-                .map_err(|e| Error::io(&k2, "compress the delta", e))?;
+            let io_err = |e| Error::io(&k2, "compress and encrypt the delta", e);
+            let sealed = SealWriter::new(recipients.as_deref(), sink).map_err(io_err)?;
+            let mut enc = codec.encoder(sealed).map_err(io_err)?;
+            enc.write_all(&payload).map_err(io_err)?;
             enc.finish()
-                .map_err(|e| Error::io(&k2, "compress the delta", e))?
+                .and_then(SealWriter::finish)
+                .map_err(io_err)?
                 .close()
         })
         .await

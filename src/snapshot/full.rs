@@ -1,5 +1,6 @@
 //! Full snapshots, streamed end to end: etcd's `Maintenance.Snapshot` stream -> SHA-256 check
-//! of the trailer as the bytes flow -> compression -> store upload. The object becomes visible
+//! of the trailer as the bytes flow -> compression -> encryption (when the store's keys have
+//! recipients) -> store upload. The object becomes visible
 //! only after the whole stream arrived and its hash matched (see [`crate::store`]).
 //!
 //! The object content is what etcdbrctl stores: the db bytes followed by etcd's 32-byte SHA-256
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::etcd::leader::Fence;
 use crate::etcd::{self, EtcdConfig};
 use crate::format::codec::Compression;
+use crate::format::encryption::SealWriter;
 use crate::format::layout::{Kind, Snapshot};
 use crate::format::proof::Proof;
 use crate::format::trailer::{TrailerHasher, TRAILER};
@@ -150,8 +152,10 @@ pub(crate) async fn take(
     let after = revision(client, &endpoint, timeout, true).await?;
     let db_size = first.remaining_bytes() + first.blob().len() as u64;
 
-    let snap = Snapshot::new(Kind::Full, 0, before, codec.suffix(), is_final);
+    let snap = Snapshot::new(Kind::Full, 0, before, codec.suffix(), is_final)
+        .with_encryption(store.keys().encrypts());
     let (sink, pending) = store.begin_upload(&snap, db_size).await?;
+    let recipients = store.keys().recipients.clone();
     let object = pending.key().to_string();
     tracing::info!(object, db_size, revision = before, "taking a full snapshot");
 
@@ -162,7 +166,8 @@ pub(crate) async fn take(
         let mut hasher = TrailerHasher::default();
         let mut scanner = RevisionScanner::new(before, db_size);
         let io_err = |e: std::io::Error| Error::io(&obj2, "compress/write", e);
-        let mut enc = codec.encoder(sink).map_err(io_err)?;
+        let sealed = SealWriter::new(recipients.as_deref(), sink).map_err(io_err)?;
+        let mut enc = codec.encoder(sealed).map_err(io_err)?;
         while let Some(blob) = rx.blocking_recv() {
             hasher.update(&blob);
             scanner.update(&blob);
@@ -177,7 +182,10 @@ pub(crate) async fn take(
                 format!("etcd announced {db_size} bytes but sent {db_bytes}"),
             ));
         }
-        enc.finish().map_err(io_err)?.close()?;
+        enc.finish()
+            .and_then(SealWriter::finish)
+            .map_err(io_err)?
+            .close()?;
         Ok((db_bytes, scanner.finish()))
     });
 
@@ -224,7 +232,8 @@ pub(crate) async fn take(
         codec.suffix(),
         is_final,
         snap.created_on,
-    );
+    )
+    .with_encryption(snap.encrypted);
     if let Err(e) = fence.check(client, &endpoint, "full snapshot").await {
         pending.abort().await;
         return Err(e);

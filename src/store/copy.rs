@@ -2,10 +2,12 @@
 //! section 8.4). Backups are grouped as a full snapshot and the deltas that follow it, newest
 //! full first, filtered by `--max-backups-to-copy` and `--max-backup-age` (days, on the full's
 //! creation time); objects whose name (without `.final`) already exists in the destination are
-//! skipped; the bytes are streamed as they are (no recompression), `--max-parallel-copy-operations`
-//! at a time, and each object becomes visible in the destination only once complete.
+//! skipped (encrypted or not); the bytes are streamed as they are (no recompression; with
+//! recipients, decrypted and encrypted to them), `--max-parallel-copy-operations` at a time, and
+//! each object becomes visible in the destination only once complete.
 
 use crate::error::{Error, Result};
+use crate::format::encryption::{self, SealWriter};
 use crate::format::layout::{Kind, Snapshot};
 use crate::format::streamio::ChannelReader;
 use crate::store::{SnapStore, StoreConfig};
@@ -73,23 +75,41 @@ async fn wait_for_final(source: &SnapStore, timeout: Option<Duration>) -> Result
     }
 }
 
-/// Streams one object from `source` to `dest` under its name without `.final`.
+/// Streams one object from `source` to `dest` under its name without `.final`; with
+/// recipients in the destination's keys, (re-)encrypted to them (`.age`), the compressed bytes
+/// otherwise unchanged.
 async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<u64> {
+    let recipients = dest.keys().recipients.clone();
+    let identities = source.keys().identities.clone();
+    let key = source.key_of(s);
+    if recipients.is_some() && s.encrypted && identities.is_none() {
+        return Err(Error::config(format!(
+            "{key} is encrypted: give its secret key with --encryption-identity-file to re-encrypt it for --encryption-recipients-file"
+        )));
+    }
     let mut target = s.clone();
     target.is_final = false;
     target.snap_name = s.name_without_final().to_string();
     target.prefix = String::new();
     target.snap_dir = String::new();
+    if recipients.is_some() {
+        target = target.with_encryption(true);
+    }
     let size = source.size(s).await.unwrap_or(0);
     let mut stream = source.fetch(s).await?;
     let (sink, pending) = dest.begin_upload(&target, size).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let key = source.key_of(s);
+    let encrypted = s.encrypted;
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut reader = ChannelReader::new(rx);
-        let mut sink = sink;
-        let n = std::io::copy(&mut reader, &mut sink).map_err(|e| Error::io(&key, "copy", e))?;
-        sink.close()?;
+        let raw = ChannelReader::new(rx);
+        let mut reader: Box<dyn std::io::Read + Send> = match &recipients {
+            Some(_) => encryption::open(&key, encrypted, identities.as_deref(), raw)?,
+            None => Box::new(raw),
+        };
+        let io_err = |e| Error::io(&key, "copy", e);
+        let mut sink = SealWriter::new(recipients.as_deref(), sink).map_err(io_err)?;
+        let n = std::io::copy(&mut reader, &mut sink).map_err(io_err)?;
+        sink.finish().map_err(io_err)?.close()?;
         Ok(n)
     });
     while let Some(chunk) = stream.next().await {
@@ -107,7 +127,10 @@ async fn copy_one(source: &SnapStore, dest: &SnapStore, s: &Snapshot) -> Result<
             // full without one is still a backup
             if s.kind == crate::format::layout::Kind::Full {
                 let copied = match source.proof(s).await {
-                    Ok(Some(p)) => dest.put_proof(&target, &p).await,
+                    Ok(Some(mut p)) => {
+                        p.snapshot = target.snap_name.clone();
+                        dest.put_proof(&target, &p).await
+                    }
                     other => other.map(|_| ()),
                 };
                 if let Err(e) = copied {
@@ -138,7 +161,7 @@ pub(crate) async fn copy(cfg: &CopyConfig) -> Result<CopyReport> {
         .list()
         .await?
         .iter()
-        .map(|s| s.name_without_final().to_string())
+        .map(|s| s.plain_name().to_string())
         .collect();
     let now = Utc::now();
     let mut chosen: Vec<Snapshot> = Vec::new();
@@ -162,7 +185,7 @@ pub(crate) async fn copy(cfg: &CopyConfig) -> Result<CopyReport> {
     let todo: Vec<Snapshot> = chosen
         .into_iter()
         .filter(|s| {
-            let skip = existing.contains(s.name_without_final());
+            let skip = existing.contains(s.plain_name());
             if skip {
                 report.skipped += 1;
             }

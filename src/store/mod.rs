@@ -100,6 +100,8 @@ pub struct StoreConfig {
     /// Where the credentials are, when the caller says so (a library caller, the tests);
     /// `None`: from the environment variables under `env_prefix`, as etcdbrctl.
     pub credentials: Option<credentials::Source>,
+    /// The keys to encrypt what is written and decrypt what is read (none: plain objects).
+    pub keys: crate::format::encryption::Keys,
 }
 
 impl StoreConfig {
@@ -410,6 +412,11 @@ impl SnapStore {
             Backend::Local { root } => Some(root.join(self.key_of(snap))),
             Backend::Remote => None,
         }
+    }
+
+    /// The keys objects are encrypted with and decrypted with ([`StoreConfig::keys`]).
+    pub(crate) fn keys(&self) -> &crate::format::encryption::Keys {
+        &self.cfg.keys
     }
 
     pub(crate) fn key_of(&self, snap: &Snapshot) -> String {

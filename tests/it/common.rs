@@ -908,8 +908,36 @@ pub fn stored_in(bk: &Path) -> Vec<etcdbr::format::layout::Snapshot> {
     v
 }
 
-/// An object's bytes decompressed per its suffix.
+/// The age key pair of the tests that share one (the chart's encryption Secrets; [`decompress`]
+/// of an encrypted object): (public key, secret key), made once per test process.
+pub fn test_age_keys() -> &'static (String, String) {
+    static KEYS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        (
+            id.to_public().to_string(),
+            id.to_string().expose_secret().to_string(),
+        )
+    })
+}
+
+/// An object's bytes decrypted (with [`test_age_keys`]) when its name says so, and
+/// decompressed per its suffix.
 pub fn decompress(s: &etcdbr::format::layout::Snapshot, raw: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    let raw = if s.encrypted {
+        let id: age::x25519::Identity = test_age_keys().1.parse().unwrap();
+        age::Decryptor::new(raw)
+            .unwrap()
+            .decrypt(std::iter::once(&id as &dyn age::Identity))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        &plain[..]
+    } else {
+        raw
+    };
     let mut out = Vec::new();
     etcdbr::format::codec::Codec::from_suffix(&s.compression_suffix)
         .unwrap()

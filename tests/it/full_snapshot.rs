@@ -461,6 +461,7 @@ fn kill_9_mid_upload_leaves_nothing_visible() {
         temp_dir: tmp.path().to_path_buf(),
         env_prefix: String::new(),
         credentials: None,
+        keys: Default::default(),
     };
     let listed = rt.block_on(async {
         etcdbr::store::SnapStore::open(cfg)

@@ -16,6 +16,7 @@ mod damage;
 mod datadir;
 mod delta_snapshot;
 mod drill;
+mod encryption;
 mod full_snapshot;
 mod initialize;
 mod inspect;

@@ -12,12 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The whole keyspace: key -> (value, create, mod, version, lease), and the header revision.
-fn dump(version: EtcdVersion, endpoint: &str) -> (BTreeMap<String, serde_json::Value>, i64) {
+pub(crate) fn dump(
+    version: EtcdVersion,
+    endpoint: &str,
+) -> (BTreeMap<String, serde_json::Value>, i64) {
     dump_rev(version, endpoint, None, None)
 }
 
 /// The state at `rev` as etcd at `endpoint` remembers it.
-fn dump_at(version: EtcdVersion, endpoint: &str, rev: i64) -> BTreeMap<String, serde_json::Value> {
+pub(crate) fn dump_at(
+    version: EtcdVersion,
+    endpoint: &str,
+    rev: i64,
+) -> BTreeMap<String, serde_json::Value> {
     dump_rev(version, endpoint, Some(rev), None).0
 }
 
@@ -266,7 +273,7 @@ fn record(version: EtcdVersion, auth: bool) -> Recorded {
 }
 
 /// Runs `cmd` and asserts that it succeeded (`what` names it); returns its output.
-fn succeeded(mut cmd: std::process::Command, what: &str) -> std::process::Output {
+pub(crate) fn succeeded(mut cmd: std::process::Command, what: &str) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -299,7 +306,7 @@ fn restore_cmd(r: &Recorded, bk: &Path, data_dir: &Path, peer: u16) -> std::proc
 }
 
 /// Boots etcd on a restored data dir; returns it (killed on drop) and its endpoint.
-fn boot(version: EtcdVersion, data_dir: &Path, peer: u16) -> (Proc, String) {
+pub(crate) fn boot(version: EtcdVersion, data_dir: &Path, peer: u16) -> (Proc, String) {
     boot_as(version, data_dir, peer, None)
 }
 
@@ -802,7 +809,7 @@ fn restore_is_faithful_etcd35() {
     restores_faithfully(EtcdVersion::V35);
 }
 
-fn stop(p: &mut Proc) {
+pub(crate) fn stop(p: &mut Proc) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &p.id().to_string()])
         .status();
@@ -810,7 +817,11 @@ fn stop(p: &mut Proc) {
 }
 
 /// Waits until `bk` holds an object satisfying `f` (within 60 s).
-fn wait_store(bk: &Path, what: &str, f: impl Fn(&etcdbr::format::layout::Snapshot) -> bool) {
+pub(crate) fn wait_store(
+    bk: &Path,
+    what: &str,
+    f: impl Fn(&etcdbr::format::layout::Snapshot) -> bool,
+) {
     let t = Instant::now();
     while !stored_in(bk).iter().any(&f) {
         assert!(
@@ -821,7 +832,7 @@ fn wait_store(bk: &Path, what: &str, f: impl Fn(&etcdbr::format::layout::Snapsho
     }
 }
 
-fn restore_for(
+pub(crate) fn restore_for(
     version: EtcdVersion,
     bk: &Path,
     data_dir: &Path,

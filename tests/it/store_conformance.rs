@@ -109,6 +109,7 @@ fn config(
         temp_dir: std::env::temp_dir(),
         env_prefix: String::new(),
         credentials: creds.map(|p| Source::JsonFile(p.to_path_buf())),
+        keys: Default::default(),
     }
 }
 

@@ -97,8 +97,19 @@ fn first_install(staggered: bool) -> (Moto, StatefulSet) {
 }
 
 fn first_install_on(version: EtcdVersion, staggered: bool) -> (Moto, StatefulSet) {
+    first_install_with(version, staggered, serde_json::json!({}))
+}
+
+/// [`first_install_on`] with `over` merged over the scenarios' values.
+fn first_install_with(
+    version: EtcdVersion,
+    staggered: bool,
+    over: serde_json::Value,
+) -> (Moto, StatefulSet) {
     let moto = Moto::start(BUCKET);
-    let mut set = StatefulSet::new(version, &values(&moto.endpoint, BUCKET));
+    let mut values = values(&moto.endpoint, BUCKET);
+    merge(&mut values, &over);
+    let mut set = StatefulSet::new(version, &values);
     for i in 0..3 {
         set.start_pod(i);
         if staggered {
@@ -447,14 +458,16 @@ fn scenario_g_leader_killed() {
 }
 
 /// Every member's data lost: the first member restores from the store, the others join it.
+/// On 3.5 with the chart's encryption at rest on (both Secrets): every member restores from
+/// the encrypted store by itself.
 #[test]
 fn scenario_e_all_members_lost() {
-    all_members_lost(V);
+    all_members_lost(V, true);
 }
 
 #[test]
 fn scenario_e_all_members_lost_etcd_3_4() {
-    all_members_lost(EtcdVersion::V34);
+    all_members_lost(EtcdVersion::V34, false);
 }
 
 /// Writes for 5 s and waits until the store holds every write, then starts a second load (keys
@@ -471,8 +484,16 @@ fn backed_up_then_loaded(set: &StatefulSet, moto: &Moto) -> (BTreeMap<String, i6
     (acked, w)
 }
 
-fn all_members_lost(version: EtcdVersion) {
-    let (moto, mut set) = first_install_on(version, false);
+fn all_members_lost(version: EtcdVersion, encrypted: bool) {
+    let over = if encrypted {
+        serde_json::json!({"backup": {"encryption": {
+            "recipientsSecret": "etcd-backup-age-recipients",
+            "identitySecret": "etcd-backup-age-identity",
+        }}})
+    } else {
+        serde_json::json!({})
+    };
+    let (moto, mut set) = first_install_with(version, false, over);
     let (acked_before, w) = backed_up_then_loaded(&set, &moto);
     let lost_at = Instant::now();
     for i in 0..3 {
@@ -480,6 +501,12 @@ fn all_members_lost(version: EtcdVersion) {
     }
     let acked_after = w.finish();
     let stored_rev = chain(&moto);
+    let snaps = stored(&moto);
+    assert!(
+        snaps.iter().all(|s| s.encrypted == encrypted),
+        "encrypted {encrypted}: {:?}",
+        snaps.iter().map(|s| &s.snap_name).collect::<Vec<_>>()
+    );
     for i in 0..3 {
         wipe_volume(&set, i);
     }

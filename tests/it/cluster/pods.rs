@@ -59,7 +59,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn merge(base: &mut Value, over: &Value) {
+pub fn merge(base: &mut Value, over: &Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
@@ -406,6 +406,10 @@ impl StatefulSet {
         .replace("/var/etcd/config", &root.join("config").to_string_lossy())
         .replace("/var/etcd-backup", &root.join("secret").to_string_lossy())
         .replace(
+            "/var/etcd/encryption",
+            &root.join("encryption").to_string_lossy(),
+        )
+        .replace(
             "/var/etcd/api-token",
             &root.join("api-token").to_string_lossy(),
         )
@@ -440,6 +444,22 @@ impl StatefulSet {
         for e in std::fs::read_dir(&self.credentials).expect("secret") {
             let e = e.expect("entry");
             std::fs::copy(e.path(), root.join("secret").join(e.file_name())).expect("secret");
+        }
+        // the encryption Secrets, when the chart mounts them: the tests' key pair
+        let (public, secret) = test_age_keys();
+        for (flag, file, content, mode) in [
+            ("--encryption-recipients-file=", "recipients", public, 0o440),
+            ("--encryption-identity-file=", "identity", secret, 0o400),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            if !self.spec.backup.argv.iter().any(|a| a.starts_with(flag)) {
+                continue;
+            }
+            let dir = root.join("encryption").join(file);
+            std::fs::create_dir_all(&dir).expect("encryption volume");
+            let f = dir.join(format!("{file}.txt"));
+            std::fs::write(&f, format!("{content}\n")).expect("key file");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).expect("mode");
         }
         if let Some(token) = &self.spec.api_token {
             use std::os::unix::fs::PermissionsExt;
