@@ -71,6 +71,38 @@ fn key_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// The keys of a key file, one per meaningful line, at least one: `kind` says what the file
+/// holds, `wrong` the prefix of the other kind of key and what to say about it. Errors name
+/// the file and line, never the line's text (it may be a secret key).
+fn parse_keys<K>(
+    path: &Path,
+    text: &str,
+    kind: &str,
+    wrong: (&str, &str),
+    parse: impl Fn(&str) -> Option<K>,
+) -> Result<Vec<K>> {
+    let mut keys = Vec::new();
+    for (n, line) in key_lines(text) {
+        if line.starts_with(wrong.0) {
+            return Err(Error::config(format!(
+                "{}:{n}: {}",
+                path.display(),
+                wrong.1
+            )));
+        }
+        let key = parse(line)
+            .ok_or_else(|| Error::config(format!("{}:{n}: not an {kind}", path.display())))?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err(Error::config(format!(
+            "{}: no {kind} in it",
+            path.display()
+        )));
+    }
+    Ok(keys)
+}
+
 fn read_key_file(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, format!("read the {what}"), e))
 }
@@ -83,28 +115,13 @@ impl Recipients {
     }
 
     fn parse(path: &Path, text: &str) -> Result<Recipients> {
-        let mut keys = Vec::new();
-        for (n, line) in key_lines(text) {
-            if line.starts_with("AGE-SECRET-KEY-") {
-                return Err(Error::config(format!(
-                    "{}:{n}: this is a secret key; the recipients file holds public keys (age1...): derive it with `age-keygen -y` and keep the secret key out of the writers' configuration",
-                    path.display()
-                )));
-            }
-            let key = age::x25519::Recipient::from_str(line).map_err(|e| {
-                Error::config(format!(
-                    "{}:{n}: not an age X25519 public key (age1...): {e}",
-                    path.display()
-                ))
-            })?;
-            keys.push(key);
-        }
-        if keys.is_empty() {
-            return Err(Error::config(format!(
-                "{}: no age public key (age1...) in the encryption recipients file",
-                path.display()
-            )));
-        }
+        let keys = parse_keys(
+            path,
+            text,
+            "age X25519 public key (age1...)",
+            ("AGE-SECRET-KEY-", "this is a secret key; the recipients file holds public keys (age1...): derive it with `age-keygen -y` and keep the secret key out of the writers' configuration"),
+            |l| age::x25519::Recipient::from_str(l).ok(),
+        )?;
         Ok(Recipients {
             keys,
             path: path.to_path_buf(),
@@ -134,28 +151,13 @@ impl Identities {
     }
 
     fn parse(path: &Path, text: &str) -> Result<Identities> {
-        let mut keys = Vec::new();
-        for (n, line) in key_lines(text) {
-            if line.starts_with("age1") {
-                return Err(Error::config(format!(
-                    "{}:{n}: this is a public key; the identity file holds secret keys (AGE-SECRET-KEY-1..., as age-keygen writes them)",
-                    path.display()
-                )));
-            }
-            let key = age::x25519::Identity::from_str(line).map_err(|_| {
-                Error::config(format!(
-                    "{}:{n}: not an age X25519 secret key (AGE-SECRET-KEY-1...)",
-                    path.display()
-                ))
-            })?;
-            keys.push(key);
-        }
-        if keys.is_empty() {
-            return Err(Error::config(format!(
-                "{}: no age secret key (AGE-SECRET-KEY-1...) in the encryption identity file",
-                path.display()
-            )));
-        }
+        let keys = parse_keys(
+            path,
+            text,
+            "age X25519 secret key (AGE-SECRET-KEY-1...)",
+            ("age1", "this is a public key; the identity file holds secret keys (AGE-SECRET-KEY-1..., as age-keygen writes them)"),
+            |l| age::x25519::Identity::from_str(l).ok(),
+        )?;
         Ok(Identities {
             keys,
             path: path.to_path_buf(),

@@ -305,9 +305,14 @@ fn open_local(path: &Path, check_hash: bool, keys: &Keys, temp_dir: &Path) -> Re
         });
     }
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    open_copy(label, codec, f, temp_dir)
+}
+
+/// A local file read through a decompressed (and decrypted) temporary copy in `temp_dir`.
+fn open_copy(label: String, codec: Codec, input: impl Read, temp_dir: &Path) -> Result<Opened> {
     std::fs::create_dir_all(temp_dir)
         .map_err(|e| Error::io(temp_dir, "create the temporary directory", e))?;
-    let (tmp, trailer) = decompress_into(&label, codec, f, temp_dir)?;
+    let (tmp, trailer) = decompress_into(&label, codec, input, temp_dir)?;
     let db = open_db(&tmp, &label)?;
     Ok(Opened {
         db,
@@ -336,18 +341,8 @@ fn open_local_encrypted(path: &Path, keys: &Keys, temp_dir: &Path) -> Result<Ope
         .map(|n| n.trim_end_matches(".final").trim_end_matches(".age"))
         .unwrap_or_default();
     let codec = sniff_codec(Path::new(plain_name), &head[..n])?;
-    std::fs::create_dir_all(temp_dir)
-        .map_err(|e| Error::io(temp_dir, "create the temporary directory", e))?;
-    let (tmp, trailer) = decompress_into(&label, codec, open_plain()?, temp_dir)?;
-    let db = open_db(&tmp, &label)?;
-    Ok(Opened {
-        db,
-        label,
-        trailer: Some(trailer),
-        pending: None,
-        _temp: Some(tmp),
-        proof: None,
-    })
+    let input = open_plain()?;
+    open_copy(label, codec, input, temp_dir)
 }
 
 /// Fills `buf` as far as the reader goes.
