@@ -145,7 +145,8 @@ impl Identities {
     /// Reads an identity file: `AGE-SECRET-KEY-1...` X25519 secret keys, at least one. Errors
     /// name the file and line, never the key.
     pub fn from_file(path: &Path) -> Result<Identities> {
-        let text = read_key_file(path, "encryption identity file")?;
+        // the secret keys' text is wiped from memory once parsed
+        let text = zeroize::Zeroizing::new(read_key_file(path, "encryption identity file")?);
         warn_if_readable_by_others(path);
         Self::parse(path, &text)
     }

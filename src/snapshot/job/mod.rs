@@ -235,7 +235,14 @@ impl Runner {
 
     /// The start-up decision ([`startup::decide`]): sets `stored` and `next`.
     async fn decide(&mut self) -> Result<()> {
-        let set = self.store.get().await?.latest_set().await?;
+        let store = self.store.get().await?;
+        let set = store.latest_set().await?;
+        if !store.keys().encrypts() {
+            if let Some(e) = set.full.iter().chain(&set.deltas).find(|s| s.encrypted) {
+                // allowed (switching encryption off), but never silently
+                tracing::warn!(object = %e.snap_name, "the latest snapshot set is encrypted, and objects written from now on are plain: give --encryption-recipients-file to keep encrypting");
+            }
+        }
         self.ctl.health.store_seen(&set);
         let endpoint = self.job.etcd.primary().to_string();
         let timeout = self.job.etcd.connection_timeout;
