@@ -6,7 +6,7 @@ use crate::duration::parse_go_duration;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdConfig;
 use crate::format::codec::{Codec, Compression};
-use crate::format::encryption::Keys;
+use crate::format::encryption::{Identities, Keys, Recipients};
 use crate::restore::{RestoreConfig, Target};
 use crate::schedule::Schedule;
 use crate::snapshot::delta::DeltaConfig;
@@ -15,6 +15,7 @@ use crate::snapshot::job::{Backoff, SnapshotJob};
 use crate::store::{Provider, StoreConfig};
 use clap::{ArgAction, Args};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A boolean as Go's `strconv.ParseBool` reads it (etcdbrctl's flags).
@@ -316,7 +317,12 @@ pub(crate) struct DecryptArgs {
 impl EncryptArgs {
     /// `store` with the recipients set (read and checked now, so a bad file fails at start).
     pub(crate) fn apply(&self, mut store: StoreConfig) -> Result<StoreConfig> {
-        store.keys.recipients = Keys::from_files(self.recipients_file.as_deref(), None)?.recipients;
+        store.keys.recipients = self
+            .recipients_file
+            .as_deref()
+            .map(Recipients::from_file)
+            .transpose()?
+            .map(Arc::new);
         if let (Some(r), Some(f)) = (&store.keys.recipients, &self.recipients_file) {
             tracing::info!(file = %f.display(), recipients = r.len(), "objects written are encrypted (age)");
         }
@@ -325,15 +331,28 @@ impl EncryptArgs {
 }
 
 impl DecryptArgs {
-    /// `store` with the identities set (read and checked now, so a bad file fails at start).
+    /// The identities of the file, read and checked now (a bad file fails at start).
+    fn identities(&self) -> Result<Option<Arc<Identities>>> {
+        Ok(self
+            .identity_file
+            .as_deref()
+            .map(Identities::from_file)
+            .transpose()?
+            .map(Arc::new))
+    }
+
+    /// `store` with the identities set.
     pub(crate) fn apply(&self, mut store: StoreConfig) -> Result<StoreConfig> {
-        store.keys.identities = Keys::from_files(None, self.identity_file.as_deref())?.identities;
+        store.keys.identities = self.identities()?;
         Ok(store)
     }
 
     /// The identities alone (reading local files, without a store).
     pub(crate) fn keys(&self) -> Result<Keys> {
-        Keys::from_files(None, self.identity_file.as_deref())
+        Ok(Keys {
+            recipients: None,
+            identities: self.identities()?,
+        })
     }
 }
 

@@ -200,20 +200,6 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The keys of the two flags (either may be absent).
-    pub fn from_files(recipients: Option<&Path>, identities: Option<&Path>) -> Result<Keys> {
-        Ok(Keys {
-            recipients: recipients
-                .map(Recipients::from_file)
-                .transpose()?
-                .map(Arc::new),
-            identities: identities
-                .map(Identities::from_file)
-                .transpose()?
-                .map(Arc::new),
-        })
-    }
-
     /// Whether objects written now are encrypted.
     pub(crate) fn encrypts(&self) -> bool {
         self.recipients.is_some()

@@ -349,6 +349,11 @@ pub struct SnapshotSet {
 }
 
 impl SnapshotSet {
+    /// Its encrypted objects, the full first.
+    pub(crate) fn encrypted(&self) -> impl Iterator<Item = &Snapshot> {
+        self.full.iter().chain(&self.deltas).filter(|s| s.encrypted)
+    }
+
     /// Revision the set restores to: the last delta's, else the full's, else 0.
     pub(crate) fn last_revision(&self) -> i64 {
         self.deltas

@@ -324,37 +324,25 @@ fn open_copy(label: String, codec: Codec, input: impl Read, temp_dir: &Path) -> 
     })
 }
 
-/// An encrypted local file: decrypted, then decompressed by the codec its name says (else the
-/// magic bytes of the plaintext), into a temporary file.
+/// An encrypted local file: decrypted once, its first plaintext bytes peeked at for the codec
+/// (when its name does not say), then decompressed into a temporary file.
 fn open_local_encrypted(path: &Path, keys: &Keys, temp_dir: &Path) -> Result<Opened> {
+    use std::io::BufRead;
     let label = path.display().to_string();
-    let open_plain = || -> Result<Box<dyn Read + Send>> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        encryption::open(&label, true, keys.identities.as_deref(), BufReader::new(f))
-    };
-    let mut head = [0u8; 64];
-    let n = read_head(&mut open_plain()?, &mut head)
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let plain = encryption::open(&label, true, keys.identities.as_deref(), BufReader::new(f))?;
+    // the first block of the decrypting thread (256 KiB) is more than the magic bytes need
+    let mut plain = BufReader::with_capacity(64 << 10, plain);
+    let head = plain
+        .fill_buf()
         .map_err(|e| Error::integrity(&label, e.to_string()))?;
     let plain_name = path
         .file_name()
         .and_then(|n| n.to_str())
         .map(|n| n.trim_end_matches(".final").trim_end_matches(".age"))
         .unwrap_or_default();
-    let codec = sniff_codec(Path::new(plain_name), &head[..n])?;
-    let input = open_plain()?;
-    open_copy(label, codec, input, temp_dir)
-}
-
-/// Fills `buf` as far as the reader goes.
-fn read_head(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    let codec = sniff_codec(Path::new(plain_name), head)?;
+    open_copy(label, codec, plain, temp_dir)
 }
 
 /// `snapshot status` output in etcdctl's formats.

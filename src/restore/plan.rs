@@ -31,9 +31,7 @@ impl Plan {
         if have_identities {
             return Ok(());
         }
-        let mut encrypted = std::iter::once(&self.full)
-            .chain(&self.set.deltas)
-            .filter(|s| s.encrypted);
+        let mut encrypted = self.set.encrypted();
         match encrypted.next() {
             None => Ok(()),
             Some(first) => Err(Error::config(format!(

@@ -32,7 +32,7 @@ pub(crate) async fn compact(cfg: &CompactConfig) -> Result<FullSnapshotReport> {
         .or(set.full.as_ref())
         .ok_or_else(|| Error::NoSnapshot("the store holds no full snapshot".into()))?;
     if !store.keys().encrypts() {
-        if let Some(e) = set.full.iter().chain(&set.deltas).find(|s| s.encrypted) {
+        if let Some(e) = set.encrypted().next() {
             return Err(Error::config(format!(
                 "{} is encrypted: give --encryption-recipients-file so that the compacted full is encrypted too (compact never writes an encrypted backup out in plain)",
                 e.snap_name

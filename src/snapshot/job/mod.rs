@@ -238,7 +238,7 @@ impl Runner {
         let store = self.store.get().await?;
         let set = store.latest_set().await?;
         if !store.keys().encrypts() {
-            if let Some(e) = set.full.iter().chain(&set.deltas).find(|s| s.encrypted) {
+            if let Some(e) = set.encrypted().next() {
                 // allowed (switching encryption off), but never silently
                 tracing::warn!(object = %e.snap_name, "the latest snapshot set is encrypted, and objects written from now on are plain: give --encryption-recipients-file to keep encrypting");
             }
