@@ -258,6 +258,9 @@ async fn revision_after_wal_replay(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    etcd.stop().await?;
+    // the revision is read: a slow stop (killed after 30 s) says nothing about the data
+    if let Err(e) = etcd.stop().await {
+        tracing::warn!(error = %e, "the temporary etcd did not stop cleanly after the WAL replay");
+    }
     Ok(rev)
 }

@@ -57,12 +57,17 @@ pub(crate) struct TempEtcdConfig {
     pub(crate) fsync: bool,
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("127.0.0.1:0", "find a free port", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("127.0.0.1:0", "find a free port", e))
+/// Two distinct free loopback ports (client, peer): both are held until both are chosen, as
+/// the kernel may give a port just released to the next bind.
+fn free_ports() -> Result<(u16, u16)> {
+    let bind = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| Ok((l.local_addr()?.port(), l)))
+            .map_err(|e| Error::io("127.0.0.1:0", "find a free port", e))
+    };
+    let (c, _held_c) = bind()?;
+    let (p, _held_p) = bind()?;
+    Ok((c, p))
 }
 
 /// A temporary etcd on a restored data dir; killed on drop.
@@ -83,10 +88,33 @@ impl Drop for TempEtcd {
     }
 }
 
-fn log_tail(path: &Path) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+/// What the log holds from byte `from` on (one start attempt's lines), at most its last 256 KiB.
+fn log_since(path: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(from.max(len.saturating_sub(256 << 10))))
+            .is_ok()
+        {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    text
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How one start attempt ended.
+enum Started {
+    Ready(Box<TempEtcd>),
+    /// etcd exited because a port was taken (the log line).
+    PortTaken(String),
 }
 
 /// Whether this etcd binary has `--unsafe-no-fsync` (3.5+).
@@ -103,12 +131,42 @@ fn supports_no_fsync(binary: &Path) -> bool {
 
 impl TempEtcd {
     /// Starts etcd on `data_dir` and waits until it answers (at most `ready_within`).
+    ///
+    /// The free ports are found by binding port 0 and releasing it, so another process may take
+    /// one before etcd binds it. etcd opens its listeners before it reads the data directory,
+    /// so a start that failed only for that is tried again on new ports: a taken port must
+    /// never look like a data directory etcd cannot start on.
     pub(crate) async fn start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<TempEtcd> {
-        let (c, p) = (free_port()?, free_port()?);
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(cfg, data_dir).await? {
+                Started::Ready(t) => return Ok(*t),
+                Started::PortTaken(why) if attempt < ATTEMPTS => {
+                    tracing::warn!(attempt, reason = %why, "the temporary etcd could not bind its port; trying others");
+                    attempt += 1;
+                }
+                Started::PortTaken(why) => {
+                    return Err(Error::tool_failed(
+                        "the temporary etcd",
+                        format!(
+                            "could not bind a loopback port in {ATTEMPTS} attempts ({why}); its log: {}",
+                            cfg.log.display()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn try_start(cfg: &TempEtcdConfig, data_dir: &Path) -> Result<Started> {
+        let (c, p) = free_ports()?;
         let endpoint = format!("http://127.0.0.1:{c}");
         let peer = format!("http://127.0.0.1:{p}");
         let log = crate::sys::append_private(&cfg.log)
             .map_err(|e| Error::io(&cfg.log, "create the temporary etcd's log", e))?;
+        // this attempt's lines start here (the log is appended to)
+        let log_from = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io(&cfg.log, "open the temporary etcd's log", e))?;
@@ -153,12 +211,21 @@ impl TempEtcd {
         let started = Instant::now();
         let mut client = loop {
             if let Ok(Some(st)) = t.child.try_wait() {
+                let said = log_since(&t.log, log_from);
+                if let Some(line) = said.lines().find(|l| l.contains("address already in use")) {
+                    // 3.5 logs JSON (its "error" is the point), 3.4 plain text
+                    let why = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|j| j["error"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| line.chars().take(200).collect());
+                    return Ok(Started::PortTaken(why));
+                }
                 return Err(Error::tool_failed(
                     "the temporary etcd",
                     format!(
                         "exited with {st} before it was ready; its log ({}):\n{}",
                         t.log.display(),
-                        log_tail(&t.log)
+                        last_lines(&said, 15)
                     ),
                 ));
             }
@@ -182,7 +249,7 @@ impl TempEtcd {
                         "did not become ready within {:?}; its log ({}):\n{}",
                         cfg.ready_within,
                         t.log.display(),
-                        log_tail(&t.log)
+                        last_lines(&log_since(&t.log, log_from), 15)
                     ),
                 ));
             }
@@ -195,7 +262,7 @@ impl TempEtcd {
             l.extend(existing.leases().iter().map(|s| s.id()));
         }
         t.keepalive = Some(tokio::spawn(keep_alive(client, t.leases.clone())));
-        Ok(t)
+        Ok(Started::Ready(Box::new(t)))
     }
 
     fn err(&self, what: &str, source: etcd_client::Error) -> Error {

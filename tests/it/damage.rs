@@ -558,7 +558,7 @@ fn ours(
     mode: &str,
     etcd_served: Option<&Keys>,
     work: &Path,
-) -> (String, Result<(), String>) {
+) -> (String, Result<(), String>, String) {
     let d = work.join(format!("ours-{mode}"));
     copy_dir(damaged, &d);
     let o = etcdbrctl()
@@ -583,13 +583,13 @@ fn ours(
         String::from_utf8_lossy(&o.stderr)
     );
     let action = if !o.status.success() {
-        return ("failed".into(), Err(text));
+        return ("failed".into(), Err(text.clone()), text);
     } else if text.contains("action: Kept") {
         "kept"
     } else if text.contains("action: Restored") {
         "restored"
     } else {
-        return ("?".into(), Err(text));
+        return ("?".into(), Err(text.clone()), text);
     };
     let served = boot(v, &d, &work.join(format!("boot-{mode}.log")));
     let check = match (&served, action) {
@@ -608,7 +608,7 @@ fn ours(
         )),
         (other, _) => Err(format!("etcd on the result: {other:?}")),
     };
-    (action.into(), check)
+    (action.into(), check, text)
 }
 
 fn matrix(v: EtcdVersion, label: &str) {
@@ -663,11 +663,13 @@ fn matrix(v: EtcdVersion, label: &str) {
         let want = if etcd_ok { "kept" } else { "restored" };
         let mut cells = Vec::new();
         for mode in ["full", "sanity"] {
-            let (action, check) = ours(v, fx, &damaged, mode, etcd_keys.as_ref(), &work);
+            let (action, check, said) = ours(v, fx, &damaged, mode, etcd_keys.as_ref(), &work);
             let agrees = action == want && check.is_ok();
             if !agrees {
+                // what initialize logged, for the why of a verdict that differs
+                let tail: String = said.lines().rev().take(12).collect::<Vec<_>>().join("\n  ");
                 failures.push(format!(
-                    "{label} / {name} / {mode}: etcd {verdict}; ours {action}: {}",
+                    "{label} / {name} / {mode}: etcd {verdict}; ours {action}: {}\n  initialize said (last lines, newest first):\n  {tail}",
                     check.err().unwrap_or_default()
                 ));
             }
@@ -701,4 +703,70 @@ fn damage_matrix_etcd_3_4() {
 #[test]
 fn damage_matrix_etcd_3_5() {
     matrix(EtcdVersion::V35, "3.5.1");
+}
+
+/// A port taken between the moment the temporary etcd's ports are chosen and the moment etcd
+/// binds them is not damage: the validation's WAL replay starts etcd again on other ports and
+/// keeps the directory. The fault is real: the first start of etcd (through a wrapper) finds
+/// its peer port held by another listener.
+#[test]
+fn a_taken_port_is_not_damage() {
+    let v = EtcdVersion::V35;
+    let root = tempfile::tempdir().expect("tmp");
+    let fx = plain_fixture(v, root.path());
+    let marker = root.path().join("port-taken");
+    let wrapper = root.path().join("etcd-first-start-port-taken");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+real='{real}'; marker='{marker}'
+port=; prev=
+for a in "$@"; do [ "$prev" = --listen-peer-urls ] && port=${{a##*:}}; prev=$a; done
+if [ -z "$port" ] || [ -e "$marker" ]; then exec "$real" "$@"; fi
+python3 -c 'import socket,sys,time
+s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+open(sys.argv[2], "w").close(); time.sleep(60)' "$port" "$marker" &
+holder=$!
+i=0; while [ ! -e "$marker" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+"$real" "$@"; rc=$?
+kill $holder; exit $rc
+"#,
+            real = v.etcd().display(),
+            marker = marker.display()
+        ),
+    )
+    .expect("wrapper");
+    run_ok(Command::new("chmod").arg("+x").arg(&wrapper));
+    let d = root.path().join("member-copy");
+    copy_dir(&fx.data, &d);
+    let o = etcdbrctl()
+        .args(["initialize", "--validation-mode", "full", "--name", "t"])
+        .arg("--data-dir")
+        .arg(&d)
+        .args(["--initial-cluster", &format!("t={}", fx.peer)])
+        .args(["--initial-advertise-peer-urls", &fx.peer])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(root.path().join("rtmp"))
+        .arg("--etcd-binary")
+        .arg(&wrapper)
+        .arg("--etcd-restore-tool")
+        .arg(v.status_tool().0)
+        .arg("--store-container")
+        .arg(&fx.store)
+        .output()
+        .expect("initialize");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(marker.exists(), "the fault was not injected:\n{text}");
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("could not bind its port"), "{text}");
+    assert!(text.contains("action: Kept"), "{text}");
+    match boot(v, &d, &root.path().join("boot.log")) {
+        Served::Data(keys) => serves_acked(&keys, &fx.acked, 0).expect("every acknowledged write"),
+        other => panic!("etcd on the kept directory: {other:?}"),
+    }
 }
