@@ -549,6 +549,40 @@ fn serves_acked(served: &Keys, acked: &[(String, Vec<u8>)], may_lose: usize) -> 
     ))
 }
 
+/// `etcdbrctl initialize` of member `t` on `data` from the fixture's store, with `etcd` as the
+/// temporary etcd: whether it succeeded, and its output.
+fn initialize(
+    v: EtcdVersion,
+    fx: &Fixture,
+    data: &Path,
+    mode: &str,
+    temp_dir: &Path,
+    etcd: &Path,
+) -> (bool, String) {
+    let o = etcdbrctl()
+        .args(["initialize", "--validation-mode", mode, "--name", "t"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--initial-cluster", &format!("t={}", fx.peer)])
+        .args(["--initial-advertise-peer-urls", &fx.peer])
+        .arg("--restoration-temp-snapshots-dir")
+        .arg(temp_dir)
+        .arg("--etcd-binary")
+        .arg(etcd)
+        .arg("--etcd-restore-tool")
+        .arg(v.status_tool().0)
+        .arg("--store-container")
+        .arg(&fx.store)
+        .output()
+        .expect("initialize");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
 /// etcdbrctl initialize on a copy of the damaged directory; what it did, and what etcd serves
 /// on the result (checked against what it must serve).
 fn ours(
@@ -561,28 +595,15 @@ fn ours(
 ) -> (String, Result<(), String>, String) {
     let d = work.join(format!("ours-{mode}"));
     copy_dir(damaged, &d);
-    let o = etcdbrctl()
-        .args(["initialize", "--validation-mode", mode, "--name", "t"])
-        .arg("--data-dir")
-        .arg(&d)
-        .args(["--initial-cluster", &format!("t={}", fx.peer)])
-        .args(["--initial-advertise-peer-urls", &fx.peer])
-        .arg("--restoration-temp-snapshots-dir")
-        .arg(work.join(format!("rtmp-{mode}")))
-        .arg("--etcd-binary")
-        .arg(v.etcd())
-        .arg("--etcd-restore-tool")
-        .arg(v.status_tool().0)
-        .arg("--store-container")
-        .arg(&fx.store)
-        .output()
-        .expect("initialize");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let (ok, text) = initialize(
+        v,
+        fx,
+        &d,
+        mode,
+        &work.join(format!("rtmp-{mode}")),
+        &v.etcd(),
     );
-    let action = if !o.status.success() {
+    let action = if !ok {
         return ("failed".into(), Err(text.clone()), text);
     } else if text.contains("action: Kept") {
         "kept"
@@ -740,29 +761,9 @@ kill $holder; exit $rc
     run_ok(Command::new("chmod").arg("+x").arg(&wrapper));
     let d = root.path().join("member-copy");
     copy_dir(&fx.data, &d);
-    let o = etcdbrctl()
-        .args(["initialize", "--validation-mode", "full", "--name", "t"])
-        .arg("--data-dir")
-        .arg(&d)
-        .args(["--initial-cluster", &format!("t={}", fx.peer)])
-        .args(["--initial-advertise-peer-urls", &fx.peer])
-        .arg("--restoration-temp-snapshots-dir")
-        .arg(root.path().join("rtmp"))
-        .arg("--etcd-binary")
-        .arg(&wrapper)
-        .arg("--etcd-restore-tool")
-        .arg(v.status_tool().0)
-        .arg("--store-container")
-        .arg(&fx.store)
-        .output()
-        .expect("initialize");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (ok, text) = initialize(v, &fx, &d, "full", &root.path().join("rtmp"), &wrapper);
     assert!(marker.exists(), "the fault was not injected:\n{text}");
-    assert!(o.status.success(), "{text}");
+    assert!(ok, "{text}");
     assert!(text.contains("could not bind its port"), "{text}");
     assert!(text.contains("action: Kept"), "{text}");
     match boot(v, &d, &root.path().join("boot.log")) {
